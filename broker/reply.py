@@ -1,0 +1,183 @@
+"""The neutral reply model: what a turn tells its caller.
+
+A turn (one prompt sent to one agent for one thread) produces a stream of
+:data:`ReplyEvent` values and always ends with exactly one :class:`TurnEnd`.
+Nothing here knows ACP or any chat platform: the session translates ACP
+``session/update`` notifications into these events, and front-ends render
+them (see :mod:`broker.turn`).
+
+:class:`Transcript` folds events into the state a renderer shows: the tool
+lines in the order they started, the plan, and the text so far. Folding is
+synchronous and cheap, so a relay of many thousand chunks per second costs
+one list append per chunk.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Union
+
+import attrs
+
+
+class Outcome(enum.Enum):
+    """How a turn ended. Every outcome but COMPLETED carries a reason."""
+
+    COMPLETED = "completed"  # the agent answered with a stop reason
+    CANCELLED = "cancelled"  # /cancel, /reset or the agent stopped with `cancelled`
+    TIMED_OUT = "timed_out"  # the hard ceiling was reached
+    AGENT_DIED = "agent_died"  # the process exited mid-turn
+    BUSY = "busy"  # the thread's queue was full; the prompt never ran
+    POOL_FULL = "pool_full"  # every session is busy; the prompt never ran
+    START_FAILED = "start_failed"  # the agent could not be started or resumed
+    SHUTDOWN = "shutdown"  # the broker is stopping
+    ERROR = "error"  # the agent answered the prompt with an error
+
+
+@attrs.frozen
+class Queued:
+    """The prompt waits behind ``position`` earlier prompts of the same thread."""
+
+    position: int
+
+
+@attrs.frozen
+class TurnStarted:
+    """The prompt was sent to the agent.
+
+    ``context_reset`` is true when the thread's earlier conversation could not
+    be restored (the agent cannot load sessions), so the user can be told.
+    """
+
+    context_reset: bool = False
+
+
+@attrs.frozen
+class TextChunk:
+    text: str
+
+
+@attrs.frozen
+class ThoughtChunk:
+    text: str
+
+
+class ToolStatus(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class ToolUpdate:
+    """A tool call started or changed. ``title``/``kind`` are None when unchanged."""
+
+    tool_call_id: str
+    status: ToolStatus
+    title: str | None = None
+    kind: str | None = None
+
+
+@attrs.frozen
+class PlanEntry:
+    content: str
+    status: str = "pending"  # pending | in_progress | completed
+    priority: str = "medium"
+
+
+@attrs.frozen
+class PlanUpdate:
+    entries: tuple[PlanEntry, ...]
+
+
+@attrs.frozen
+class TurnEnd:
+    """The last event of every turn.
+
+    ``text`` is the whole reply text (possibly partial when the turn did not
+    complete), ``reason`` a plain sentence for anything but COMPLETED, and
+    ``detail`` extra evidence such as the tail of the agent's stderr.
+    """
+
+    outcome: Outcome
+    text: str = ""
+    stop_reason: str | None = None
+    reason: str = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.COMPLETED
+
+
+ReplyEvent = Union[Queued, TurnStarted, TextChunk, ThoughtChunk, ToolUpdate, PlanUpdate, TurnEnd]
+
+
+@attrs.define
+class ToolLine:
+    tool_call_id: str
+    title: str
+    kind: str | None
+    status: ToolStatus
+
+
+@attrs.define
+class Transcript:
+    """The accumulated state of one turn, folded from its events in order."""
+
+    chunks: list[str] = attrs.field(factory=list)
+    tools: dict[str, ToolLine] = attrs.field(factory=dict)
+    plan: tuple[PlanEntry, ...] = ()
+    thought_chars: int = 0
+    queued_position: int | None = None
+    started: bool = False
+    context_reset: bool = False
+    end: TurnEnd | None = None
+    version: int = 0  # bumped on every visible change, for "edit only if changed"
+
+    @property
+    def text(self) -> str:
+        if len(self.chunks) > 1:
+            self.chunks[:] = ["".join(self.chunks)]
+        return self.chunks[0] if self.chunks else ""
+
+    @property
+    def current_tool(self) -> ToolLine | None:
+        """The most recently started tool that is still pending or running."""
+        for line in reversed(self.tools.values()):
+            if line.status in (ToolStatus.PENDING, ToolStatus.RUNNING):
+                return line
+        return None
+
+    def apply(self, event: ReplyEvent) -> None:
+        if isinstance(event, TextChunk):
+            if not event.text:
+                return
+            self.chunks.append(event.text)
+        elif isinstance(event, ThoughtChunk):
+            self.thought_chars += len(event.text)
+            return  # thoughts are counted, not shown
+        elif isinstance(event, ToolUpdate):
+            line = self.tools.get(event.tool_call_id)
+            if line is None:
+                self.tools[event.tool_call_id] = ToolLine(
+                    event.tool_call_id, event.title or "tool", event.kind, event.status
+                )
+            else:
+                line.status = event.status
+                if event.title:
+                    line.title = event.title
+                if event.kind:
+                    line.kind = event.kind
+        elif isinstance(event, PlanUpdate):
+            self.plan = event.entries
+        elif isinstance(event, Queued):
+            self.queued_position = event.position
+        elif isinstance(event, TurnStarted):
+            self.started = True
+            self.queued_position = None
+            self.context_reset = event.context_reset
+        elif isinstance(event, TurnEnd):
+            self.end = event
+        self.version += 1

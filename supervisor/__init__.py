@@ -1,0 +1,1 @@
+"""Run child processes under a trio nursery with hard guarantees (ACP-agnostic)."""

@@ -1,0 +1,44 @@
+import trio
+
+from broker.reply import (
+    Outcome,
+    TextChunk,
+    ToolStatus,
+    ToolUpdate,
+    Transcript,
+    TurnEnd,
+    TurnStarted,
+)
+
+
+def test_transcript_keeps_text_in_order_and_tools_by_first_appearance() -> None:
+    transcript = Transcript()
+    transcript.apply(TurnStarted())
+    transcript.apply(ToolUpdate("t1", ToolStatus.RUNNING, title="Read file", kind="read"))
+    transcript.apply(TextChunk("Hello, "))
+    transcript.apply(ToolUpdate("t2", ToolStatus.PENDING, title="Run tests", kind="execute"))
+    transcript.apply(ToolUpdate("t1", ToolStatus.COMPLETED))
+    transcript.apply(TextChunk("world"))
+    assert transcript.text == "Hello, world"
+    assert [(t.title, t.status) for t in transcript.tools.values()] == [
+        ("Read file", ToolStatus.COMPLETED),
+        ("Run tests", ToolStatus.PENDING),
+    ]
+    assert transcript.current_tool is not None
+    assert transcript.current_tool.title == "Run tests"
+
+
+def test_transcript_version_changes_only_on_visible_change() -> None:
+    transcript = Transcript()
+    transcript.apply(TextChunk("a"))
+    before = transcript.version
+    transcript.apply(TextChunk(""))
+    assert transcript.version == before
+    transcript.apply(TurnEnd(Outcome.COMPLETED, text="a", stop_reason="end_turn"))
+    assert transcript.version == before + 1
+    assert transcript.end is not None and transcript.end.ok
+
+
+async def test_trio_mode_runs_async_tests() -> None:
+    with trio.fail_after(1):
+        await trio.sleep(0)
