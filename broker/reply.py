@@ -15,9 +15,11 @@ one list append per chunk.
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from typing import Union
 
 import attrs
+import trio
 
 
 class Outcome(enum.Enum):
@@ -47,9 +49,12 @@ class TurnStarted:
 
     ``context_reset`` is true when the thread's earlier conversation could not
     be restored (the agent cannot load sessions), so the user can be told.
+    ``notes`` are plain sentences about what was changed in the prompt (an
+    image dropped because the agent does not take images, say).
     """
 
     context_reset: bool = False
+    notes: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -109,6 +114,23 @@ class TurnEnd:
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.COMPLETED
+
+
+@attrs.frozen
+class Image:
+    data_base64: str
+    mime_type: str
+    filename: str = ""
+
+
+@attrs.frozen
+class Prompt:
+    """What a user asked, free of any platform: text, images and an optional
+    context block (who is speaking) that goes to the agent before the text."""
+
+    text: str
+    images: tuple[Image, ...] = ()
+    context: str | None = None
 
 
 ReplyEvent = Union[Queued, TurnStarted, TextChunk, ThoughtChunk, ToolUpdate, PlanUpdate, TurnEnd]
@@ -181,3 +203,58 @@ class Transcript:
         elif isinstance(event, TurnEnd):
             self.end = event
         self.version += 1
+
+
+class TurnHandle:
+    """One turn as its caller sees it: live events and a live transcript.
+
+    The session pushes events synchronously with :meth:`push`; pushing never
+    waits, so a slow or vanished consumer cannot hold up an agent. Consumers
+    either iterate the events (``async for event in handle``; one consumer,
+    each event once, ending after the :class:`TurnEnd`) or watch
+    :attr:`transcript` with :meth:`wait_changed` to render coalesced state.
+    Events pushed after the :class:`TurnEnd` are ignored: a turn ends once.
+    """
+
+    def __init__(self, thread_key: str) -> None:
+        self.thread_key = thread_key
+        self.transcript = Transcript()
+        self._pending: list[ReplyEvent] = []
+        self._changed = trio.Event()
+
+    def __repr__(self) -> str:
+        state = self.transcript.end.outcome.value if self.transcript.end else "open"
+        return f"<TurnHandle {self.thread_key} {state} v{self.transcript.version}>"
+
+    @property
+    def done(self) -> bool:
+        return self.transcript.end is not None
+
+    def push(self, event: ReplyEvent) -> None:
+        if self.transcript.end is not None:
+            return
+        self._pending.append(event)
+        self.transcript.apply(event)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self, seen_version: int) -> None:
+        """Return once the transcript's version is past ``seen_version``."""
+        while self.transcript.version <= seen_version:
+            await self._changed.wait()
+
+    async def result(self) -> TurnEnd:
+        """Wait for the end of the turn and return its :class:`TurnEnd`."""
+        while self.transcript.end is None:
+            await self._changed.wait()
+        return self.transcript.end
+
+    async def __aiter__(self) -> AsyncIterator[ReplyEvent]:
+        while True:
+            batch, self._pending = self._pending, []
+            for event in batch:
+                yield event
+                if isinstance(event, TurnEnd):
+                    return
+            if not batch:
+                await self._changed.wait()

@@ -42,3 +42,27 @@ def test_transcript_version_changes_only_on_visible_change() -> None:
 async def test_trio_mode_runs_async_tests() -> None:
     with trio.fail_after(1):
         await trio.sleep(0)
+
+
+async def test_turn_handle_push_never_waits_and_iteration_ends_at_turn_end() -> None:
+    from broker.reply import TurnHandle
+
+    handle = TurnHandle("cli:1")
+    received: list[object] = []
+
+    async def consume() -> None:
+        async for event in handle:
+            received.append(event)
+
+    with trio.fail_after(2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            for i in range(1000):
+                handle.push(TextChunk(str(i % 10)))
+            await trio.sleep(0)
+            handle.push(TurnEnd(Outcome.COMPLETED, text="x"))
+            handle.push(TextChunk("after the end is ignored"))
+    assert len(received) == 1001
+    assert isinstance(received[-1], TurnEnd)
+    assert handle.transcript.text == "0123456789" * 100
+    assert (await handle.result()).ok
