@@ -1,0 +1,609 @@
+"""broker.toml -> frozen attrs classes, with errors that name the file and the key.
+
+The TOML file is parsed by tomli, every string value has ``${VAR}`` /
+``${VAR:-default}`` expanded from the environment, and cattrs structures the
+result into :class:`BrokerConfig`. Attribute names equal the TOML keys; every
+key has a default, so an empty file is a valid configuration (the embedded
+default, :func:`default_config`).
+
+Everything that can be wrong with a file is reported as one :class:`ConfigError`
+whose message names the file and the key path, for example
+``broker.toml: pool.max_sessions: expected an integer >= 1, got "ten"``:
+unknown keys, wrong types, impossible values, unset variables and TOML syntax
+errors (with line and column). Nothing here raises anything else for bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import tomli
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+PERMISSION_VALUES = ("allow_always", "allow_once", "reject")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+AGENT_BASE_ENV = ("HOME", "PATH", "USER", "LANG")
+
+# A check returns None when the value is fine, else (key path suffix, expectation, bad value).
+Check = Callable[[Any], "tuple[str, str, object] | None"]
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``str(err)`` is the whole message for the user."""
+
+
+def _check(check: Check) -> dict[str, Check]:
+    return {"check": check}
+
+
+def _at_least(minimum: int) -> dict[str, Any]:
+    return {"minimum": minimum}
+
+
+def _require(expected: str, ok: Callable[[Any], bool]) -> dict[str, Check]:
+    return _check(lambda v: None if ok(v) else ("", expected, v))
+
+
+def _one_of(choices: tuple[str, ...]) -> dict[str, Check]:
+    return _require("one of " + " | ".join(choices), lambda v: v in choices)
+
+
+def _listen_ok(value: str) -> bool:
+    try:
+        parse_listen(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _permissions_map_problem(value: Mapping[str, str]) -> tuple[str, str, object] | None:
+    for kind in sorted(value):
+        if value[kind] not in PERMISSION_VALUES:
+            return f".{kind}", "one of " + " | ".join(PERMISSION_VALUES), value[kind]
+    return None
+
+
+def _env_names_problem(value: tuple[str, ...]) -> tuple[str, str, object] | None:
+    for index, name in enumerate(value):
+        if not _ENV_NAME.fullmatch(name):
+            return f"[{index}]", "an environment variable name", name
+    return None
+
+
+@attrs.frozen
+class ServerConfig:
+    listen: str = attrs.field(
+        default="127.0.0.1:8765",
+        metadata=_require(
+            'an address "HOST:PORT" (IPv6 as "[::1]:PORT", port 0-65535)', _listen_ok
+        ),
+    )
+    token: str = ""
+    streaming: bool = True
+    enabled: bool = True
+    max_frame_bytes: int = attrs.field(default=1048576, metadata=_at_least(1024))
+
+
+@attrs.frozen
+class GatewayConfig:
+    url: str = attrs.field(
+        default="",
+        metadata=_require(
+            'a ws:// or wss:// URL, or "" to turn the gateway off',
+            lambda v: v == "" or v.startswith(("ws://", "wss://")),
+        ),
+    )
+    token: str = ""
+    streaming: bool = False
+
+
+@attrs.frozen
+class AgentConfig:
+    command: str = attrs.field(default="python", metadata=_require("a command", bool))
+    args: tuple[str, ...] = ("-m", "broker.testing.fake_agent")
+    working_dir: str = "."
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    inherit_env: tuple[str, ...] = attrs.field(default=(), metadata=_check(_env_names_problem))
+    fs_read: bool = False
+    fs_write: bool = False
+    max_line_bytes: int = attrs.field(default=8388608, metadata=_at_least(1024))
+
+
+@attrs.frozen
+class PoolConfig:
+    max_sessions: int = attrs.field(default=20, metadata=_at_least(1))
+    idle_ttl_secs: float = attrs.field(default=1800, metadata=_at_least(0))
+    queue_depth: int = attrs.field(default=5, metadata=_at_least(0))
+    warm_spares: int = attrs.field(default=0, metadata=_at_least(0))
+    max_restarts: int = attrs.field(default=3, metadata=_at_least(0))
+    restart_window_secs: float = attrs.field(default=60, metadata=_at_least(0))
+
+
+@attrs.frozen
+class TimeoutsConfig:
+    initialize_secs: float = attrs.field(default=30, metadata=_at_least(0))
+    session_new_secs: float = attrs.field(default=30, metadata=_at_least(0))
+    turn_hard_secs: float = attrs.field(default=1800, metadata=_at_least(0))
+    cancel_grace_secs: float = attrs.field(default=10, metadata=_at_least(0))
+    stop_grace_secs: float = attrs.field(default=5, metadata=_at_least(0))
+    drain_ms: int = attrs.field(default=200, metadata=_at_least(0))
+
+
+@attrs.frozen
+class PermissionsConfig:
+    default: str = attrs.field(default="allow_once", metadata=_one_of(PERMISSION_VALUES))
+    by_kind: Mapping[str, str] = attrs.field(
+        factory=dict, metadata=_check(_permissions_map_problem)
+    )
+
+
+@attrs.frozen
+class StateConfig:
+    path: str = attrs.field(default="state/broker.sqlite3", metadata=_require("a file path", bool))
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = attrs.field(default="info", metadata=_one_of(LOG_LEVELS))
+    format: str = attrs.field(default="text", metadata=_one_of(LOG_FORMATS))
+
+
+@attrs.frozen
+class RouterConfig:
+    allowed_channels: tuple[str, ...] = ()
+    allowed_users: tuple[str, ...] = ()
+    allow_bots: bool = False
+    mention_required_platforms: tuple[str, ...] = ()
+    bot_names: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class PromptConfig:
+    sender_context: bool = False
+    max_attachment_bytes: int = attrs.field(default=5242880, metadata=_at_least(0))
+    max_message_bytes: int = attrs.field(default=10485760, metadata=_at_least(1))
+
+
+@attrs.frozen
+class RenderConfig:
+    edit_interval_ms: int = attrs.field(default=1500, metadata=_at_least(0))
+
+
+@attrs.frozen
+class ReactionsConfig:
+    enabled: bool = False
+
+
+@attrs.frozen
+class BrokerConfig:
+    """The whole configuration. Sections are attributes named like the TOML tables."""
+
+    server: ServerConfig = ServerConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    agent: AgentConfig = AgentConfig()
+    pool: PoolConfig = PoolConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    permissions: PermissionsConfig = PermissionsConfig()
+    state: StateConfig = StateConfig()
+    log: LogConfig = LogConfig()
+    router: RouterConfig = RouterConfig()
+    prompt: PromptConfig = PromptConfig()
+    render: RenderConfig = RenderConfig()
+    reactions: ReactionsConfig = ReactionsConfig()
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The broker's own secrets (server and gateway tokens) that are set."""
+        return tuple(t for t in (self.server.token, self.gateway.token) if t)
+
+    def redacted(self) -> BrokerConfig:
+        """This configuration with every set token shown as ``"***"``, for logs and status."""
+        return attrs.evolve(
+            self,
+            server=attrs.evolve(self.server, token="***" if self.server.token else ""),
+            gateway=attrs.evolve(
+                self.gateway,
+                token="***" if self.gateway.token else "",
+                url=mask_secrets(self.gateway.url, self.secret_values()),
+            ),
+            agent=attrs.evolve(
+                self.agent,
+                env={k: mask_secrets(v, self.secret_values()) for k, v in self.agent.env.items()},
+            ),
+        )
+
+
+def mask_secrets(text: str, secrets: tuple[str, ...] | list[str]) -> str:
+    """``text`` with every occurrence of every non-empty secret replaced by ``***``."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def default_config() -> BrokerConfig:
+    """The embedded default: the demo agent behind the WebSocket server on 127.0.0.1:8765.
+
+    Relative paths (``agent.working_dir``, ``state.path``) stay relative, that is
+    relative to the current directory.
+    """
+    return BrokerConfig()
+
+
+def config_to_dict(config: BrokerConfig) -> dict[str, Any]:
+    """Plain TOML/JSON-shaped data (tables, lists, scalars); use ``config.redacted()`` first
+    for anything shown to people."""
+    data: dict[str, Any] = _converter.unstructure(config)
+    return data
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``"HOST:PORT"`` / ``"[V6]:PORT"`` into host and port; ValueError when malformed."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.\-_]+):(\d{1,5})", listen)
+    if match is None:
+        raise ValueError(f"bad listen address {listen!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"bad port in {listen!r}")
+    return host, port
+
+
+def server_url(config: BrokerConfig) -> str:
+    """The client URL of the WebSocket server: ``ws://HOST:PORT`` plus ``?token=T`` if set.
+
+    A wildcard listen host (0.0.0.0, ::) is reached on loopback.
+    """
+    host, port = parse_listen(config.server.listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    url = f"ws://{netloc}"
+    if config.server.token:
+        from urllib.parse import quote
+
+        url += "?token=" + quote(config.server.token, safe="")
+    return url
+
+
+# ---------------------------------------------------------------- loading
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")
+
+
+def expand_env(value: str, environ: Mapping[str, str], where: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in ``value``; ``$$`` is a literal ``$``.
+
+    Raises ConfigError (naming ``where``) for an unset variable without a default
+    or a malformed reference.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text == "$$":
+            return "$"
+        body = match.group(1)
+        if body is None:
+            raise ConfigError(f'{where}: unterminated "${{" (write "$$" for a literal "$")')
+        name, sep, default = body.partition(":-")
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: bad variable reference ${{{body}}}")
+        if name in environ and (environ[name] != "" or not sep):
+            return environ[name]
+        if sep:
+            return default
+        raise ConfigError(
+            f"{where}: environment variable {name} is not set "
+            f"(set it, or write ${{{name}:-default}})"
+        )
+
+    return _REFERENCE.sub(replace, value)
+
+
+def _expand_tree(data: Any, environ: Mapping[str, str], path: str, file: str) -> Any:
+    if isinstance(data, str):
+        return expand_env(data, environ, f"{file}: {path}")
+    if isinstance(data, dict):
+        return {
+            k: _expand_tree(v, environ, f"{path}.{k}" if path else k, file) for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [_expand_tree(v, environ, f"{path}[{i}]", file) for i, v in enumerate(data)]
+    return data
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+class _WrongValue(Exception):
+    """Raised by the strict hooks; the message is what was expected."""
+
+    def __init__(self, expected: str, value: object) -> None:
+        super().__init__(f"expected {expected}, got {_describe(value)}")
+        self.expected = expected
+        self.value = value
+
+
+T = TypeVar("T")
+
+
+def _strict(expected: str, accept: Callable[[object], bool], cast: Callable[[Any], T]) -> Any:
+    def hook(value: object, _type: object) -> T:
+        if not accept(value):
+            raise _WrongValue(expected, value)
+        return cast(value)
+
+    return hook
+
+
+def _section_classes() -> dict[str, type[Any]]:
+    """TOML table name -> its attrs class, with string annotations resolved."""
+    classes: dict[str, type[Any]] = {}
+    for section in attrs.fields(attrs.resolve_types(BrokerConfig)):
+        assert isinstance(section.type, type)
+        classes[section.name] = attrs.resolve_types(section.type)
+    return classes
+
+
+SECTIONS = _section_classes()
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(str, _strict("a string", lambda v: isinstance(v, str), str))
+    conv.register_structure_hook(
+        bool, _strict("true or false", lambda v: isinstance(v, bool), bool)
+    )
+    conv.register_structure_hook(
+        int,
+        _strict("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool), int),
+    )
+    conv.register_structure_hook(
+        float,
+        _strict(
+            "a number",
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            float,
+        ),
+    )
+
+    def structure_tuple(value: object, _type: object) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise _WrongValue("an array of strings", value)
+        out: list[str] = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise _WrongValue("an array of strings", value) from _Index(index, item)
+            out.append(item)
+        return tuple(out)
+
+    def structure_mapping(value: object, _type: object) -> Mapping[str, str]:
+        if not isinstance(value, dict):
+            raise _WrongValue("a table of strings", value)
+        for key, item in value.items():
+            if not isinstance(item, str):
+                raise _WrongValue("a string", item) from _Index(key, item)
+        return dict(value)
+
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], structure_tuple)
+    conv.register_structure_hook_func(lambda t: t == Mapping[str, str], structure_mapping)
+    # Sections: an array or a scalar where a table belongs is a type error, not a crash.
+    for cls in SECTIONS.values():
+        conv.register_structure_hook(cls, _section_hook(conv, cls))
+    return conv
+
+
+class _Index(Exception):
+    """Records which element of an array or table was wrong."""
+
+    def __init__(self, index: int | str, value: object) -> None:
+        super().__init__(index)
+        self.index = index
+        self.value = value
+
+
+def _section_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, object], T]:
+    inner = cattrs.gen.make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+
+    def hook(value: object, _type: object) -> T:
+        if not isinstance(value, dict):
+            raise _WrongValue("a table", value)
+        return inner(value, cls)
+
+    return hook
+
+
+_converter = _make_converter()
+
+
+def _walk_errors(exc: BaseException, path: str, bound: str) -> Iterator[tuple[str, str]]:
+    """Flatten a cattrs error tree into (key path, message) pairs.
+
+    ``bound`` is the value constraint of the field at ``path`` (like ">= 1"), so
+    a wrong type reads "expected an integer >= 1", the whole expectation at once.
+    """
+    if isinstance(exc, ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields):
+            yield (f"{path}.{key}" if path else key), "unknown key"
+    elif isinstance(exc, (ClassValidationError, IterableValidationError)):
+        with_notes, others = exc.group_exceptions()
+        for sub, note in with_notes:
+            if isinstance(note, AttributeValidationNote):
+                sub_path = f"{path}.{note.name}" if path else note.name
+                owner = exc.cl if isinstance(exc, ClassValidationError) else None
+                yield from _walk_errors(sub, sub_path, _bound_of(owner, note.name))
+            else:
+                yield from _walk_errors(sub, f"{path}[{getattr(note, 'index', '?')}]", "")
+        for sub in others:
+            yield from _walk_errors(sub, path, bound)
+    elif isinstance(exc, _WrongValue):
+        cause = exc.__cause__
+        if isinstance(cause, _Index):
+            where = f"[{cause.index}]" if isinstance(cause.index, int) else f".{cause.index}"
+            yield path + where, f"expected a string, got {_describe(cause.value)}"
+        else:
+            yield path, f"expected {exc.expected}{bound}, got {_describe(exc.value)}"
+    else:
+        yield path, f"{type(exc).__name__}: {exc}"
+
+
+def _bound_of(owner: object, name: str) -> str:
+    """' >= N' when field ``name`` of attrs class ``owner`` has a minimum, else ''."""
+    if not isinstance(owner, type) or not attrs.has(owner):
+        return ""
+    field = getattr(attrs.fields(owner), name, None)
+    minimum = None if field is None else field.metadata.get("minimum")
+    return "" if minimum is None else f" >= {minimum}"
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _value_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
+    for section in attrs.fields(BrokerConfig):
+        section_value = getattr(config, section.name)
+        for field in attrs.fields(type(section_value)):
+            check: Check | None = field.metadata.get("check")
+            minimum: int | None = field.metadata.get("minimum")
+            value = getattr(section_value, field.name)
+            problem = None if check is None else check(value)
+            if minimum is not None and value < minimum:
+                problem = ("", f"{_TYPE_WORDS[field.type]} >= {minimum}", value)
+            if problem is not None:
+                suffix, expected, bad = problem
+                key = f"{section.name}.{field.name}{suffix}"
+                yield key, f"expected {expected}, got {_describe(bad)}"
+
+
+def _raise_problems(file: str, problems: list[tuple[str, str]]) -> None:
+    if problems:
+        lines = [f"{file}: {path}: {message}" for path, message in problems]
+        raise ConfigError("\n".join(lines))
+
+
+def structure_config(
+    data: Mapping[str, Any], *, file: str = "<config>", environ: Mapping[str, str] | None = None
+) -> BrokerConfig:
+    """Expand variables in parsed TOML data and structure it; ConfigError on any problem."""
+    env = os.environ if environ is None else environ
+    expanded = _expand_tree(dict(data), env, "", file)
+    try:
+        config = _converter.structure(expanded, BrokerConfig)
+    except (ClassValidationError, ForbiddenExtraKeysError) as exc:
+        _raise_problems(file, list(_walk_errors(exc, "", "")))
+        raise  # pragma: no cover - _raise_problems always raises for a non-empty tree
+    _raise_problems(file, list(_value_problems(config)))
+    return config
+
+
+def load_config(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> BrokerConfig:
+    """Read, expand and validate a broker.toml.
+
+    ``environ`` (default ``os.environ``) supplies ``${VAR}`` values. Relative
+    ``agent.working_dir`` and ``state.path`` are made absolute against the
+    file's directory. Raises ConfigError naming the file (as given) and the key
+    path; never anything else for a bad or unreadable file.
+    """
+    file = os.fspath(path)
+    try:
+        raw = Path(file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomli.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    except tomli.TOMLDecodeError as exc:
+        raise ConfigError(_toml_error_message(file, exc)) from None
+    config = structure_config(data, file=file, environ=environ)
+    base = Path(file).resolve().parent
+    return attrs.evolve(
+        config,
+        agent=attrs.evolve(config.agent, working_dir=str(base / config.agent.working_dir)),
+        state=attrs.evolve(config.state, path=str(base / config.state.path)),
+    )
+
+
+def _toml_error_message(file: str, exc: tomli.TOMLDecodeError) -> str:
+    lineno = getattr(exc, "lineno", None)
+    colno = getattr(exc, "colno", None)
+    reason = getattr(exc, "msg", str(exc))
+    if lineno is None:
+        return f"{file}: TOML syntax error: {reason}"
+    return f"{file}: line {lineno}, column {colno}: TOML syntax error: {reason}"
+
+
+# ---------------------------------------------------------------- the agent process
+
+
+def resolve_command(name: str, *, cwd: str | None = None) -> str:
+    """The executable to run for ``[agent].command``.
+
+    A bare name is looked up first in the directory of the running interpreter
+    (so ``python`` and console scripts of the broker's venv win), then on PATH.
+    A path (anything with a ``/``) is returned as given; it must exist and be
+    executable, relative paths counted from ``cwd`` (default: the current
+    directory). Raises ConfigError naming the command when nothing is found.
+    """
+    if not name:
+        raise ConfigError("agent.command: empty command")
+    if "/" in name:
+        full = os.path.join(cwd or os.getcwd(), name)
+        if not (os.path.isfile(full) and os.access(full, os.X_OK)):
+            raise ConfigError(f"agent.command: {name!r} is not an executable file")
+        return name
+    interpreter_dir = os.path.dirname(sys.executable)
+    found = shutil.which(name, path=interpreter_dir) or shutil.which(name)
+    if found is None:
+        raise ConfigError(f"agent.command: {name!r} not found in {interpreter_dir} nor on PATH")
+    return found
+
+
+def agent_environment(
+    agent: AgentConfig, environ: Mapping[str, str], *, secrets: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The complete environment an agent process gets; nothing else is inherited.
+
+    HOME, PATH, USER and LANG come from ``environ`` (the broker's environment),
+    then ``agent.env`` (already ``${VAR}``-expanded when the file was loaded),
+    then every name in ``agent.inherit_env`` that ``environ`` has. Any variable
+    whose value contains one of ``secrets`` (pass ``config.secret_values()``:
+    the server and gateway tokens) is dropped, with a warning naming it.
+    """
+    env = {name: environ[name] for name in AGENT_BASE_ENV if name in environ}
+    env.update(agent.env)
+    env.update({name: environ[name] for name in agent.inherit_env if name in environ})
+    for name in sorted(env):
+        if any(secret in env[name] for secret in secrets if secret):
+            log.warning("not passing %s to the agent: it holds a broker token", name)
+            del env[name]
+    return env
