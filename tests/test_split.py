@@ -37,8 +37,13 @@ def test_text_exactly_at_the_limit_is_not_split() -> None:
 def test_split_happens_at_line_boundaries() -> None:
     text = "\n".join(f"line {i}" for i in range(10))  # each line is 6 chars
     parts = split_message(text, 19)  # three lines would take 20
-    assert parts == ["line 0\nline 1", "line 2\nline 3", "line 4\nline 5", "line 6\nline 7",
-                     "line 8\nline 9"]
+    assert parts == [
+        "line 0\nline 1",
+        "line 2\nline 3",
+        "line 4\nline 5",
+        "line 6\nline 7",
+        "line 8\nline 9",
+    ]
 
 
 def test_single_huge_line_is_hard_split_into_full_parts() -> None:
@@ -66,8 +71,9 @@ def test_unicode_is_counted_in_characters_and_not_cut_inside_a_combined_characte
     family = "👨\u200d👩\u200d👧" * 5  # ZWJ sequence of 5 chars
     parts = split_message(family, 6)
     assert "".join(parts) == family
-    assert all(len(p) <= 6 and not p.startswith("\u200d") and not p.endswith("\u200d")
-               for p in parts)
+    assert all(
+        len(p) <= 6 and not p.startswith("\u200d") and not p.endswith("\u200d") for p in parts
+    )
 
 
 def test_code_fence_cut_in_two_is_closed_and_reopened_with_its_language() -> None:
@@ -127,8 +133,26 @@ def test_limit_below_one_is_refused() -> None:
         split_message("x", 0)
 
 
-ALPHABET = ["a", "b", " ", "\n", "é", "日", "😀", "\u0301", "\u200d", "`", "~", "```", "```py\n",
-            "\n```\n", "~~~\n", "word ", "\n\n", "    ```\n"]
+ALPHABET = [
+    "a",
+    "b",
+    " ",
+    "\n",
+    "é",
+    "日",
+    "😀",
+    "\u0301",
+    "\u200d",
+    "`",
+    "~",
+    "```",
+    "```py\n",
+    "\n```\n",
+    "~~~\n",
+    "word ",
+    "\n\n",
+    "    ```\n",
+]
 
 
 def random_text(rng: random.Random) -> str:
