@@ -1,0 +1,349 @@
+"""The ACP client: the broker's side of one agent connection.
+
+:class:`AcpClient` wraps a :class:`~broker.acp.jsonrpc.JsonRpcPeer` and knows
+the ACP methods the broker uses. It keeps a small synchronous state per
+session (config options, mode, commands, usage, who consumes its updates)
+and answers the agent's requests (permissions, confined file access) without
+ever letting one of them end a turn.
+
+Routing of ``session/update`` for a session, decided synchronously in stdout
+order:
+
+1. while ``session/load`` runs, updates are the replayed history: kept in
+   the load's result and counted, never delivered to anyone else;
+2. while ``prompt`` runs, they go to that prompt's ``on_update``;
+3. otherwise to the watcher set with :meth:`AcpClient.watch` (for a drain
+   window after the prompt response), else they are only counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from .jsonrpc import JsonRpcPeer, RpcError, SendFn
+from .policy import FsAccess, PermissionPolicy, selected_outcome
+from .schema import (
+    AgentCapabilities,
+    AvailableCommand,
+    AvailableCommandsUpdate,
+    ConfigOption,
+    ConfigOptionUpdate,
+    ContentBlock,
+    CurrentModeUpdate,
+    InitializeResult,
+    PermissionRequest,
+    SessionModeState,
+    SessionSetup,
+    SessionUpdate,
+    UsageUpdate,
+    content_to_wire,
+    parse_update,
+    structure,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PROTOCOL_VERSION = 1
+
+UpdateConsumer = Callable[[SessionUpdate], None]
+Approver = Callable[[PermissionRequest, "str | None"], Awaitable["str | None"]]
+"""Asks someone about a permission request: gets the request and the option
+the policy would pick; returns the ``optionId`` to select (None: cancelled)."""
+
+
+class AcpError(Exception):
+    """The agent cannot do what was asked (capability not advertised,
+    unsupported protocol version, a prompt already running)."""
+
+
+@attrs.frozen
+class ClientOptions:
+    """``cwd`` is the root for file access; ``approver`` (optional) is asked
+    about permission requests instead of deciding by ``permissions`` alone."""
+
+    name: str = "agent-broker"
+    version: str = "0.1.0"
+    cwd: str = "."
+    fs_read: bool = False
+    fs_write: bool = False
+    permissions: PermissionPolicy = attrs.field(factory=PermissionPolicy)
+    approver: Approver | None = None
+
+
+@attrs.define(eq=False)
+class SessionState:
+    """What the client knows about one ACP session, updated in stdout order."""
+
+    session_id: str
+    config_options: list[ConfigOption] = attrs.field(factory=list)
+    modes: SessionModeState | None = None
+    current_mode_id: str | None = None
+    available_commands: list[AvailableCommand] = attrs.field(factory=list)
+    usage: UsageUpdate | None = None
+    replayed_count: int = 0
+    unrouted_count: int = 0
+    prompting: bool = False
+    cancelling: bool = False
+    replay: list[SessionUpdate] | None = None
+    consumer: UpdateConsumer | None = None
+    watcher: UpdateConsumer | None = None
+    permission_scopes: set[trio.CancelScope] = attrs.field(factory=set)
+
+    def absorb(self, update: SessionUpdate) -> None:
+        if isinstance(update, ConfigOptionUpdate):
+            self.config_options = update.config_options
+        elif isinstance(update, CurrentModeUpdate):
+            self.current_mode_id = update.current_mode_id
+        elif isinstance(update, AvailableCommandsUpdate):
+            self.available_commands = update.available_commands
+        elif isinstance(update, UsageUpdate):
+            self.usage = update
+
+    def route(self, update: SessionUpdate) -> None:
+        if self.replay is not None:
+            self.replay.append(update)
+            self.replayed_count += 1
+        elif self.consumer is not None:
+            self.consumer(update)
+        elif self.watcher is not None:
+            self.watcher(update)
+        else:
+            self.unrouted_count += 1
+
+
+@attrs.frozen
+class LoadedSession:
+    """The result of ``session/load``: the setup and the replayed history."""
+
+    setup: SessionSetup
+    replayed: tuple[SessionUpdate, ...]
+
+
+def _parse(params: Any, cls: type[T]) -> T:
+    try:
+        return structure(params, cls)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the agent's bad params
+        raise RpcError.invalid_params(f"{cls.__name__}: {exc}") from None
+
+
+class AcpClient:
+    """One ACP connection. Run :meth:`serve` in a task; call the rest from
+    others. Every request method raises :class:`RpcError` (the agent said
+    no), :class:`~broker.acp.jsonrpc.RequestTimeout` or
+    :class:`~broker.acp.jsonrpc.PeerClosed` (the agent exited)."""
+
+    def __init__(self, send: SendFn, options: ClientOptions = ClientOptions()) -> None:
+        self.options = options
+        self.fs = FsAccess(os.path.abspath(options.cwd), options.fs_read, options.fs_write)
+        self.peer = JsonRpcPeer(send, on_request=self._on_request,
+                                on_notification=self._on_notification, name=options.name)
+        self.init_result: InitializeResult | None = None
+        self._sessions: dict[str, SessionState] = {}
+
+    @property
+    def agent_capabilities(self) -> AgentCapabilities:
+        """What the agent advertised (all false before :meth:`initialize`)."""
+        return self.init_result.agent_capabilities if self.init_result else AgentCapabilities()
+
+    def session(self, session_id: str) -> SessionState:
+        state = self._sessions.get(session_id)
+        if state is None:
+            state = self._sessions[session_id] = SessionState(session_id)
+        return state
+
+    async def serve(self, lines: AsyncIterable[bytes], closed_detail: Callable[[], str]) -> None:
+        """The one reader of the agent's stdout; see JsonRpcPeer.serve."""
+        await self.peer.serve(lines, closed_detail)
+
+    # --- client -> agent ---------------------------------------------------
+
+    async def initialize(self, timeout: float | None = None) -> InitializeResult:
+        """Advertises fs only as enabled, no terminal. Raises AcpError if the
+        agent answers with a protocol version other than 1."""
+        result = await self.peer.request("initialize", {
+            "protocolVersion": PROTOCOL_VERSION,
+            "clientCapabilities": {
+                "fs": {"readTextFile": self.options.fs_read,
+                       "writeTextFile": self.options.fs_write},
+                "terminal": False,
+            },
+            "clientInfo": {"name": self.options.name, "version": self.options.version},
+        }, timeout=timeout)
+        init = _parse(result, InitializeResult)
+        if init.protocol_version != PROTOCOL_VERSION:
+            raise AcpError(f"agent speaks ACP protocol version {init.protocol_version}, "
+                           f"this broker speaks {PROTOCOL_VERSION}")
+        self.init_result = init
+        return init
+
+    async def authenticate(self, method_id: str, timeout: float | None = None) -> None:
+        await self.peer.request("authenticate", {"methodId": method_id}, timeout=timeout)
+
+    async def new_session(self, cwd: str, timeout: float | None = None) -> SessionSetup:
+        result = await self.peer.request(
+            "session/new", {"cwd": os.path.abspath(cwd), "mcpServers": []}, timeout=timeout)
+        return self._setup(_parse(result, SessionSetup), None)
+
+    async def load_session(self, session_id: str, cwd: str,
+                           timeout: float | None = None) -> LoadedSession:
+        """``session/load``. The history the agent replays before answering is
+        returned in ``replayed`` and counted in the session's
+        ``replayed_count``; no prompt consumer or watcher sees it."""
+        if not self.agent_capabilities.load_session:
+            raise AcpError("the agent does not advertise loadSession")
+        state = self.session(session_id)
+        replay: list[SessionUpdate] = []
+        state.replay = replay
+        try:
+            result = await self.peer.request("session/load", {
+                "sessionId": session_id, "cwd": os.path.abspath(cwd), "mcpServers": []},
+                timeout=timeout)
+        finally:
+            state.replay = None
+        return LoadedSession(self._setup(_parse(result or {}, SessionSetup), session_id),
+                             tuple(replay))
+
+    async def resume_session(self, session_id: str, cwd: str,
+                             timeout: float | None = None) -> SessionSetup:
+        """``session/resume`` (no replay); needs sessionCapabilities.resume."""
+        if not self.agent_capabilities.session_capabilities.resume:
+            raise AcpError("the agent does not advertise sessionCapabilities.resume")
+        result = await self.peer.request("session/resume", {
+            "sessionId": session_id, "cwd": os.path.abspath(cwd), "mcpServers": []},
+            timeout=timeout)
+        return self._setup(_parse(result or {}, SessionSetup), session_id)
+
+    def _setup(self, setup: SessionSetup, session_id: str | None) -> SessionSetup:
+        if session_id is not None:
+            setup = attrs.evolve(setup, session_id=session_id)
+        if not setup.session_id:
+            raise RpcError.invalid_params("the agent returned no sessionId")
+        state = self.session(setup.session_id)
+        if setup.config_options:
+            state.config_options = setup.config_options
+        if setup.modes is not None:
+            state.modes = setup.modes
+            state.current_mode_id = setup.modes.current_mode_id
+        return setup
+
+    async def prompt(self, session_id: str, blocks: Sequence[ContentBlock],
+                     on_update: UpdateConsumer, timeout: float | None = None) -> str:
+        """Send ``session/prompt`` and return the stop reason.
+
+        While it runs, this session's updates are passed to ``on_update``
+        synchronously in stdout order; all of those sent before the response
+        are delivered before this returns. ``on_update`` must not block.
+        Raises AcpError if a prompt is already running for the session.
+        """
+        state = self.session(session_id)
+        if state.prompting:
+            raise AcpError(f"a prompt is already running in session {session_id}")
+        state.prompting, state.cancelling, state.consumer = True, False, on_update
+        try:
+            result = await self.peer.request("session/prompt", {
+                "sessionId": session_id, "prompt": [content_to_wire(b) for b in blocks]},
+                timeout=timeout)
+        finally:
+            state.prompting, state.cancelling, state.consumer = False, False, None
+        stop = result.get("stopReason") if isinstance(result, dict) else None
+        if not isinstance(stop, str):
+            log.warning("session %s: prompt answered without a stopReason: %.200r",
+                        session_id, result)
+            return "end_turn"
+        return stop
+
+    async def cancel(self, session_id: str) -> None:
+        """Send ``session/cancel`` now. First answers every permission request
+        of the session still waiting for an approver with ``cancelled``, and
+        marks the running prompt so later ones are answered ``cancelled``
+        too. Waits only for the send lock and one write."""
+        state = self.session(session_id)
+        state.cancelling = state.prompting
+        for scope in state.permission_scopes:
+            scope.cancel()
+        await self.peer.notify("session/cancel", {"sessionId": session_id})
+
+    @contextmanager
+    def watch(self, session_id: str, on_update: UpdateConsumer) -> Iterator[None]:
+        """Route the session's updates outside any prompt (and outside a
+        load's replay) to ``on_update`` while the block runs."""
+        state = self.session(session_id)
+        previous, state.watcher = state.watcher, on_update
+        try:
+            yield
+        finally:
+            state.watcher = previous
+
+    async def set_config_option(self, session_id: str, config_id: str, value: str | bool,
+                                timeout: float | None = None) -> list[ConfigOption]:
+        """Returns the full set of options the agent answers with."""
+        result = await self.peer.request("session/set_config_option", {
+            "sessionId": session_id, "configId": config_id, "value": value}, timeout=timeout)
+        options = _parse(result or {}, ConfigOptionUpdate).config_options
+        self.session(session_id).config_options = options
+        return options
+
+    async def set_mode(self, session_id: str, mode_id: str, timeout: float | None = None) -> None:
+        await self.peer.request("session/set_mode", {"sessionId": session_id, "modeId": mode_id},
+                                timeout=timeout)
+        self.session(session_id).current_mode_id = mode_id
+
+    async def close_session(self, session_id: str, timeout: float | None = None) -> None:
+        """``session/close`` (needs sessionCapabilities.close); forgets the
+        session's state either way."""
+        try:
+            if not self.agent_capabilities.session_capabilities.close:
+                raise AcpError("the agent does not advertise sessionCapabilities.close")
+            await self.peer.request("session/close", {"sessionId": session_id}, timeout=timeout)
+        finally:
+            self._sessions.pop(session_id, None)
+
+    # --- agent -> client ---------------------------------------------------
+
+    def _on_notification(self, method: str, params: Any) -> None:
+        if method != "session/update" or not isinstance(params, dict):
+            log.debug("ignoring notification %s", method)
+            return
+        session_id = params.get("sessionId")
+        if not isinstance(session_id, str):
+            log.warning("session/update without a sessionId: %.200r", params)
+            return
+        update = parse_update(params.get("update"))
+        state = self.session(session_id)
+        state.absorb(update)
+        state.route(update)
+
+    async def _on_request(self, method: str, params: Any) -> Any:
+        if method == "session/request_permission":
+            return await self._request_permission(_parse(params, PermissionRequest))
+        if method == "fs/read_text_file":
+            return await self.fs.read_text_file(params)
+        if method == "fs/write_text_file":
+            return await self.fs.write_text_file(params)
+        raise RpcError.method_not_found(method)
+
+    async def _request_permission(self, request: PermissionRequest) -> dict[str, Any]:
+        state = self.session(request.session_id)
+        if state.cancelling:
+            return selected_outcome(None)
+        choice = self.options.permissions.choose(request.options, request.tool_call.kind)
+        approver = self.options.approver
+        if approver is None:
+            return selected_outcome(choice)
+        with trio.CancelScope() as scope:
+            state.permission_scopes.add(scope)
+            try:
+                choice = await approver(request, choice)
+            finally:
+                state.permission_scopes.discard(scope)
+        if scope.cancelled_caught:
+            return selected_outcome(None)
+        return selected_outcome(choice)
