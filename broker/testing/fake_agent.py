@@ -1,0 +1,429 @@
+"""A correct, scriptable ACP agent: ``python -m broker.testing.fake_agent [flags]``.
+
+It speaks ACP (JSON-RPC 2.0, one JSON message per line) on stdin/stdout and logs on stderr. With
+plain prompts it is a friendly demo agent; lines starting with ``@`` script the turn (delays, tool
+calls, crashes, hangs, floods, malformed output, permission requests ...). The full directive and
+flag reference is docs/fake-agent.md; the grammar lives in :mod:`fake_agent_script`.
+
+Concurrency: one reader task parses stdin in order; every request runs in its own task, so a
+``session/cancel`` notification is handled while a prompt streams. Notifications and responses are
+handled synchronously by the reader. Sessions persist as JSON files under the state directory, so
+``session/load`` works after a restart. The agent exits when stdin closes (unless
+``--ignore-stdin-eof``), cancelling whatever runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from broker.testing import fake_agent_script as fs
+from broker.testing import fake_agent_store as store
+from broker.testing.fake_agent_turn import Turn, TurnControl, run_turn
+from broker.testing.fake_agent_wire import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    JSON,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    RpcError,
+    Wire,
+    log,
+    read_lines,
+    set_log_name,
+)
+
+PROTOCOL_VERSION = 1
+VERSION = "1.0.0"
+EOF_GRACE = 2.0
+
+
+@attrs.frozen
+class Options:
+    """Command-line flags (see :func:`parse_args` and docs/fake-agent.md)."""
+
+    name: str = "fake-agent"
+    state_dir: Path = attrs.field(factory=store.default_state_dir)
+    init_delay: float = 0.0
+    new_delay: float = 0.0
+    load_delay: float = 0.0
+    load_session: bool = True
+    images: bool = True
+    ignore_sigterm: bool = False
+    ignore_stdin_eof: bool = False
+    stderr_noise: float | None = None
+    crash_on_start: int | None = None
+
+
+@attrs.define
+class LiveSession:
+    """A session known to this process: its record, its prompt queue and its running turn."""
+
+    record: store.SessionRecord
+    prompt_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    turn: TurnControl | None = None
+
+
+def _params(params: JSON) -> dict[str, Any]:
+    if not isinstance(params, dict):
+        raise RpcError(INVALID_PARAMS, "params must be an object")
+    return params
+
+
+def _str_param(params: dict[str, Any], key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str) or not value:
+        raise RpcError(INVALID_PARAMS, f"missing or invalid {key!r} (a non-empty string)")
+    return value
+
+
+class FakeAgent:
+    """Request handlers and session state of one fake agent process."""
+
+    def __init__(self, options: Options, wire: Wire, nursery: trio.Nursery) -> None:
+        self.options = options
+        self.wire = wire
+        self.nursery = nursery
+        self.sessions: dict[str, LiveSession] = {}
+        self.handlers: dict[str, Callable[[Any, dict[str, Any]], Awaitable[JSON]]] = {
+            "initialize": self.initialize,
+            "authenticate": self.authenticate,
+            "session/new": self.session_new,
+            "session/resume": self.session_resume,
+            "session/prompt": self.session_prompt,
+            "session/set_mode": self.set_mode,
+            "session/set_config_option": self.set_config_option,
+            "session/close": self.session_close,
+        }
+        if options.load_session:
+            self.handlers["session/load"] = self.session_load
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def dispatch(self, line: bytes) -> None:
+        """Handle one stdin line (synchronous: requests are started as tasks)."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log(f"unparsable line ignored ({len(line)} bytes)")
+            self.nursery.start_soon(self._reply_error, None, RpcError(PARSE_ERROR, "parse error"))
+            return
+        if not isinstance(message, dict):
+            self.nursery.start_soon(
+                self._reply_error, None, RpcError(INVALID_REQUEST, "not a JSON object")
+            )
+            return
+        method = message.get("method")
+        if isinstance(method, str) and "id" in message:
+            self.nursery.start_soon(self._serve, message["id"], method, message.get("params"))
+        elif isinstance(method, str):
+            self.notification(method, message.get("params"))
+        elif "id" in message and ("result" in message or "error" in message):
+            if not self.wire.deliver_response(message):
+                log(f"response to unknown or abandoned request {message.get('id')!r} ignored")
+        else:
+            self.nursery.start_soon(
+                self._reply_error, message.get("id"), RpcError(INVALID_REQUEST, "invalid request")
+            )
+
+    async def _reply_error(self, request_id: JSON, error: RpcError) -> None:
+        await self.wire.respond_error(request_id, error)
+
+    async def _serve(self, request_id: JSON, method: str, params: JSON) -> None:
+        """Run one request handler and answer; handler errors become JSON-RPC errors."""
+        handler = self.handlers.get(method)
+        try:
+            if handler is None:
+                raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+            result = await handler(request_id, _params({} if params is None else params))
+        except RpcError as exc:
+            await self.wire.respond_error(request_id, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not end the process
+            log(f"internal error in {method}: {exc!r}")
+            await self.wire.respond_error(
+                request_id, RpcError(INTERNAL_ERROR, "internal error", traceback.format_exc())
+            )
+            return
+        if result is not _ALREADY_ANSWERED:
+            await self.wire.respond(request_id, result)
+
+    def notification(self, method: str, params: JSON) -> None:
+        """``session/cancel`` cancels the running turn; any other notification is ignored."""
+        if method != "session/cancel" or not isinstance(params, dict):
+            if not method.startswith("_"):
+                log(f"notification {method} ignored")
+            return
+        live = self.sessions.get(params.get("sessionId", ""))
+        if live is None or live.turn is None:
+            log("session/cancel with no running turn ignored")
+        elif not live.turn.cancel():
+            log("session/cancel ignored (@hang-hard)")
+
+    def cancel_all_turns(self) -> None:
+        for live in self.sessions.values():
+            if live.turn is not None:
+                live.turn.cancel()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def initialize(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        await trio.sleep(self.options.init_delay)
+        return {
+            "protocolVersion": PROTOCOL_VERSION,
+            "agentCapabilities": {
+                "loadSession": self.options.load_session,
+                "promptCapabilities": {
+                    "image": self.options.images, "audio": False, "embeddedContext": True,
+                },
+                "sessionCapabilities": {"resume": {}, "close": {}},
+            },
+            "authMethods": [],
+            "agentInfo": {"name": self.options.name, "title": "Fake ACP agent", "version": VERSION},
+        }
+
+    async def authenticate(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        return {}
+
+    async def session_new(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        await trio.sleep(self.options.new_delay)
+        record = store.SessionRecord(store.new_session_id(), cwd=str(params.get("cwd", "")))
+        await trio.to_thread.run_sync(store.save_record, self.options.state_dir, record)
+        self.sessions[record.session_id] = LiveSession(record)
+        return {"sessionId": record.session_id, **store.session_state(record)}
+
+    async def _stored(self, params: dict[str, Any]) -> store.SessionRecord:
+        session_id = _str_param(params, "sessionId")
+        live = self.sessions.get(session_id)
+        if live is not None:
+            return live.record
+        record = None
+        if store.valid_session_id(session_id):
+            record = await trio.to_thread.run_sync(
+                store.load_record, self.options.state_dir, session_id
+            )
+        if record is None:
+            raise RpcError(INVALID_PARAMS, f"unknown session: {session_id}")
+        self.sessions[session_id] = LiveSession(record)
+        return record
+
+    async def session_load(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        """Replay the stored history as session/update notifications, then answer."""
+        await trio.sleep(self.options.load_delay)
+        record = await self._stored(params)
+        for entry in list(record.history):
+            kind = "user_message_chunk" if entry["role"] == "user" else "agent_message_chunk"
+            await self.wire.notify("session/update", {
+                "sessionId": record.session_id,
+                "update": {"sessionUpdate": kind,
+                           "content": {"type": "text", "text": entry["text"]}},
+            })
+        return store.session_state(record)
+
+    async def session_resume(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        await trio.sleep(self.options.load_delay)
+        return store.session_state(await self._stored(params))
+
+    async def session_close(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        """Forget the session in this process (cancelling its turn); its file stays loadable."""
+        live = self.sessions.pop(_str_param(params, "sessionId"), None)
+        if live is not None and live.turn is not None:
+            live.turn.scope.cancel()
+        return {}
+
+    def _live(self, params: dict[str, Any]) -> LiveSession:
+        session_id = _str_param(params, "sessionId")
+        live = self.sessions.get(session_id)
+        if live is None:
+            raise RpcError(INVALID_PARAMS, f"unknown session: {session_id} (new or load it first)")
+        return live
+
+    async def _save(self, record: store.SessionRecord) -> None:
+        await trio.to_thread.run_sync(store.save_record, self.options.state_dir, record)
+
+    async def set_mode(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        live = self._live(params)
+        mode = _str_param(params, "modeId")
+        if mode not in store.MODES:
+            raise RpcError(INVALID_PARAMS, f"unknown mode {mode!r}; one of {sorted(store.MODES)}")
+        live.record.mode = mode
+        await self._save(live.record)
+        await self.wire.notify("session/update", {
+            "sessionId": live.record.session_id,
+            "update": {"sessionUpdate": "current_mode_update", "currentModeId": mode},
+        })
+        return {}
+
+    async def set_config_option(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        live = self._live(params)
+        config_id = _str_param(params, "configId")
+        value = _str_param(params, "value")
+        choices = {"model": store.MODELS, "mode": store.MODES}.get(config_id)
+        if choices is None:
+            raise RpcError(INVALID_PARAMS, f"unknown config option {config_id!r}")
+        if value not in choices:
+            raise RpcError(INVALID_PARAMS, f"{config_id}: unknown value {value!r}")
+        setattr(live.record, config_id, value)
+        await self._save(live.record)
+        return {"configOptions": store.config_options(live.record)}
+
+    # -- prompt --------------------------------------------------------------------------------
+
+    async def session_prompt(self, request_id: JSON, params: dict[str, Any]) -> JSON:
+        """Run one turn (queued behind a running one) and answer; @late chunks follow after."""
+        live = self._live(params)
+        text, images = self._prompt_content(params.get("prompt"))
+        try:
+            script = fs.parse_script(text)
+        except fs.ScriptError as exc:
+            raise RpcError(INVALID_PARAMS, f"bad directive: {exc}") from None
+        async with live.prompt_lock:
+            with trio.CancelScope() as scope:
+                turn = Turn(self.wire, live.record, TurnControl(scope), images=images)
+                live.turn = turn.control
+                try:
+                    late = await run_turn(turn, script)
+                except fs.ScriptError as exc:
+                    raise RpcError(INVALID_PARAMS, f"bad directive: {exc}") from None
+                finally:
+                    live.turn = None
+            cancelled = scope.cancelled_caught
+            reply = "".join(turn.sent) + ("".join(late) if not cancelled else "")
+            live.record.history.append({"role": "user", "text": script.message})
+            live.record.history.append({"role": "agent", "text": reply})
+            await self._save(live.record)
+        if script.error is not None and not cancelled:
+            raise RpcError(script.error.code, script.error.message)
+        stop = "cancelled" if cancelled else script.stop_reason
+        await self.wire.respond(request_id, {"stopReason": stop})
+        if late and not cancelled:
+            self.nursery.start_soon(self._send_late, turn, late, (script.late_ms or 0) / 1000)
+        return _ALREADY_ANSWERED
+
+    async def _send_late(self, turn: Turn, chunks: list[str], delay: float) -> None:
+        await trio.sleep(delay)
+        for chunk in chunks:
+            await turn.update("agent_message_chunk", content={"type": "text", "text": chunk})
+
+    def _prompt_content(self, prompt: JSON) -> tuple[str, int]:
+        """The prompt's text (text blocks joined) and its number of images."""
+        if not isinstance(prompt, list):
+            raise RpcError(INVALID_PARAMS, "prompt must be a list of content blocks")
+        texts: list[str] = []
+        images = 0
+        for block in prompt:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text":
+                texts.append(str(block.get("text", "")))
+            elif kind == "image":
+                if not self.options.images:
+                    raise RpcError(INVALID_PARAMS, "this agent does not accept images")
+                images += 1
+            elif kind == "resource_link":
+                texts.append(f"[link {block.get('name', block.get('uri', ''))}]")
+            elif kind not in ("resource", "audio"):
+                raise RpcError(INVALID_PARAMS, f"unknown content block type {kind!r}")
+        return "\n".join(texts), images
+
+
+_ALREADY_ANSWERED: Any = object()
+
+
+async def _stderr_noise(interval: float) -> None:
+    count = 0
+    while True:
+        await trio.sleep(interval)
+        count += 1
+        log(f"noise {count}: background indexing ({count * 17 % 100}% done)")
+
+
+async def serve(options: Options) -> None:
+    """Serve ACP on stdin/stdout until stdin closes (or forever with ``--ignore-stdin-eof``).
+
+    At EOF running turns are cancelled as by session/cancel (their answers are still written),
+    other requests in flight get :data:`EOF_GRACE` seconds to finish, then the process exits.
+    """
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    stdout = trio.lowlevel.FdStream(os.dup(1))
+    async with trio.open_nursery() as background:
+        if options.stderr_noise:
+            background.start_soon(_stderr_noise, options.stderr_noise)
+        async with trio.open_nursery() as requests:
+            agent = FakeAgent(options, Wire(stdout), requests)
+            async for line in read_lines(stdin):
+                if line.strip():
+                    agent.dispatch(line)
+            if options.ignore_stdin_eof:
+                log("stdin closed; staying alive (--ignore-stdin-eof), stop me with a signal")
+                await trio.sleep_forever()
+            log("stdin closed; exiting")
+            agent.cancel_all_turns()
+            requests.cancel_scope.deadline = trio.current_time() + EOF_GRACE
+        background.cancel_scope.cancel()
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    """Parse the command line; ``--help`` lists every flag."""
+    p = argparse.ArgumentParser(
+        prog="python -m broker.testing.fake_agent",
+        description="A scriptable ACP agent for tests and demos (see docs/fake-agent.md).",
+    )
+    p.add_argument("--name", default="fake-agent", help="agentInfo.name and the log prefix")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="session files (default $FAKE_AGENT_STATE_DIR or ./.fake-agent-sessions)")
+    p.add_argument("--init-delay", type=float, default=0.0, metavar="SECS")
+    p.add_argument("--new-delay", type=float, default=0.0, metavar="SECS")
+    p.add_argument("--load-delay", type=float, default=0.0, metavar="SECS",
+                   help="delay of session/load and session/resume")
+    p.add_argument("--no-load-session", action="store_true",
+                   help="advertise loadSession: false and reject session/load")
+    p.add_argument("--no-images", action="store_true",
+                   help="advertise image: false and reject image blocks")
+    p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument("--ignore-stdin-eof", action="store_true",
+                   help="keep running when stdin closes (like old agents)")
+    p.add_argument("--stderr-noise", type=float, nargs="?", const=1.0, default=None,
+                   metavar="SECS", help="write a noise line to stderr every SECS (default 1)")
+    p.add_argument("--crash-on-start", type=int, default=None, metavar="CODE",
+                   help="exit with CODE at once, before reading anything")
+    a = p.parse_args(argv)
+    return Options(
+        name=a.name, state_dir=a.state_dir or store.default_state_dir(),
+        init_delay=a.init_delay, new_delay=a.new_delay, load_delay=a.load_delay,
+        load_session=not a.no_load_session, images=not a.no_images,
+        ignore_sigterm=a.ignore_sigterm, ignore_stdin_eof=a.ignore_stdin_eof,
+        stderr_noise=a.stderr_noise, crash_on_start=a.crash_on_start,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    options = parse_args(argv)
+    set_log_name(options.name)
+    if options.crash_on_start is not None:
+        log(f"fatal: simulated crash on start (exit code {options.crash_on_start})")
+        return options.crash_on_start
+    if options.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log("ignoring SIGTERM")
+    log(f"ready (pid {os.getpid()}, state dir {options.state_dir})")
+    try:
+        trio.run(serve, options)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
