@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,19 @@ async def connect(
     return client, agent
 
 
+@asynccontextmanager
+async def prompting(
+    client: AcpClient, agent: AgentEnd, seen: list[SessionUpdate], session_id: str = "s1"
+) -> AsyncIterator[dict[str, Any]]:
+    """Run a prompt in a task; yield its request as the agent got it; on
+    exit answer it with end_turn and wait until prompt() has returned."""
+    async with trio.open_nursery() as inner:
+        inner.start_soon(client.prompt, session_id, [TextContent("hi")], seen.append)
+        request = await agent.receive_method("session/prompt")
+        yield request
+        await agent.respond(request, {"stopReason": "end_turn"})
+
+
 async def request_from_agent(agent: AgentEnd, method: str, params: Any) -> dict[str, Any]:
     """Send one agent->client request and return the client's answer."""
     await agent.send({"id": f"agent-{method}", "method": method, "params": params})
@@ -127,12 +142,9 @@ async def test_updates_of_another_session_do_not_reach_the_prompt(nursery: trio.
     client, agent = await connect(nursery)
     seen: list[SessionUpdate] = []
     with trio.fail_after(5):
-        async with trio.open_nursery() as inner:
-            inner.start_soon(client.prompt, "s1", [TextContent("hi")], seen.append)
-            request = await agent.receive_method("session/prompt")
+        async with prompting(client, agent, seen):
             await agent.update("other", chunk("not yours"))
             await agent.update("s1", chunk("yours"))
-            await agent.respond(request, {"stopReason": "end_turn"})
     assert [text(u) for u in seen] == ["yours"]
     assert client.session("other").unrouted_count == 1
 
@@ -154,11 +166,8 @@ async def test_load_session_replay_is_not_delivered_to_a_prompt(nursery: trio.Nu
                                       "content": {"type": "text", "text": "old question"}})
             await agent.update("s1", chunk("old answer"))
             await agent.respond(request, {"configOptions": None, "modes": None})
-        async with trio.open_nursery() as inner:
-            inner.start_soon(client.prompt, "s1", [TextContent("new")], seen.append)
-            request = await agent.receive_method("session/prompt")
+        async with prompting(client, agent, seen):
             await agent.update("s1", chunk("new answer"))
-            await agent.respond(request, {"stopReason": "end_turn"})
     assert [text(u) for u in seen] == ["new answer"]
     assert len(loaded[0].replayed) == 2 and text(loaded[0].replayed[1]) == "old answer"
     assert client.session("s1").replayed_count == 2
@@ -233,16 +242,13 @@ async def test_unsupported_agent_requests_answer_method_not_found_and_turn_goes_
     client, agent = await connect(nursery)
     seen: list[SessionUpdate] = []
     with trio.fail_after(5):
-        async with trio.open_nursery() as inner:
-            inner.start_soon(client.prompt, "s1", [TextContent("hi")], seen.append)
-            prompt = await agent.receive_method("session/prompt")
+        async with prompting(client, agent, seen):
             codes = []
             for method in ("terminal/create", "elicitation/create", "_vendor/thing",
                            "fs/read_text_file"):
                 answer = await request_from_agent(agent, method, {"sessionId": "s1", "path": "x"})
                 codes.append(answer["error"]["code"])
             await agent.update("s1", chunk("still here"))
-            await agent.respond(prompt, {"stopReason": "end_turn"})
     assert codes == [-32601] * 4
     assert [text(u) for u in seen] == ["still here"]
 
@@ -251,15 +257,12 @@ async def test_lenient_updates_reach_the_prompt(nursery: trio.Nursery) -> None:
     client, agent = await connect(nursery)
     seen: list[SessionUpdate] = []
     with trio.fail_after(5):
-        async with trio.open_nursery() as inner:
-            inner.start_soon(client.prompt, "s1", [TextContent("hi")], seen.append)
-            prompt = await agent.receive_method("session/prompt")
+        async with prompting(client, agent, seen):
             await agent.update("s1", {"sessionUpdate": "usage_update", "used": None, "size": 9})
             await agent.update("s1", {"sessionUpdate": "shiny_new_kind", "x": 1})
             await agent.update("s1", {"sessionUpdate": "tool_call", "toolCallId": "t1",
                                       "title": None, "kind": "execute", "status": "pending",
                                       "extra": {"ignored": True}})
-            await agent.respond(prompt, {"stopReason": "end_turn"})
     assert seen[0] == UsageUpdate(used=None, size=9)
     assert isinstance(seen[1], UnknownUpdate) and seen[1].kind == "shiny_new_kind"
     assert isinstance(seen[2], ToolCallStart) and seen[2].tool_call_id == "t1"

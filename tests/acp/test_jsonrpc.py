@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -33,18 +35,29 @@ async def start_peer(
     return peer, agent, recorder
 
 
+@asynccontextmanager
+async def in_flight(peer: JsonRpcPeer, method: str) -> AsyncIterator[list[Any]]:
+    """Run ``peer.request(method)`` in a task; the yielded list gets its
+    result or its RpcError/PeerClosed. Exiting waits for the request to end."""
+    outcome: list[Any] = []
+
+    async def call() -> None:
+        try:
+            outcome.append(await peer.request(method))
+        except (RpcError, PeerClosed) as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(call)
+        yield outcome
+
+
 async def test_malformed_line_is_counted_and_the_connection_goes_on(
     nursery: trio.Nursery,
 ) -> None:
     peer, agent, _ = await start_peer(nursery)
     with trio.fail_after(5):
-        async with trio.open_nursery() as inner:
-            result: list[Any] = []
-
-            async def call() -> None:
-                result.append(await peer.request("ping", {}))
-
-            inner.start_soon(call)
+        async with in_flight(peer, "ping") as result:
             request = await agent.receive()
             await agent.send_raw(b"{not json")
             await agent.send_raw(b"[1, 2]")
@@ -57,13 +70,7 @@ async def test_malformed_line_is_counted_and_the_connection_goes_on(
 async def test_response_to_unknown_id_is_dropped(nursery: trio.Nursery) -> None:
     peer, agent, _ = await start_peer(nursery)
     with trio.fail_after(5):
-        async with trio.open_nursery() as inner:
-            result: list[Any] = []
-
-            async def call() -> None:
-                result.append(await peer.request("ping"))
-
-            inner.start_soon(call)
+        async with in_flight(peer, "ping") as result:
             request = await agent.receive()
             await agent.send({"id": 999, "result": "stray"})
             await agent.send({"id": "nope", "result": "stray"})
@@ -136,13 +143,7 @@ async def test_string_and_int_ids_from_the_agent_are_echoed() -> None:
 async def test_string_id_in_response_resolves_our_int_request(nursery: trio.Nursery) -> None:
     peer, agent, _ = await start_peer(nursery)
     with trio.fail_after(5):
-        async with trio.open_nursery() as inner:
-            result: list[Any] = []
-
-            async def call() -> None:
-                result.append(await peer.request("ping"))
-
-            inner.start_soon(call)
+        async with in_flight(peer, "ping") as result:
             request = await agent.receive()
             await agent.send({"id": str(request["id"]), "result": "ok"})
     assert result == ["ok"]
@@ -216,16 +217,7 @@ async def test_extension_notifications_are_ignored(nursery: trio.Nursery) -> Non
 async def test_error_response_raises_typed_rpc_error_with_data(nursery: trio.Nursery) -> None:
     peer, agent, _ = await start_peer(nursery)
     with trio.fail_after(5):
-        async with trio.open_nursery() as inner:
-            errors: list[RpcError] = []
-
-            async def call() -> None:
-                try:
-                    await peer.request("session/prompt")
-                except RpcError as exc:
-                    errors.append(exc)
-
-            inner.start_soon(call)
+        async with in_flight(peer, "session/prompt") as errors:
             request = await agent.receive()
             await agent.send({"id": request["id"], "error": {
                 "code": -32603, "message": "Internal error", "data": {"details": "quota"}}})
