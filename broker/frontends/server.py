@@ -1,0 +1,272 @@
+"""The embedded WebSocket server (``[server]``): clients connect and send events.
+
+One TCP port serves:
+
+* ``/ws``: the openab gateway protocol v1 (events in, replies out);
+* extra WebSocket routes (``ws_routes``, e.g. a live ``/status`` feed);
+* plain HTTP ``GET`` routes (``http_routes``: ``/status``, ``/healthz``,
+  ``/metrics``). Paths in ``PUBLIC_PATHS`` need no token; all others do
+  when ``[server] token`` is set.
+
+Every event runs in its own task in the server's nursery, so a slow turn
+never delays the connection's reader, and a turn outlives the connection it
+came on: its replies then go to another live connection that serves the
+platform (a reconnected client), or wait in the outbox until one connects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sized
+from typing import NoReturn
+
+import attrs
+import trio
+import trio_websocket
+
+from broker.frontends.base import InboundSink, MemoryOutbox, Outbox, ServerSettings
+from broker.frontends.http import (
+    HEAD_TIMEOUT_SECS,
+    BadRequest,
+    HttpHandler,
+    HttpRequest,
+    HttpResponse,
+    StreamWithPrefix,
+    check_exposure,
+    parse_head,
+    parse_listen,
+    read_head,
+    token_status,
+)
+from broker.frontends.link import (
+    CLOSE_GRACE_SECS,
+    Link,
+    LinkChannel,
+    deliver_outbox,
+    run_event,
+)
+from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode_error, encode_reply
+
+log = logging.getLogger(__name__)
+
+WS_PATH = "/ws"
+PUBLIC_PATHS = frozenset({"/healthz"})
+PING_INTERVAL_SECS = 20.0
+PONG_TIMEOUT_SECS = 10.0
+
+WebSocketHandler = Callable[[trio_websocket.WebSocketRequest], Awaitable[None]]
+
+
+@attrs.frozen
+class ServerSnapshot:
+    host: str
+    port: int
+    connections: tuple[str, ...]
+    events_received: int
+    outbox_waiting: int | None  # None when the outbox cannot count
+
+
+@attrs.define
+class _Client:
+    link: Link
+    channel: LinkChannel
+    platforms: frozenset[str] | None  # None: serves every platform
+
+    def serves(self, platform: str) -> bool:
+        return not self.link.closed and (self.platforms is None or platform in self.platforms)
+
+
+class WebSocketServer:
+    """The running server, as returned by ``await nursery.start(serve_websocket, ...)``."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        sink: InboundSink,
+        outbox: Outbox,
+        *,
+        host: str,
+        port: int,
+        http_routes: Mapping[str, HttpHandler],
+        ws_routes: Mapping[str, WebSocketHandler],
+        ping_interval: float,
+        pong_timeout: float,
+        event_nursery: trio.Nursery,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.outbox = outbox
+        self.host = host
+        self.port = port
+        self.http_routes = dict(http_routes)
+        self.ws_routes = dict(ws_routes)
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.events_received = 0
+        self._events = event_nursery
+        self._clients: dict[str, _Client] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}{WS_PATH}"
+
+    def snapshot(self) -> ServerSnapshot:
+        """Synchronous, never waits."""
+        waiting = len(self.outbox) if isinstance(self.outbox, Sized) else None
+        return ServerSnapshot(
+            self.host, self.port, tuple(self._clients), self.events_received, waiting
+        )
+
+    # --- connections -----------------------------------------------------
+
+    async def handle_stream(self, stream: trio.SocketStream) -> None:
+        """Serve one TCP connection: read the head, then WebSocket or plain HTTP."""
+        try:
+            with trio.fail_after(HEAD_TIMEOUT_SECS):
+                head, rest = await read_head(stream)
+            request = parse_head(head)
+        except (BadRequest, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            status = exc.status if isinstance(exc, BadRequest) else 400
+            await _answer(stream, HttpResponse(status, f"{exc}\n".encode(), "text/plain"))
+            return
+        if request.is_websocket:
+            await self._serve_websocket(StreamWithPrefix(stream, head + rest), request)
+        else:
+            await _answer(stream, await self._serve_http(request))
+
+    async def _serve_http(self, request: HttpRequest) -> HttpResponse:
+        if request.path == WS_PATH:
+            return HttpResponse(426, b"use a WebSocket client for /ws\n", "text/plain")
+        handler = self.http_routes.get(request.path)
+        if handler is None:
+            return HttpResponse(404, b"not found\n", "text/plain")
+        refusal = (
+            None if request.path in PUBLIC_PATHS else token_status(request, self.settings.token)
+        )
+        if refusal is not None:
+            return HttpResponse(refusal, b"token required\n", "text/plain")
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponse(405, b"GET only\n", "text/plain")
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception("GET %s failed", request.path)
+            return HttpResponse(500, b"internal error\n", "text/plain")
+
+    async def _serve_websocket(self, stream: StreamWithPrefix, head: HttpRequest) -> None:
+        request: trio_websocket.WebSocketRequest | None = None
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(HEAD_TIMEOUT_SECS):
+                request = await trio_websocket.wrap_server_stream(
+                    nursery, stream, max_message_size=self.settings.max_frame_bytes
+                )
+            if request is None:
+                pass  # not a valid handshake: the library answered 400
+            elif head.path != WS_PATH and head.path not in self.ws_routes:
+                await request.reject(404, body=b"not found\n")
+            elif (refusal := token_status(head, self.settings.token)) is not None:
+                log.warning("refused %s from %s: HTTP %d", head.path, request.remote, refusal)
+                await request.reject(refusal, body=b"token required\n")
+            elif head.path in self.ws_routes:
+                await self.ws_routes[head.path](request)
+            else:
+                await self._serve_client(await request.accept(), head)
+            nursery.cancel_scope.cancel()
+        with trio.move_on_after(CLOSE_GRACE_SECS) as scope:
+            scope.shield = True
+            await stream.aclose()
+
+    async def _serve_client(
+        self, ws: trio_websocket.WebSocketConnection, head: HttpRequest
+    ) -> None:
+        connection_id = f"ws-{next(self._ids)}"
+        link = Link(ws, connection_id, max_frame_bytes=self.settings.max_frame_bytes)
+        channel = LinkChannel(connection_id, link, self._reroute)
+        names = head.query_value("platforms")
+        platforms = frozenset(filter(None, names.split(","))) if names else None
+        client = self._clients[connection_id] = _Client(link, channel, platforms)
+        log.info("%s connected from %s (platforms: %s)", connection_id, ws.remote, names or "all")
+
+        def on_event(event: InboundEvent) -> None:
+            self.events_received += 1
+            self._events.start_soon(run_event, self.sink, event, channel)
+
+        async def on_bad_frame(error: WireError) -> None:
+            await link.send(encode_error(error))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.heartbeat, self.ping_interval, self.pong_timeout)
+                nursery.start_soon(deliver_outbox, link, self.outbox, platforms)
+                await link.read_frames(on_event, on_bad_frame)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._clients.get(connection_id) is client:
+                del self._clients[connection_id]
+            log.info("%s disconnected (%s)", connection_id, ws.closed)
+            with trio.move_on_after(CLOSE_GRACE_SECS) as scope:
+                scope.shield = True
+                await ws.aclose()
+
+    async def _reroute(self, reply: OutboundReply) -> None:
+        """A reply whose connection is gone: the newest live connection that
+        serves its platform takes it, else the outbox keeps it."""
+        for client in reversed(list(self._clients.values())):
+            if client.serves(reply.platform) and await client.link.send(encode_reply(reply)):
+                return
+        self.outbox.on_undeliverable(reply)
+
+
+async def _answer(stream: trio.abc.Stream, response: HttpResponse) -> None:
+    with trio.move_on_after(CLOSE_GRACE_SECS) as scope:
+        scope.shield = True
+        try:
+            await stream.send_all(response.encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        await stream.aclose()
+
+
+async def serve_websocket(
+    settings: ServerSettings,
+    sink: InboundSink,
+    *,
+    http_routes: Mapping[str, HttpHandler] | None = None,
+    ws_routes: Mapping[str, WebSocketHandler] | None = None,
+    outbox: Outbox | None = None,
+    ping_interval: float = PING_INTERVAL_SECS,
+    pong_timeout: float = PONG_TIMEOUT_SECS,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve ``[server]`` until cancelled: ``server = await nursery.start(serve_websocket, ...)``.
+
+    Raises :class:`~broker.frontends.base.FrontendError` before listening when
+    ``listen`` is malformed or is not loopback while ``token`` is empty, and
+    ``OSError`` when the port cannot be bound. Cancelling it closes every
+    connection and cancels the event tasks (stop the pool first to let turns
+    end with their replies). ``outbox`` defaults to a :class:`MemoryOutbox`.
+    """
+    host, port = parse_listen(settings.listen)
+    check_exposure(host, settings.token)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    async with trio.open_nursery() as nursery:
+        server = WebSocketServer(
+            settings,
+            sink,
+            outbox if outbox is not None else MemoryOutbox(),
+            host=host,
+            port=listeners[0].socket.getsockname()[1],
+            http_routes=http_routes or {},
+            ws_routes=ws_routes or {},
+            ping_interval=ping_interval,
+            pong_timeout=pong_timeout,
+            event_nursery=nursery,
+        )
+        await nursery.start(trio.serve_listeners, server.handle_stream, listeners)
+        log.info("serving %s", server.url)
+        task_status.started(server)
+        await trio.sleep_forever()
+    raise AssertionError("unreachable")

@@ -1,0 +1,259 @@
+"""A fake openab gateway: a real WebSocket server the broker's gateway client dials.
+
+It plays the chat side of protocol v1 for tests and benchmarks: it sends
+events, answers ``request_id`` frames with responses (message ids ``m-1``,
+``m-2``, ...), records every frame the broker sends and checks each one
+against the protocol. It can drop the connection mid-turn and accept the
+reconnect, refuse connections, and refuse, delay or ignore responses.
+
+Every frame that breaks the protocol is recorded in :attr:`FakeGateway.violations`
+with the reason; :meth:`FakeGateway.assert_clean` fails a test on any.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+import trio_websocket
+
+from broker.frontends.wire import (
+    ERROR_SCHEMA,
+    Channel,
+    Command,
+    Content,
+    GatewayResponse,
+    InboundEvent,
+    OutboundReply,
+    Sender,
+    WireError,
+    encode_event,
+    encode_response,
+    parse_reply,
+)
+
+log = logging.getLogger(__name__)
+
+_event_ids = itertools.count(1)
+
+
+def make_event(
+    text: str = "hello",
+    *,
+    event_id: str | None = None,
+    platform: str = "telegram",
+    channel_id: str = "1001",
+    thread_id: str | None = None,
+    message_id: str | None = None,
+    sender_id: str = "42",
+    is_bot: bool = False,
+    mentions: tuple[str, ...] = (),
+) -> InboundEvent:
+    """A valid event; ids are fresh (``evt_N``, ``u-N``) unless given."""
+    number = next(_event_ids)
+    return InboundEvent(
+        event_id=event_id or f"evt_{number}",
+        timestamp="2026-11-23T08:00:00Z",
+        platform=platform,
+        channel=Channel(channel_id, "group", thread_id),
+        sender=Sender(sender_id, "alice", "Alice", is_bot),
+        content=Content("text", text),
+        message_id=message_id or f"u-{number}",
+        mentions=mentions,
+    )
+
+
+class ResponseMode(enum.Enum):
+    ANSWER = "answer"  # success with a fresh message id
+    REFUSE = "refuse"  # success: false with an error
+    IGNORE = "ignore"  # never answer
+
+
+@attrs.define
+class Received:
+    """One frame the broker sent, as text and (when valid) as a reply."""
+
+    text: str
+    reply: OutboundReply | None
+    connection: int
+
+
+class FakeGateway:
+    """State and controls of a running fake gateway (see :func:`open_fake_gateway`)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.port = 0
+        self.response_mode = ResponseMode.ANSWER
+        self.response_delay = 0.0
+        self.refuse_connections = False
+        self.received: list[Received] = []
+        self.violations: list[str] = []
+        self.connections = 0  # accepted so far
+        self.refused = 0
+        self._message_ids = itertools.count(1)
+        self._issued: set[str] = set()  # platform message ids answered to requests
+        self._events: dict[str, InboundEvent] = {}  # by event_id
+        self._user_messages: set[str] = set()  # message ids of sent events
+        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and self._ws.closed is None
+
+    @property
+    def replies(self) -> list[OutboundReply]:
+        return [r.reply for r in self.received if r.reply is not None]
+
+    def assert_clean(self) -> None:
+        assert not self.violations, "protocol violations:\n" + "\n".join(self.violations)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds; it is checked after every change
+        (a connection, a frame). Bound it with ``trio.fail_after``."""
+        while not condition():
+            await self._changed.wait()
+
+    async def wait_connected(self, count: int = 1) -> None:
+        """Wait until ``count`` connections were accepted so far and one is open."""
+        await self.wait_for(lambda: self.connected and self.connections >= count)
+
+    async def wait_reply(self, predicate: Callable[[OutboundReply], bool]) -> OutboundReply:
+        """Wait for a reply matching ``predicate`` (received before or after the call)."""
+        found: list[OutboundReply] = []
+
+        def matched() -> bool:
+            found[:] = [r for r in self.replies if predicate(r)]
+            return bool(found)
+
+        await self.wait_for(matched)
+        return found[0]
+
+    async def send_event(self, event: InboundEvent | None = None, **fields: object) -> InboundEvent:
+        """Send ``event`` (or ``make_event(**fields)``) on the open connection."""
+        event = event or make_event(**fields)  # type: ignore[arg-type]
+        await self.send_raw(encode_event(event))
+        self._events[event.event_id] = event
+        self._user_messages.add(event.message_id)
+        return event
+
+    async def send_raw(self, text: str) -> None:
+        if self._ws is None:
+            raise RuntimeError("no broker is connected")
+        await self._ws.send_message(text)
+
+    async def drop(self) -> None:
+        """Drop the current connection abruptly (no close handshake)."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws._stream.aclose()  # an abrupt TCP close, like a crashed gateway
+        self._notify()
+
+    # --- serving -----------------------------------------------------------
+
+    async def _handle(self, request: trio_websocket.WebSocketRequest) -> None:
+        if self.refuse_connections:
+            self.refused += 1
+            self._notify()
+            await request.reject(503, body=b"refused by the test\n")
+            return
+        if self.token and f"token={self.token}" not in request.path:
+            self.refused += 1
+            self._notify()
+            await request.reject(401, body=b"token required\n")
+            return
+        ws = await request.accept()
+        self.connections += 1
+        number = self.connections
+        self._ws = ws
+        self._notify()
+        try:
+            while True:
+                try:
+                    message = await ws.get_message()
+                except trio_websocket.ConnectionClosed:
+                    return
+                await self._on_frame(message, number)
+        finally:
+            if self._ws is ws:
+                self._ws = None
+            self._notify()
+
+    async def _on_frame(self, message: str | bytes, connection: int) -> None:
+        text = message if isinstance(message, str) else message.decode(errors="replace")
+        reply = None
+        try:
+            if json.loads(text).get("schema") == ERROR_SCHEMA:
+                self.received.append(Received(text, None, connection))
+                self._notify()
+                return
+            reply = parse_reply(text)
+        except (WireError, ValueError, AttributeError) as exc:
+            self.violations.append(f"{exc}: {text[:200]}")
+        if reply is not None:
+            self._check(reply, text)
+        self.received.append(Received(text, reply, connection))
+        self._notify()
+        if reply is not None and reply.request_id and self._nursery is not None:
+            self._nursery.start_soon(self._respond, reply.request_id)
+
+    def _check(self, reply: OutboundReply, text: str) -> None:
+        """The rules a gateway relies on beyond the frame's shape."""
+        problem = None
+        if reply.command is None and reply.reply_to not in self._events:
+            problem = f"plain reply to {reply.reply_to!r}, which is no event_id sent"
+        elif reply.command is Command.EDIT_MESSAGE and reply.reply_to not in self._issued:
+            problem = f"edit_message of {reply.reply_to!r}, which is no message_id issued"
+        elif reply.command in (Command.ADD_REACTION, Command.REMOVE_REACTION) and (
+            reply.reply_to not in self._user_messages
+        ):
+            problem = f"reaction on {reply.reply_to!r}, which is no user message_id"
+        elif reply.command is Command.CREATE_TOPIC and not reply.request_id:
+            problem = "create_topic without request_id"
+        if problem:
+            self.violations.append(f"{problem}: {text[:200]}")
+
+    async def _respond(self, request_id: str) -> None:
+        if self.response_mode is ResponseMode.IGNORE:
+            return
+        await trio.sleep(self.response_delay)
+        if self.response_mode is ResponseMode.REFUSE:
+            response = GatewayResponse(request_id, False, error="refused by the test")
+        else:
+            message_id = f"m-{next(self._message_ids)}"
+            self._issued.add(message_id)
+            response = GatewayResponse(request_id, True, message_id=message_id)
+        try:
+            await self.send_raw(encode_response(response))
+        except (RuntimeError, trio_websocket.ConnectionClosed):
+            log.info("fake gateway: could not answer %s, the broker is gone", request_id)
+
+
+@asynccontextmanager
+async def open_fake_gateway(*, token: str = "") -> AsyncIterator[FakeGateway]:
+    """Run a fake gateway on 127.0.0.1 (a free port) for the ``async with`` body."""
+    gateway = FakeGateway(token)
+    async with trio.open_nursery() as nursery:
+        gateway._nursery = nursery
+        server = await nursery.start(
+            trio_websocket.serve_websocket, gateway._handle, "127.0.0.1", 0, None
+        )
+        gateway.port = server.port
+        yield gateway
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,297 @@
+"""The WebSocket server on a real loopback socket, with an echo sink standing in for the router."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from broker.config import ServerConfig
+from broker.frontends.base import FrontendError, ReplyChannel
+from broker.frontends.http import HttpRequest, HttpResponse
+from broker.frontends.server import WebSocketServer, serve_websocket
+from broker.frontends.wire import (
+    ERROR_SCHEMA,
+    Command,
+    GatewayResponse,
+    InboundEvent,
+    OutboundReply,
+    encode_event,
+    encode_response,
+)
+from broker.testing.fake_gateway import make_event
+
+TOKEN = "s3cret"
+
+
+class EchoSink:
+    """Answers each event with ``echo: <text>``. ``slow`` events wait for
+    :attr:`release`; ``ask`` events first request a message id and edit it."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.replied: list[str] = []  # event ids whose reply was handed to the channel
+        self.replied_changed = trio.Event()
+        self.responses: list[GatewayResponse | None] = []
+
+    async def handle_event(self, event: InboundEvent, channel: ReplyChannel) -> None:
+        text = event.content.text
+        if text == "boom":
+            raise RuntimeError("sink failure")
+        if text == "slow":
+            await self.release.wait()
+        if text == "ask":
+            response = await channel.request(OutboundReply.to_event(event, "..."), timeout=1.0)
+            self.responses.append(response)
+            if response is not None and response.message_id:
+                edit = OutboundReply.to_event(event, "echo: ask")
+                await channel.send_reply(
+                    OutboundReply(
+                        response.message_id,
+                        edit.platform,
+                        edit.channel,
+                        edit.text,
+                        Command.EDIT_MESSAGE,
+                    )
+                )
+                return
+        await channel.send_reply(OutboundReply.to_event(event, f"echo: {text}"))
+        self.replied.append(event.event_id)
+        self.replied_changed.set()
+        self.replied_changed = trio.Event()
+
+
+@asynccontextmanager
+async def running(
+    sink: EchoSink, *, token: str = "", max_frame_bytes: int = 1048576, **kwargs: Any
+) -> AsyncIterator[WebSocketServer]:
+    config = ServerConfig(listen="127.0.0.1:0", token=token, max_frame_bytes=max_frame_bytes)
+    async with trio.open_nursery() as nursery:
+        server: WebSocketServer = await nursery.start(
+            lambda task_status: serve_websocket(config, sink, task_status=task_status, **kwargs)
+        )
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+async def receive_json(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
+    message = await ws.get_message()
+    assert isinstance(message, str)
+    frame: dict[str, Any] = json.loads(message)
+    return frame
+
+
+async def http_get(port: int, path: str, headers: str = "") -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(4096):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_missing_or_wrong_token_is_refused_at_the_handshake() -> None:
+    with trio.fail_after(10):
+        async with running(EchoSink(), token=TOKEN) as server:
+            cases = [
+                (server.url, [], 401),
+                (server.url + "?token=wrong", [], 403),
+                (server.url, [(b"Authorization", b"Bearer wrong")], 403),
+            ]
+            for url, headers, status in cases:
+                with pytest.raises(ConnectionRejected) as caught:
+                    async with open_websocket_url(url, extra_headers=headers):
+                        pass
+                assert caught.value.status_code == status
+            for url, headers in [
+                (server.url + f"?token={TOKEN}", []),
+                (server.url, [(b"Authorization", f"Bearer {TOKEN}".encode())]),
+            ]:
+                async with open_websocket_url(url, extra_headers=headers) as ws:
+                    await ws.send_message(encode_event(make_event("hi")))
+                    assert (await receive_json(ws))["content"]["text"] == "echo: hi"
+
+
+async def test_listening_beyond_loopback_without_token_is_refused_at_start() -> None:
+    config = ServerConfig(listen="0.0.0.0:0", token="")
+    with trio.fail_after(5), pytest.raises(FrontendError, match=r"set a token"):
+        await serve_websocket(config, EchoSink())
+
+
+async def test_frame_over_the_limit_closes_with_1009() -> None:
+    with trio.fail_after(10):
+        async with running(EchoSink(), max_frame_bytes=1024) as server:
+            # 2000 characters, and 600 two-byte characters (1200 bytes in 600 characters)
+            for oversize in ("x" * 2000, "é" * 600):
+                async with open_websocket_url(server.url) as ws:
+                    await ws.send_message(oversize)
+                    with pytest.raises(ConnectionClosed) as caught:
+                        await ws.get_message()
+                    assert caught.value.reason is not None
+                    assert caught.value.reason.code == 1009
+
+
+async def test_bad_frames_get_an_error_frame_and_the_connection_stays_usable() -> None:
+    with trio.fail_after(10):
+        async with running(EchoSink()) as server, open_websocket_url(server.url) as ws:
+            await ws.send_message("{not json")
+            error = await receive_json(ws)
+            assert error["schema"] == ERROR_SCHEMA and error["error"].startswith("not JSON: ")
+            frame = json.loads(encode_event(make_event(event_id="evt_bad")))
+            del frame["sender"]["display_name"]
+            await ws.send_message(json.dumps(frame))
+            assert await receive_json(ws) == {
+                "schema": ERROR_SCHEMA,
+                "error": "missing field sender.display_name",
+                "event_id": "evt_bad",
+            }
+            await ws.send_message(encode_event(make_event("still here")))
+            assert (await receive_json(ws))["content"]["text"] == "echo: still here"
+
+
+async def test_replies_go_to_the_connection_the_event_came_from() -> None:
+    with trio.fail_after(10):
+        async with (
+            running(EchoSink()) as server,
+            open_websocket_url(server.url) as first,
+            open_websocket_url(server.url) as second,
+        ):
+            a, b = make_event("from first"), make_event("from second")
+            await first.send_message(encode_event(a))
+            await second.send_message(encode_event(b))
+            assert (await receive_json(second))["reply_to"] == b.event_id
+            assert (await receive_json(first))["reply_to"] == a.event_id
+            # Nothing else was queued for either: the next frame each gets is its own echo.
+            for ws, name in ((first, "again 1"), (second, "again 2")):
+                await ws.send_message(encode_event(make_event(name)))
+                assert (await receive_json(ws))["content"]["text"] == f"echo: {name}"
+
+
+async def test_a_slow_event_does_not_delay_the_next_event_on_the_same_connection() -> None:
+    sink = EchoSink()
+    with trio.fail_after(20):
+        async with running(sink) as server, open_websocket_url(server.url) as ws:
+            slow, fast = make_event("slow"), make_event("fast")
+            await ws.send_message(encode_event(slow))
+            await ws.send_message(encode_event(fast))
+            with trio.fail_after(5):  # the slow one would wait forever
+                assert (await receive_json(ws))["reply_to"] == fast.event_id
+            sink.release.set()
+            assert (await receive_json(ws))["reply_to"] == slow.event_id
+
+
+async def test_reply_finished_after_disconnect_reaches_the_reconnected_client() -> None:
+    sink = EchoSink()
+    with trio.fail_after(10):
+        async with running(sink) as server:
+            slow = make_event("slow", platform="discord")
+            async with open_websocket_url(server.url) as ws:
+                await ws.send_message(encode_event(slow))
+                await receive_json_after_echo(ws)
+            await wait_until(lambda: not server.snapshot().connections)
+            sink.release.set()
+            while slow.event_id not in sink.replied:
+                await sink.replied_changed.wait()
+            assert server.snapshot().outbox_waiting == 1
+            # A client for another platform does not take it; one for discord does.
+            async with open_websocket_url(server.url + "?platforms=slack") as other:
+                await other.send_message(encode_event(make_event("x", platform="slack")))
+                assert (await receive_json(other))["content"]["text"] == "echo: x"
+            async with open_websocket_url(server.url + "?platforms=discord") as ws:
+                frame = await receive_json(ws)
+                assert (
+                    frame["reply_to"] == slow.event_id and frame["content"]["text"] == "echo: slow"
+                )
+            assert server.snapshot().outbox_waiting == 0
+
+
+async def receive_json_after_echo(ws: trio_websocket.WebSocketConnection) -> None:
+    """Make sure the server has read the previous frame: a round trip."""
+    probe = make_event("probe", platform="discord")
+    await ws.send_message(encode_event(probe))
+    assert (await receive_json(ws))["reply_to"] == probe.event_id
+
+
+async def wait_until(condition: Any) -> None:
+    """Poll a server-side condition that has no event to wait on (bounded by the caller)."""
+    while not condition():
+        await trio.sleep(0.01)
+
+
+async def test_request_waits_for_the_matching_response_then_edits() -> None:
+    sink = EchoSink()
+    with trio.fail_after(10):
+        async with running(sink) as server, open_websocket_url(server.url) as ws:
+            await ws.send_message(encode_event(make_event("ask")))
+            first = await receive_json(ws)
+            assert first["request_id"].startswith("req_")
+            await ws.send_message(
+                encode_response(GatewayResponse(first["request_id"], True, message_id="m-9"))
+            )
+            edit = await receive_json(ws)
+            assert edit["command"] == "edit_message" and edit["reply_to"] == "m-9"
+            assert sink.responses == [GatewayResponse(first["request_id"], True, None, "m-9")]
+
+
+async def test_request_without_answer_gives_none_after_the_timeout() -> None:
+    sink = EchoSink()
+    with trio.fail_after(10):
+        async with running(sink) as server, open_websocket_url(server.url) as ws:
+            ask = make_event("ask")
+            await ws.send_message(encode_event(ask))
+            assert "request_id" in await receive_json(ws)  # never answered
+            fallback = await receive_json(ws)
+            assert fallback["reply_to"] == ask.event_id and "command" not in fallback
+            assert sink.responses == [None]
+
+
+async def test_a_failing_sink_still_answers_the_event() -> None:
+    with trio.fail_after(10):
+        async with running(EchoSink()) as server, open_websocket_url(server.url) as ws:
+            boom = make_event("boom")
+            await ws.send_message(encode_event(boom))
+            frame = await receive_json(ws)
+            assert frame["reply_to"] == boom.event_id and "RuntimeError" in frame["content"]["text"]
+
+
+async def test_plain_http_routes_share_the_port_and_respect_the_token() -> None:
+    async def status(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, b'{"ok":true}')
+
+    routes = {"/healthz": status, "/status": status}
+    with trio.fail_after(10):
+        async with running(EchoSink(), token=TOKEN, http_routes=routes) as server:
+            assert await http_get(server.port, "/healthz") == (200, b'{"ok":true}')
+            assert (await http_get(server.port, "/status"))[0] == 401
+            assert (await http_get(server.port, "/status?token=nope"))[0] == 403
+            auth = f"Authorization: Bearer {TOKEN}\r\n"
+            assert await http_get(server.port, "/status", auth) == (200, b'{"ok":true}')
+            assert (await http_get(server.port, "/ws"))[0] == 426
+            assert (await http_get(server.port, "/nothing"))[0] == 404
+
+
+async def test_peer_that_stops_answering_pings_is_dropped() -> None:
+    import wsproto
+    from wsproto.events import AcceptConnection, Request
+
+    with trio.fail_after(10):
+        async with running(EchoSink(), ping_interval=0.2, pong_timeout=0.5) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+            await stream.send_all(client.send(Request(host="127.0.0.1", target="/ws")))
+            while not any(isinstance(e, AcceptConnection) for e in client.events()):
+                client.receive_data(await stream.receive_some(4096))
+            await wait_until(lambda: len(server.snapshot().connections) == 1)
+            # Never answer the pings: the server must close the TCP stream.
+            while await stream.receive_some(4096):
+                pass
+            await stream.aclose()
+            await wait_until(lambda: not server.snapshot().connections)
