@@ -1,0 +1,616 @@
+"""Run one child process under a trio nursery, with guarantees.
+
+A child runs in its own session and process group, with exactly the
+environment it is given, and (on Linux) dies with the broker through
+``PR_SET_PDEATHSIG``. Its exit is noticed the moment it happens (a pidfd
+becomes readable), its stderr is drained all the time into a bounded ring
+buffer and a rate-limited log, its stdout is read as bounded lines, and
+stopping it always finishes: close stdin, SIGTERM the group, wait the grace,
+SIGKILL the group, reap.
+
+Ordering rule: the process group is signalled only while its leader is not
+yet reaped (alive or a zombie), because a reaped pid may be reused as a new
+process group id. Exit is therefore detected without reaping (pidfd
+readability, or ``waitid(WNOWAIT)`` where pidfds are missing), then the whole
+group gets SIGKILL (grandchildren die with it), and only then is the leader
+reaped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+
+import attrs
+import trio
+
+logger = logging.getLogger("supervisor")
+
+READ_CHUNK = 64 * 1024
+STDERR_EOF_WAIT = 0.5  # after the exit: how long the last stderr bytes may take to arrive
+KILL_WAIT = 10.0  # after SIGKILL: how long the kernel may take before we give up
+LOG_LINE_MAX = 500  # stderr log lines are cut to this many bytes
+LOG_BURST = 100  # stderr log lines logged at once before rate limiting starts
+LOG_RATE = 20.0  # stderr log lines per second after the burst
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _to_argv(argv: Iterable[str]) -> tuple[str, ...]:
+    return tuple(argv)
+
+
+@attrs.frozen
+class ChildSpec:
+    """What to run and how.
+
+    ``argv[0]`` is an executable path (relative paths resolve against
+    ``cwd``) or a bare name looked up on ``env["PATH"]``. ``env`` is the
+    complete environment: nothing is inherited from the parent.
+    """
+
+    argv: tuple[str, ...] = attrs.field(converter=_to_argv)
+    env: Mapping[str, str]
+    cwd: str | None = None
+    name: str = "child"
+    max_line_bytes: int = 8 * 1024 * 1024
+    stderr_tail_bytes: int = 16 * 1024
+    parent_death_signal: bool = True
+
+
+@attrs.frozen
+class ExitStatus:
+    """How a child ended: an exit code, or the signal that killed it."""
+
+    returncode: int | None
+    signal: int | None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(returncode=None, signal=os.WTERMSIG(status))
+        return cls(returncode=os.waitstatus_to_exitcode(status), signal=None)
+
+    def describe(self) -> str:
+        """``"exited with code 3"`` or ``"killed by SIGKILL"``."""
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"killed by {name}"
+        return f"exited with code {self.returncode}"
+
+
+class SpawnError(Exception):
+    """The command could not be started (missing, not executable, bad cwd)."""
+
+
+class LineTooLong(Exception):
+    """A stdout line exceeded ``max_line_bytes``; the stdout stream is unusable after."""
+
+
+class StopTimeout(Exception):
+    """The child did not go away even ``KILL_WAIT`` seconds after SIGKILL."""
+
+
+# --- spawning -------------------------------------------------------------------------
+
+
+def resolve_executable(argv0: str, env: Mapping[str, str], cwd: str | None) -> str:
+    """Return the path that will be executed for ``argv0``, or raise SpawnError."""
+    if not argv0:
+        raise SpawnError("cannot start a child: empty command")
+    if "/" in argv0:
+        path = argv0 if os.path.isabs(argv0) or cwd is None else os.path.join(cwd, argv0)
+        if not os.path.exists(path):
+            raise SpawnError(f"command not found: {argv0!r}")
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise SpawnError(f"command is not executable: {argv0!r}")
+        return path
+    search = env.get("PATH", os.defpath)
+    found = shutil.which(argv0, path=search)
+    if found is not None:
+        return found
+    for directory in search.split(os.pathsep):
+        if os.path.isfile(os.path.join(directory or ".", argv0)):
+            raise SpawnError(f"command is not executable: {argv0!r} (in {directory})")
+    raise SpawnError(f"command not found: {argv0!r} (PATH={search})")
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A preexec function that makes the kernel SIGKILL the child when we die."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+class _Spawner:
+    """One long-lived daemon thread that forks every child.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits,
+    not the process. trio's worker threads retire after idling, so forking
+    there would kill children seconds later. This thread never returns from
+    its loop, so it lives exactly as long as the process.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="supervisor-spawner", daemon=True)
+        self._thread.start()
+        self.pid = os.getpid()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException:  # this thread must never exit
+                logger.exception("spawner job failed")
+
+    async def run(self, popen: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        """Run ``popen`` on the spawner thread and return its result.
+
+        The wait is shielded: once submitted, a fork cannot be taken back, so
+        the caller gets the process (and must stop it) even when cancelled.
+        """
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        result: list[subprocess.Popen[bytes]] = []
+        failure: list[BaseException] = []
+
+        def job() -> None:
+            try:
+                result.append(popen())
+            except BaseException as exc:  # noqa: BLE001 - handed back to the trio task
+                failure.append(exc)
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                for proc in result:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+        self._jobs.put(job)
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        if failure:
+            raise failure[0]
+        return result[0]
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def spawner_thread() -> threading.Thread:
+    """The thread all children are forked from (started on first use)."""
+    return _get_spawner().thread
+
+
+def _get_spawner() -> _Spawner:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or _spawner.pid != os.getpid():  # a forked copy has no threads
+            _spawner = _Spawner()
+        return _spawner
+
+
+async def _spawn(spec: ChildSpec) -> Child:
+    executable = resolve_executable(spec.argv[0] if spec.argv else "", spec.env, spec.cwd)
+    hook = _parent_death_hook() if spec.parent_death_signal else None
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    child_ends = (stdin_r, stdout_w, stderr_w)
+    parent_ends = (stdin_w, stdout_r, stderr_r)
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(spec.argv),
+            executable=executable,
+            env=dict(spec.env),
+            cwd=spec.cwd,
+            stdin=stdin_r,
+            stdout=stdout_w,
+            stderr=stderr_w,
+            start_new_session=True,
+            preexec_fn=hook,  # noqa: PLW1509 - only calls prctl/getppid/kill
+            close_fds=True,
+        )
+
+    try:
+        proc = await _get_spawner().run(popen)
+    except BaseException as exc:
+        for fd in parent_ends:
+            os.close(fd)
+        if not isinstance(exc, (OSError, ValueError, subprocess.SubprocessError)):
+            raise
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        where = f" in {spec.cwd!r}" if spec.cwd else ""
+        raise SpawnError(f"cannot start {spec.name} {spec.argv[0]!r}{where}: {detail}") from exc
+    finally:
+        for fd in child_ends:
+            os.close(fd)
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    child = Child(spec, proc, pidfd, *parent_ends)
+    logger.info("started %s pid %d: %s", spec.name, proc.pid, " ".join(spec.argv))
+    return child
+
+
+# --- stdout lines and stderr sink -----------------------------------------------------
+
+
+class _LineReader:
+    """Bounded line splitting over a byte stream: holds at most max_line + one chunk."""
+
+    def __init__(self, stream: trio.lowlevel.FdStream, max_line: int) -> None:
+        self._stream = stream
+        self._max = max_line
+        self._buf = bytearray()
+        self._scanned = 0
+        self._eof = False
+        self._error: LineTooLong | None = None
+
+    def __aiter__(self) -> _LineReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._error is not None:
+                raise self._error
+            newline = self._buf.find(b"\n", self._scanned)
+            if newline >= 0:
+                if newline > self._max:
+                    return self._fail(newline)
+                line = bytes(self._buf[:newline])
+                del self._buf[: newline + 1]
+                self._scanned = 0
+                return line
+            self._scanned = len(self._buf)
+            if len(self._buf) > self._max:
+                return self._fail(len(self._buf))
+            if self._eof:
+                if self._buf:
+                    line = bytes(self._buf)
+                    self._buf.clear()
+                    return line
+                raise StopAsyncIteration
+            chunk = await self._stream.receive_some(READ_CHUNK)
+            if not chunk:
+                self._eof = True
+                await self._stream.aclose()
+            self._buf += chunk
+
+    def _fail(self, seen: int) -> bytes:
+        self._buf = bytearray()
+        self._error = LineTooLong(f"stdout line longer than {self._max} bytes (at least {seen})")
+        raise self._error
+
+
+class _StderrSink:
+    """Keeps the last bytes of stderr and logs its lines, cut and rate-limited."""
+
+    def __init__(self, name: str, pid: int, tail_bytes: int) -> None:
+        self._name = name
+        self._pid = pid
+        self._tail_max = tail_bytes
+        self.tail = bytearray()
+        self._partial = bytearray()
+        self._partial_cut = False
+        self._tokens = float(LOG_BURST)
+        self._last = 0.0
+        self._suppressed = 0
+
+    def feed(self, data: bytes, now: float) -> None:
+        self.tail += data
+        if len(self.tail) > self._tail_max:
+            del self.tail[: len(self.tail) - self._tail_max]
+        self._tokens = min(float(LOG_BURST), self._tokens + (now - self._last) * LOG_RATE)
+        self._last = now
+        start = 0
+        while (newline := data.find(b"\n", start)) >= 0:
+            if self._tokens < 1:
+                # Out of log budget: count the rest of this chunk's lines without splitting.
+                last = data.rfind(b"\n")
+                self._suppressed += data.count(b"\n", start, last + 1)
+                self._partial.clear()
+                self._partial_cut = False
+                start = last + 1
+                break
+            self._append_partial(data[start:newline])
+            self._emit()
+            start = newline + 1
+        self._append_partial(data[start:])
+
+    def finish(self) -> None:
+        """At EOF: log a last unterminated line and what was suppressed."""
+        if self._partial and self._tokens >= 1:
+            self._emit()
+        elif self._partial:
+            self._suppressed += 1
+        self._report_suppressed()
+
+    def _report_suppressed(self) -> None:
+        if self._suppressed:
+            logger.warning(
+                "%s[%d] stderr: %d lines not logged (rate limit)",
+                self._name,
+                self._pid,
+                self._suppressed,
+            )
+            self._suppressed = 0
+
+    def _append_partial(self, piece: bytes) -> None:
+        room = LOG_LINE_MAX - len(self._partial)
+        if len(piece) > room:
+            self._partial_cut = True
+            piece = piece[: max(room, 0)]
+        self._partial += piece
+
+    def _emit(self) -> None:
+        self._tokens -= 1
+        self._report_suppressed()
+        text = self._partial.decode("utf-8", "replace") + (" [cut]" if self._partial_cut else "")
+        logger.info(
+            "%s[%d] stderr: %s",
+            self._name,
+            self._pid,
+            text,
+            extra={"child": self._name, "pid": self._pid},
+        )
+        self._partial.clear()
+        self._partial_cut = False
+
+
+# --- the child ------------------------------------------------------------------------
+
+
+class Child:
+    """A running child process. Created by :func:`run_child`, never directly.
+
+    Two tasks started by :func:`run_child` belong to it: the exit watcher and
+    the stderr drain. Both run in shielded scopes: cancelling the owning
+    nursery does not cut them off, they end when the child is gone (and
+    :meth:`stop`, which the cancellation triggers, makes sure it goes).
+    """
+
+    def __init__(
+        self,
+        spec: ChildSpec,
+        proc: subprocess.Popen[bytes],
+        pidfd: int | None,
+        stdin_fd: int,
+        stdout_fd: int,
+        stderr_fd: int,
+    ) -> None:
+        self.spec = spec
+        self.pid = proc.pid
+        self.pgid = proc.pid  # start_new_session: the child leads its own group
+        self.exit_status: ExitStatus | None = None
+        self.exited = trio.Event()
+        self._proc = proc
+        self._pidfd = pidfd
+        self._stdin = trio.lowlevel.FdStream(stdin_fd)
+        self._stdout = trio.lowlevel.FdStream(stdout_fd)
+        self._stderr = trio.lowlevel.FdStream(stderr_fd)
+        self._lines = _LineReader(self._stdout, spec.max_line_bytes)
+        self._sink = _StderrSink(spec.name, proc.pid, spec.stderr_tail_bytes)
+        self._send_lock = trio.Lock()
+        self._reaped = False
+        self._watch_scope = trio.CancelScope(shield=True)
+        self._drain_scope = trio.CancelScope(shield=True)
+        self._stderr_done = trio.Event()
+        self._stop_done: trio.Event | None = None
+
+    def __repr__(self) -> str:
+        state = self.exit_status.describe() if self.exit_status else "running"
+        return f"<Child {self.spec.name} pid={self.pid} {state}>"
+
+    async def wait(self) -> ExitStatus:
+        """Wait until the child has exited and been reaped; return how it ended."""
+        await self.exited.wait()
+        assert self.exit_status is not None
+        return self.exit_status
+
+    def stderr_tail(self, max_chars: int = 2000) -> str:
+        """The last ``max_chars`` characters of stderr (from a bounded ring buffer)."""
+        text = bytes(self._sink.tail).decode("utf-8", "replace")
+        return text[-max_chars:] if max_chars > 0 else ""
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` to the child's stdin.
+
+        Writes are serialised by a lock held for this one write only. Raises
+        ``trio.BrokenResourceError`` if the child closed its stdin (or died)
+        and ``trio.ClosedResourceError`` after :meth:`close_stdin`/:meth:`stop`.
+        """
+        async with self._send_lock:
+            await self._stdin.send_all(data)
+
+    def stdout_lines(self) -> AsyncIterator[bytes]:
+        """Stdout as lines without the ``b"\\n"``; a last unterminated line is yielded too.
+
+        Ends at EOF. Raises :class:`LineTooLong` for a line over
+        ``spec.max_line_bytes`` (and again on every later call). There is one
+        reader per child: every call returns the same iterator.
+        """
+        return self._lines
+
+    async def close_stdin(self) -> None:
+        """Close stdin (the child sees EOF). Idempotent; a blocked send gets ClosedResourceError."""
+        self._stdin.close()
+        await trio.lowlevel.checkpoint()
+
+    async def stop(self, grace: float) -> ExitStatus:
+        """Stop the child and its process group; return how it ended.
+
+        Closes stdin, sends SIGTERM to the group, waits up to ``grace`` seconds
+        for the exit, then sends SIGKILL to the group and waits for the reap.
+        Runs shielded with its own deadlines, so it finishes even when the
+        caller is cancelled. Idempotent: concurrent and later callers share the
+        one stop. Raises :class:`StopTimeout` if the child is still there
+        ``KILL_WAIT`` seconds after SIGKILL (e.g. stuck in the kernel).
+        """
+        if self._stop_done is None:
+            self._stop_done = trio.Event()
+            try:
+                await self._stop_once(grace)
+            finally:
+                self._stop_done.set()
+        else:
+            await self._stop_done.wait()
+        if self.exit_status is None:
+            raise StopTimeout(f"{self.spec.name} pid {self.pid} survived SIGKILL for {KILL_WAIT}s")
+        return self.exit_status
+
+    async def _stop_once(self, grace: float) -> None:
+        with trio.CancelScope(shield=True):
+            self._stdin.close()
+            if not self.exited.is_set():
+                self._kill_group(signal.SIGTERM)
+                with trio.move_on_after(grace):
+                    await self.exited.wait()
+            if not self.exited.is_set():
+                logger.warning(
+                    "%s[%d] still running %.1fs after SIGTERM: sending SIGKILL",
+                    self.spec.name,
+                    self.pid,
+                    grace,
+                )
+                self._kill_group(signal.SIGKILL)
+                with trio.move_on_after(KILL_WAIT):
+                    await self.exited.wait()
+            if not self.exited.is_set():
+                logger.error("%s[%d] did not exit after SIGKILL", self.spec.name, self.pid)
+                self._watch_scope.cancel()
+                self._drain_scope.cancel()
+
+    def _kill_group(self, sig: int) -> None:
+        if self._reaped:  # the pgid may belong to someone else by now
+            return
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            logger.warning("%s[%d] cannot signal group: %s", self.spec.name, self.pid, exc)
+
+    async def _watch_exit(self) -> None:
+        """Notice the exit, SIGKILL what is left of the group, reap, then set ``exited``."""
+        with self._watch_scope:
+            await self._wait_leader_exit()
+            self._kill_group(signal.SIGKILL)
+            status = await self._reap()
+            try:
+                with trio.move_on_after(STDERR_EOF_WAIT):
+                    await self._stderr_done.wait()
+                self._drain_scope.cancel()
+            finally:
+                self._stdin.close()
+                self.exit_status = status
+                self.exited.set()
+            log = logger.info if status.returncode == 0 else logger.warning
+            log("%s[%d] %s", self.spec.name, self.pid, status.describe())
+
+    async def _wait_leader_exit(self) -> None:
+        if self._pidfd is None:
+            await trio.to_thread.run_sync(_wait_exited_not_reaped, self.pid, abandon_on_cancel=True)
+            return
+        try:
+            await trio.lowlevel.wait_readable(self._pidfd)
+        finally:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def _reap(self) -> ExitStatus:
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)  # noqa: ASYNC222
+            except ChildProcessError:
+                self._reaped = True
+                self._proc.returncode = -1
+                logger.error("%s[%d] was reaped elsewhere: status lost", self.spec.name, self.pid)
+                return ExitStatus(returncode=None, signal=None)
+            if pid:
+                self._reaped = True
+                self._proc.returncode = os.waitstatus_to_exitcode(status)
+                return ExitStatus.from_wait_status(status)
+            await trio.sleep(0.01)  # readable pidfd but not yet waitable: rare, brief
+
+    async def _drain_stderr(self) -> None:
+        with self._drain_scope:
+            try:
+                while chunk := await self._stderr.receive_some(READ_CHUNK):
+                    self._sink.feed(chunk, trio.current_time())
+            except trio.ClosedResourceError:
+                pass
+            finally:
+                self._sink.finish()
+                self._stderr.close()
+                self._stderr_done.set()
+
+
+def _wait_exited_not_reaped(pid: int) -> None:
+    while True:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
+
+
+async def run_child(
+    spec: ChildSpec,
+    *,
+    stop_grace: float,
+    task_status: trio.TaskStatus[Child] = trio.TASK_STATUS_IGNORED,
+) -> ExitStatus:
+    """Run one child for its whole life; use as ``await nursery.start(run_child, spec, ...)``.
+
+    Spawns the child (raising :class:`SpawnError` before ``started`` if it
+    cannot), hands the :class:`Child` to ``task_status``, drains its stderr
+    and watches its exit. Returns the :class:`ExitStatus` once the child has
+    exited and been reaped (its group is SIGKILLed first, so grandchildren go
+    with it). If cancelled, it performs ``child.stop(stop_grace)`` before the
+    cancellation propagates: cancelling the owning nursery stops the child.
+    """
+    child = await _spawn(spec)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(child._watch_exit)
+        nursery.start_soon(child._drain_stderr)
+        try:
+            task_status.started(child)
+            await child.exited.wait()
+        finally:
+            if not child.exited.is_set():
+                await child.stop(stop_grace)
+    assert child.exit_status is not None
+    return child.exit_status
