@@ -20,9 +20,10 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import attrs
 import cattrs
@@ -229,7 +230,7 @@ class BrokerConfig:
         )
 
 
-def mask_secrets(text: str, secrets: tuple[str, ...] | list[str]) -> str:
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every occurrence of every non-empty secret replaced by ``***``."""
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "***")
@@ -274,8 +275,6 @@ def server_url(config: BrokerConfig) -> str:
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     url = f"ws://{netloc}"
     if config.server.token:
-        from urllib.parse import quote
-
         url += "?token=" + quote(config.server.token, safe="")
     return url
 
@@ -343,12 +342,14 @@ def _describe(value: object) -> str:
 
 
 class _WrongValue(Exception):
-    """Raised by the strict hooks; the message is what was expected."""
+    """Raised by the strict hooks: what was expected, what came, and where below the
+    key (``"[2]"`` for an array element, ``".name"`` for a table entry, ``""`` for the key)."""
 
-    def __init__(self, expected: str, value: object) -> None:
-        super().__init__(f"expected {expected}, got {_describe(value)}")
+    def __init__(self, expected: str, value: object, where: str = "") -> None:
+        super().__init__(f"{where}: expected {expected}, got {_describe(value)}")
         self.expected = expected
         self.value = value
+        self.where = where
 
 
 T = TypeVar("T")
@@ -377,39 +378,30 @@ SECTIONS = _section_classes()
 
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    conv.register_structure_hook(str, _strict("a string", lambda v: isinstance(v, str), str))
-    conv.register_structure_hook(
-        bool, _strict("true or false", lambda v: isinstance(v, bool), bool)
-    )
-    conv.register_structure_hook(
-        int,
-        _strict("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool), int),
-    )
-    conv.register_structure_hook(
-        float,
-        _strict(
-            "a number",
-            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            float,
-        ),
-    )
+    # No coercion: "10" is not an integer, 1 is not true.
+    strict_scalars: list[tuple[type[Any], str, Callable[[object], bool]]] = [
+        (str, "a string", lambda v: isinstance(v, str)),
+        (bool, "true or false", lambda v: isinstance(v, bool)),
+        (int, "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+        (float, "a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    ]
+    for cls, expected, accept in strict_scalars:
+        conv.register_structure_hook(cls, _strict(expected, accept, cls))
 
     def structure_tuple(value: object, _type: object) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise _WrongValue("an array of strings", value)
-        out: list[str] = []
         for index, item in enumerate(value):
             if not isinstance(item, str):
-                raise _WrongValue("an array of strings", value) from _Index(index, item)
-            out.append(item)
-        return tuple(out)
+                raise _WrongValue("a string", item, f"[{index}]")
+        return tuple(value)
 
     def structure_mapping(value: object, _type: object) -> Mapping[str, str]:
         if not isinstance(value, dict):
             raise _WrongValue("a table of strings", value)
         for key, item in value.items():
             if not isinstance(item, str):
-                raise _WrongValue("a string", item) from _Index(key, item)
+                raise _WrongValue("a string", item, f".{key}")
         return dict(value)
 
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], structure_tuple)
@@ -418,15 +410,6 @@ def _make_converter() -> cattrs.Converter:
     for cls in SECTIONS.values():
         conv.register_structure_hook(cls, _section_hook(conv, cls))
     return conv
-
-
-class _Index(Exception):
-    """Records which element of an array or table was wrong."""
-
-    def __init__(self, index: int | str, value: object) -> None:
-        super().__init__(index)
-        self.index = index
-        self.value = value
 
 
 def _section_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, object], T]:
@@ -464,12 +447,8 @@ def _walk_errors(exc: BaseException, path: str, bound: str) -> Iterator[tuple[st
         for sub in others:
             yield from _walk_errors(sub, path, bound)
     elif isinstance(exc, _WrongValue):
-        cause = exc.__cause__
-        if isinstance(cause, _Index):
-            where = f"[{cause.index}]" if isinstance(cause.index, int) else f".{cause.index}"
-            yield path + where, f"expected a string, got {_describe(cause.value)}"
-        else:
-            yield path, f"expected {exc.expected}{bound}, got {_describe(exc.value)}"
+        bound = "" if exc.where else bound
+        yield path + exc.where, f"expected {exc.expected}{bound}, got {_describe(exc.value)}"
     else:
         yield path, f"{type(exc).__name__}: {exc}"
 
@@ -502,6 +481,19 @@ def _value_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
                 yield key, f"expected {expected}, got {_describe(bad)}"
 
 
+def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
+    """Checks that involve two keys."""
+    pool = config.pool
+    if pool.warm_spares > pool.max_sessions:
+        yield (
+            "pool.warm_spares",
+            (
+                f"expected an integer <= pool.max_sessions ({pool.max_sessions}), "
+                f"got {pool.warm_spares}"
+            ),
+        )
+
+
 def _raise_problems(file: str, problems: list[tuple[str, str]]) -> None:
     if problems:
         lines = [f"{file}: {path}: {message}" for path, message in problems]
@@ -519,7 +511,7 @@ def structure_config(
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
         _raise_problems(file, list(_walk_errors(exc, "", "")))
         raise  # pragma: no cover - _raise_problems always raises for a non-empty tree
-    _raise_problems(file, list(_value_problems(config)))
+    _raise_problems(file, [*_value_problems(config), *_cross_problems(config)])
     return config
 
 
@@ -589,7 +581,7 @@ def resolve_command(name: str, *, cwd: str | None = None) -> str:
 
 
 def agent_environment(
-    agent: AgentConfig, environ: Mapping[str, str], *, secrets: tuple[str, ...] = ()
+    agent: AgentConfig, environ: Mapping[str, str], *, secrets: Iterable[str]
 ) -> dict[str, str]:
     """The complete environment an agent process gets; nothing else is inherited.
 
@@ -598,12 +590,14 @@ def agent_environment(
     then every name in ``agent.inherit_env`` that ``environ`` has. Any variable
     whose value contains one of ``secrets`` (pass ``config.secret_values()``:
     the server and gateway tokens) is dropped, with a warning naming it.
+    ``secrets`` is required so that no caller can forget it.
     """
+    secrets = tuple(s for s in secrets if s)
     env = {name: environ[name] for name in AGENT_BASE_ENV if name in environ}
     env.update(agent.env)
     env.update({name: environ[name] for name in agent.inherit_env if name in environ})
     for name in sorted(env):
-        if any(secret in env[name] for secret in secrets if secret):
+        if any(secret in env[name] for secret in secrets):
             log.warning("not passing %s to the agent: it holds a broker token", name)
             del env[name]
     return env

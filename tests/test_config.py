@@ -336,3 +336,12 @@ def test_docs_list_exactly_the_keys_and_defaults_of_the_code() -> None:
         for field in attrs.fields(cls)
     }
     assert documented_keys() == in_code
+
+
+def test_more_warm_spares_than_sessions_is_impossible(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, "[pool]\nmax_sessions = 2\nwarm_spares = 3\n", {})
+    assert str(err.value) == (
+        f"{tmp_path / 'broker.toml'}: pool.warm_spares: "
+        "expected an integer <= pool.max_sessions (2), got 3"
+    )
