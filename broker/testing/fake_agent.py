@@ -185,7 +185,9 @@ class FakeAgent:
             "agentCapabilities": {
                 "loadSession": self.options.load_session,
                 "promptCapabilities": {
-                    "image": self.options.images, "audio": False, "embeddedContext": True,
+                    "image": self.options.images,
+                    "audio": False,
+                    "embeddedContext": True,
                 },
                 "sessionCapabilities": {"resume": {}, "close": {}},
             },
@@ -224,11 +226,16 @@ class FakeAgent:
         record = await self._stored(params)
         for entry in list(record.history):
             kind = "user_message_chunk" if entry["role"] == "user" else "agent_message_chunk"
-            await self.wire.notify("session/update", {
-                "sessionId": record.session_id,
-                "update": {"sessionUpdate": kind,
-                           "content": {"type": "text", "text": entry["text"]}},
-            })
+            await self.wire.notify(
+                "session/update",
+                {
+                    "sessionId": record.session_id,
+                    "update": {
+                        "sessionUpdate": kind,
+                        "content": {"type": "text", "text": entry["text"]},
+                    },
+                },
+            )
         return store.session_state(record)
 
     async def session_resume(self, _id: JSON, params: dict[str, Any]) -> JSON:
@@ -259,10 +266,13 @@ class FakeAgent:
             raise RpcError(INVALID_PARAMS, f"unknown mode {mode!r}; one of {sorted(store.MODES)}")
         live.record.mode = mode
         await self._save(live.record)
-        await self.wire.notify("session/update", {
-            "sessionId": live.record.session_id,
-            "update": {"sessionUpdate": "current_mode_update", "currentModeId": mode},
-        })
+        await self.wire.notify(
+            "session/update",
+            {
+                "sessionId": live.record.session_id,
+                "update": {"sessionUpdate": "current_mode_update", "currentModeId": mode},
+            },
+        )
         return {}
 
     async def set_config_option(self, _id: JSON, params: dict[str, Any]) -> JSON:
@@ -332,7 +342,9 @@ class FakeAgent:
                 images += 1
             elif kind == "resource_link":
                 texts.append(f"[link {block.get('name', block.get('uri', ''))}]")
-            elif kind not in ("resource", "audio"):
+            elif kind == "audio":
+                raise RpcError(INVALID_PARAMS, "this agent does not accept audio")
+            elif kind != "resource":
                 raise RpcError(INVALID_PARAMS, f"unknown content block type {kind!r}")
         return "\n".join(texts), images
 
@@ -380,30 +392,64 @@ def parse_args(argv: list[str] | None = None) -> Options:
         description="A scriptable ACP agent for tests and demos (see docs/fake-agent.md).",
     )
     p.add_argument("--name", default="fake-agent", help="agentInfo.name and the log prefix")
-    p.add_argument("--state-dir", type=Path, default=None,
-                   help="session files (default $FAKE_AGENT_STATE_DIR or ./.fake-agent-sessions)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="session files (default $FAKE_AGENT_STATE_DIR or ./.fake-agent-sessions)",
+    )
     p.add_argument("--init-delay", type=float, default=0.0, metavar="SECS")
     p.add_argument("--new-delay", type=float, default=0.0, metavar="SECS")
-    p.add_argument("--load-delay", type=float, default=0.0, metavar="SECS",
-                   help="delay of session/load and session/resume")
-    p.add_argument("--no-load-session", action="store_true",
-                   help="advertise loadSession: false and reject session/load")
-    p.add_argument("--no-images", action="store_true",
-                   help="advertise image: false and reject image blocks")
+    p.add_argument(
+        "--load-delay",
+        type=float,
+        default=0.0,
+        metavar="SECS",
+        help="delay of session/load and session/resume",
+    )
+    p.add_argument(
+        "--no-load-session",
+        action="store_true",
+        help="advertise loadSession: false and reject session/load",
+    )
+    p.add_argument(
+        "--no-images", action="store_true", help="advertise image: false and reject image blocks"
+    )
     p.add_argument("--ignore-sigterm", action="store_true")
-    p.add_argument("--ignore-stdin-eof", action="store_true",
-                   help="keep running when stdin closes (like old agents)")
-    p.add_argument("--stderr-noise", type=float, nargs="?", const=1.0, default=None,
-                   metavar="SECS", help="write a noise line to stderr every SECS (default 1)")
-    p.add_argument("--crash-on-start", type=int, default=None, metavar="CODE",
-                   help="exit with CODE at once, before reading anything")
+    p.add_argument(
+        "--ignore-stdin-eof",
+        action="store_true",
+        help="keep running when stdin closes (like old agents)",
+    )
+    p.add_argument(
+        "--stderr-noise",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=None,
+        metavar="SECS",
+        help="write a noise line to stderr every SECS (default 1)",
+    )
+    p.add_argument(
+        "--crash-on-start",
+        type=int,
+        default=None,
+        metavar="CODE",
+        help="exit with CODE at once, before reading anything",
+    )
     a = p.parse_args(argv)
     return Options(
-        name=a.name, state_dir=a.state_dir or store.default_state_dir(),
-        init_delay=a.init_delay, new_delay=a.new_delay, load_delay=a.load_delay,
-        load_session=not a.no_load_session, images=not a.no_images,
-        ignore_sigterm=a.ignore_sigterm, ignore_stdin_eof=a.ignore_stdin_eof,
-        stderr_noise=a.stderr_noise, crash_on_start=a.crash_on_start,
+        name=a.name,
+        state_dir=a.state_dir or store.default_state_dir(),
+        init_delay=a.init_delay,
+        new_delay=a.new_delay,
+        load_delay=a.load_delay,
+        load_session=not a.no_load_session,
+        images=not a.no_images,
+        ignore_sigterm=a.ignore_sigterm,
+        ignore_stdin_eof=a.ignore_stdin_eof,
+        stderr_noise=a.stderr_noise,
+        crash_on_start=a.crash_on_start,
     )
 
 

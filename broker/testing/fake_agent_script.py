@@ -23,7 +23,18 @@ import math
 import attrs
 
 TOOL_KINDS = frozenset(
-    {"read", "edit", "delete", "move", "search", "execute", "think", "fetch", "switch_mode", "other"}
+    {
+        "read",
+        "edit",
+        "delete",
+        "move",
+        "search",
+        "execute",
+        "think",
+        "fetch",
+        "switch_mode",
+        "other",
+    }
 )
 STOP_REASONS = frozenset({"end_turn", "max_tokens", "max_turn_requests", "refusal", "cancelled"})
 
@@ -143,8 +154,22 @@ class Ext:
 
 
 Action = (
-    Say | Delay | Tool | SilentTool | Plan | Crash | Hang | Flood | Malformed | LongLine
-    | Permission | Grandchild | Stderr | Thought | Usage | Ext
+    Say
+    | Delay
+    | Tool
+    | SilentTool
+    | Plan
+    | Crash
+    | Hang
+    | Flood
+    | Malformed
+    | LongLine
+    | Permission
+    | Grandchild
+    | Stderr
+    | Thought
+    | Usage
+    | Ext
 )
 
 
@@ -290,7 +315,9 @@ def _setting(script: Script, name: str, arg: str) -> Script:
         case "error":
             code_text, _, message = _one_arg(arg, at).partition(" ")
             code = _count(code_text.lstrip("-"), at) * (-1 if code_text.startswith("-") else 1)
-            return attrs.evolve(script, error=RpcFailure(code, message.strip() or "simulated error"))
+            return attrs.evolve(
+                script, error=RpcFailure(code, message.strip() or "simulated error")
+            )
         case "empty":
             return attrs.evolve(script, empty=True)
     raise AssertionError(name)
@@ -306,8 +333,23 @@ def is_directive(line: str) -> bool:
 
 _ACTION_NAMES = frozenset(
     {
-        "say", "delay", "tool", "tool-fail", "silent-tool", "plan", "crash", "hang", "hang-hard",
-        "flood", "malformed", "longline", "permission", "grandchild", "stderr", "thought", "usage",
+        "say",
+        "delay",
+        "tool",
+        "tool-fail",
+        "silent-tool",
+        "plan",
+        "crash",
+        "hang",
+        "hang-hard",
+        "flood",
+        "malformed",
+        "longline",
+        "permission",
+        "grandchild",
+        "stderr",
+        "thought",
+        "usage",
         "ext",
     }
 )

@@ -76,8 +76,11 @@ def message_chunk_line(session_id: str, text: str) -> bytes:
     """The exact JSON line of an agent_message_chunk (shared by @flood and @longline)."""
     update = {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": text}}
     return encode(
-        {"jsonrpc": "2.0", "method": "session/update",
-         "params": {"sessionId": session_id, "update": update}}
+        {
+            "jsonrpc": "2.0",
+            "method": "session/update",
+            "params": {"sessionId": session_id, "update": update},
+        }
     )
 
 
@@ -102,14 +105,22 @@ async def _longline(turn: Turn, size: int) -> None:
 async def _tool(turn: Turn, tool: fs.Tool) -> None:
     call_id = turn.next_tool_id()
     await turn.update(
-        "tool_call", toolCallId=call_id, title=tool.title, kind=tool.kind, status="pending",
-        content=[], locations=[], rawInput={"title": tool.title},
+        "tool_call",
+        toolCallId=call_id,
+        title=tool.title,
+        kind=tool.kind,
+        status="pending",
+        content=[],
+        locations=[],
+        rawInput={"title": tool.title},
     )
     await turn.update("tool_call_update", toolCallId=call_id, status="in_progress")
     await trio.sleep(tool.secs)
     result = "simulated failure" if tool.fail else f"{tool.title}: done"
     await turn.update(
-        "tool_call_update", toolCallId=call_id, status="failed" if tool.fail else "completed",
+        "tool_call_update",
+        toolCallId=call_id,
+        status="failed" if tool.fail else "completed",
         content=[{"type": "content", "content": {"type": "text", "text": result}}],
     )
 
@@ -118,14 +129,20 @@ async def _permission(turn: Turn, ask: fs.Permission) -> None:
     """Ask the client; run the tool if an allow option is selected, fail it otherwise."""
     call_id = turn.next_tool_id()
     tool_call = {
-        "toolCallId": call_id, "title": ask.title, "kind": ask.kind, "status": "pending",
+        "toolCallId": call_id,
+        "title": ask.title,
+        "kind": ask.kind,
+        "status": "pending",
         "rawInput": {"title": ask.title},
     }
     await turn.update("tool_call", **tool_call, content=[], locations=[])
     answer = await turn.wire.request(
         "session/request_permission",
-        {"sessionId": turn.record.session_id, "toolCall": tool_call,
-         "options": _PERMISSION_OPTIONS},
+        {
+            "sessionId": turn.record.session_id,
+            "toolCall": tool_call,
+            "options": _PERMISSION_OPTIONS,
+        },
     )
     outcome = (answer or {}).get("outcome") or {}
     option = outcome.get("optionId") if outcome.get("outcome") == "selected" else None
@@ -134,8 +151,9 @@ async def _permission(turn: Turn, ask: fs.Permission) -> None:
     else:
         turn.notes.append(f"Permission for “{ask.title}”: selected {option}.")
     allowed = isinstance(option, str) and option.startswith("allow")
-    await turn.update("tool_call_update", toolCallId=call_id,
-                      status="completed" if allowed else "failed")
+    await turn.update(
+        "tool_call_update", toolCallId=call_id, status="completed" if allowed else "failed"
+    )
 
 
 def _grandchild(turn: Turn) -> None:
@@ -167,9 +185,12 @@ async def run_action(turn: Turn, action: fs.Action) -> None:
         case fs.Tool():
             await _tool(turn, action)
         case fs.Plan(entries):
-            await turn.update("plan", entries=[
-                {"content": e, "priority": "medium", "status": "pending"} for e in entries
-            ])
+            await turn.update(
+                "plan",
+                entries=[
+                    {"content": e, "priority": "medium", "status": "pending"} for e in entries
+                ],
+            )
         case fs.Crash(code):
             _crash(code)
         case fs.Hang(hard):
@@ -225,7 +246,7 @@ async def run_turn(turn: Turn, script: fs.Script) -> list[str]:
     late: list[str] = []
     if script.late_ms is not None:
         keep = min(script.late_chunks, len(chunks))
-        chunks, late = chunks[: len(chunks) - keep], chunks[len(chunks) - keep:]
+        chunks, late = chunks[: len(chunks) - keep], chunks[len(chunks) - keep :]
     for i, chunk in enumerate(chunks):
         if i and script.chunk_delay:
             await trio.sleep(script.chunk_delay)

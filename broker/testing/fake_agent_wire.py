@@ -100,7 +100,9 @@ class Wire:
         slot = _Slot()
         self._pending[request_id] = slot
         try:
-            await self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+            await self.send(
+                {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            )
             await slot.done.wait()
         finally:
             del self._pending[request_id]

@@ -26,7 +26,8 @@ def is_text_chunk(text: str) -> Callable[[Message | bytes], bool]:
 
     def match(m: Message | bytes) -> bool:
         return (
-            isinstance(m, dict) and m.get("method") == "session/update"
+            isinstance(m, dict)
+            and m.get("method") == "session/update"
             and m["params"]["update"]["sessionUpdate"] == "agent_message_chunk"
             and text in m["params"]["update"]["content"]["text"]
         )
@@ -132,7 +133,8 @@ class AgentProcess:
         return [
             m["params"]["update"]
             for m in self.messages[:before]
-            if isinstance(m, dict) and m.get("method") == "session/update"
+            if isinstance(m, dict)
+            and m.get("method") == "session/update"
             and m["params"]["update"]["sessionUpdate"] == kind
         ]
 
@@ -141,7 +143,8 @@ class AgentProcess:
 
     def index_of_response(self, request_id: int) -> int:
         return next(
-            i for i, m in enumerate(self.messages)
+            i
+            for i, m in enumerate(self.messages)
             if isinstance(m, dict) and m.get("id") == request_id and "method" not in m
         )
 
@@ -155,7 +158,9 @@ async def open_agent(state_dir: Path, *flags: str) -> AsyncIterator[AgentProcess
     """Start ``python -m broker.testing.fake_agent`` with ``flags``; kill it on the way out."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "broker.testing.fake_agent", "--state-dir", str(state_dir), *flags],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     agent = AgentProcess(process)
     try:

@@ -66,7 +66,8 @@ async def test_hang_hard_ignores_cancel_but_keeps_serving(tmp_path: Path) -> Non
             await agent.notify("session/cancel", {"sessionId": sid})
             # Handled in order: this answer proves the cancel was read (and ignored).
             await agent.request(
-                "session/set_config_option", {"sessionId": sid, "configId": "model", "value": "smart"}
+                "session/set_config_option",
+                {"sessionId": sid, "configId": "model", "value": "smart"},
             )
             await agent.wait_for_stderr("session/cancel ignored (@hang-hard)")
             assert all(m.get("id") != request for m in agent.messages if isinstance(m, dict))
@@ -84,7 +85,9 @@ async def test_crash_exits_with_the_code_after_writing_stderr(tmp_path: Path) ->
 async def test_late_chunks_arrive_after_the_response(tmp_path: Path) -> None:
     with trio.fail_after(10):
         async with open_session(tmp_path) as (agent, sid):
-            request = await agent.prompt_until_text(sid, "@reply abcdef\n@chunks 3\n@late 100", "ef")
+            request = await agent.prompt_until_text(
+                sid, "@reply abcdef\n@chunks 3\n@late 100", "ef"
+            )
             before = agent.index_of_response(request)
             assert agent.text(before) == "abcd"
             assert agent.text() == "abcdef"
@@ -113,7 +116,9 @@ async def test_permission_request_round_trip_obeys_the_selected_option(tmp_path:
     with trio.fail_after(10):
         async with open_session(tmp_path) as (agent, sid):
             request = await agent.prompt(sid, "@permission execute Run rm -rf build")
-            ask = await _answer_permission(agent, {"outcome": "selected", "optionId": "reject_once"})
+            ask = await _answer_permission(
+                agent, {"outcome": "selected", "optionId": "reject_once"}
+            )
             params = ask["params"]
             assert isinstance(params, dict)
             assert params["toolCall"]["kind"] == "execute"
@@ -133,8 +138,9 @@ async def test_cancel_abandons_a_pending_permission_request(tmp_path: Path) -> N
             await agent.notify("session/cancel", {"sessionId": sid})
             assert (await agent.response(request))["result"] == {"stopReason": "cancelled"}
             assert isinstance(ask, dict)
-            await agent.send({"jsonrpc": "2.0", "id": ask["id"],
-                              "result": {"outcome": {"outcome": "cancelled"}}})
+            await agent.send(
+                {"jsonrpc": "2.0", "id": ask["id"], "result": {"outcome": {"outcome": "cancelled"}}}
+            )
             await agent.wait_for_stderr("abandoned request")
             await agent.request("authenticate", {"methodId": "none"})
 
@@ -186,8 +192,11 @@ async def test_longline_is_one_valid_line_of_exactly_that_size(tmp_path: Path) -
         async with open_session(tmp_path) as (agent, sid):
             await agent.response(await agent.prompt(sid, "@longline 100000\n@empty"))
             (chunk,) = agent.updates("agent_message_chunk")
-            index = next(i for i, m in enumerate(agent.messages) if
-                         isinstance(m, dict) and m.get("params", {}).get("update") is chunk)
+            index = next(
+                i
+                for i, m in enumerate(agent.messages)
+                if isinstance(m, dict) and m.get("params", {}).get("update") is chunk
+            )
             assert agent.line_sizes[index] == 100_000
 
 
@@ -267,7 +276,8 @@ async def test_config_option_and_mode_changes_are_returned_and_persisted(tmp_pat
     with trio.fail_after(10):
         async with open_session(tmp_path) as (agent, sid):
             result = await agent.request(
-                "session/set_config_option", {"sessionId": sid, "configId": "model", "value": "smart"}
+                "session/set_config_option",
+                {"sessionId": sid, "configId": "model", "value": "smart"},
             )
             assert [o["currentValue"] for o in result["configOptions"]] == ["smart", "ask"]
             await agent.request("session/set_mode", {"sessionId": sid, "modeId": "code"})
@@ -276,16 +286,19 @@ async def test_config_option_and_mode_changes_are_returned_and_persisted(tmp_pat
                 "session/resume", {"sessionId": sid, "cwd": "/", "mcpServers": []}
             )
             assert [o["currentValue"] for o in resumed["configOptions"]] == ["smart", "code"]
-            bad = await agent.response(await agent.start_request(
-                "session/set_mode", {"sessionId": sid, "modeId": "yolo"}
-            ))
+            bad = await agent.response(
+                await agent.start_request("session/set_mode", {"sessionId": sid, "modeId": "yolo"})
+            )
             assert bad["error"]["code"] == -32602
 
 
-@pytest.mark.parametrize("directive", ["@thought hmm", "@usage", "@plan a; b"])
-async def test_extra_updates_are_sent(tmp_path: Path, directive: str) -> None:
-    kind = {"@thought hmm": "agent_thought_chunk", "@usage": "usage_update",
-            "@plan a; b": "plan"}[directive]
+@pytest.mark.parametrize(
+    ("directive", "kind"),
+    [("@thought hmm", "agent_thought_chunk"), ("@usage", "usage_update"), ("@plan a; b", "plan")],
+)
+async def test_thought_usage_and_plan_directives_send_their_update(
+    tmp_path: Path, directive: str, kind: str
+) -> None:
     with trio.fail_after(10):
         async with open_session(tmp_path) as (agent, sid):
             await agent.response(await agent.prompt(sid, f"{directive}\n@empty"))
