@@ -53,9 +53,13 @@ def load_cli_config(path: str | None) -> tuple[BrokerConfig, str]:
 
 
 def agent_executable(config: BrokerConfig, source: str) -> str:
-    """The agent command resolved now; a missing one is a ConfigError naming ``source``."""
+    """What this machine must have for the agent to start: its working directory and
+    its command (resolved, returned). Either missing is a ConfigError naming ``source``."""
+    working_dir = config.agent.working_dir
+    if not os.path.isdir(working_dir):
+        raise ConfigError(f"{source}: agent.working_dir: {working_dir} is not a directory")
     try:
-        return resolve_command(config.agent.command, cwd=config.agent.working_dir)
+        return resolve_command(config.agent.command, cwd=working_dir)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

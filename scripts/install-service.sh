@@ -78,6 +78,8 @@ if [ -e "$CONF_DIR/broker.toml" ]; then
 else
     run install -m 0640 -o root -g "$SERVICE_USER" "$CONFIG_SRC" "$CONF_DIR/broker.toml"
 fi
+# StateDirectory= would create it at the first start; check-config wants it now.
+run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
 run env STATE_DIRECTORY="$STATE_DIR" "$PREFIX/bin/agent-broker" check-config \
     --config "$CONF_DIR/broker.toml"
 
