@@ -34,7 +34,7 @@ def reply_text(updates: list[SessionUpdate]) -> str:
 
 @asynccontextmanager
 async def fake_agent(tmp_path: Path, options: ClientOptions | None = None,
-                     ) -> AsyncIterator[AcpClient]:
+                     max_line_bytes: int = 8 * 1024 * 1024) -> AsyncIterator[AcpClient]:
     """A fake agent process (state under ``tmp_path``) and an initialized
     client serving its stdout. Leaving stops the process."""
     spec = ChildSpec(
@@ -42,7 +42,7 @@ async def fake_agent(tmp_path: Path, options: ClientOptions | None = None,
               str(tmp_path / "agent-state")),
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
              "PYTHONPATH": PROJECT_ROOT, "LANG": "C.UTF-8"},
-        cwd=str(tmp_path), name="fake-agent",
+        cwd=str(tmp_path), name="fake-agent", max_line_bytes=max_line_bytes,
     )
     async with trio.open_nursery() as nursery:
         child = await nursery.start(lambda task_status: run_child(
@@ -139,3 +139,17 @@ async def test_agent_crash_fails_the_prompt_with_its_stderr(tmp_path: Path) -> N
             else:
                 raise AssertionError("prompt returned although the agent crashed")
     assert "agent exited" in str(error) and "simulated crash" in error.detail
+
+
+async def test_overlong_line_fails_the_prompt_at_once(tmp_path: Path) -> None:
+    async with fake_agent(tmp_path, max_line_bytes=64 * 1024) as client:
+        with trio.fail_after(30):
+            session_id = (await client.new_session(str(tmp_path), timeout=30)).session_id
+            try:
+                await client.prompt(session_id, [TextContent("@longline 200000\n@hang")],
+                                    lambda u: None)
+            except PeerClosed as exc:
+                error = exc
+            else:
+                raise AssertionError("prompt returned although stdout was unusable")
+    assert "LineTooLong" in error.reason
