@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable
 
 from broker.reply import Outcome, PlanEntry, ToolLine, ToolStatus, Transcript, TurnEnd
+from broker.split import close_open_fence
 
 MAX_TOOL_LINES = 6  # more than this collapse into a count ...
 KEEP_TOOL_LINES = 4  # ... keeping this many of the latest visible
@@ -118,17 +119,18 @@ def render(transcript: Transcript, *, final: bool) -> str:
 
     While streaming (``final=False``) a short indicator stands in for the text
     until there is some ("⏳ Queued behind 2 messages…", "💭 Thinking…").
-    With ``final=True`` no indicator is shown and tools that never reported an
-    end are marked unfinished; the result may then be empty when the turn
+    With ``final=True`` no indicator is shown and tools that never reported
+    an end are marked unfinished; the result may then be empty when the turn
     produced nothing at all (use :func:`render_end` for the last message,
-    which never is).
+    which never is). A code block the text leaves open is closed, so every
+    state shown is well-formed markdown.
     """
     sections = [
         _notes(transcript, final=final),
         _plan(transcript.plan),
         _tools(list(transcript.tools.values()), final=final),
     ]
-    text = transcript.text.strip()
+    text = close_open_fence(transcript.text.strip())
     if text:
         sections.append(text)
     elif not final and transcript.queued_position is None:
@@ -230,7 +232,7 @@ def render_end(end: TurnEnd, transcript: Transcript) -> str:
     stderr tail, say) is shown last in a fenced block, trimmed to its last
     lines.
     """
-    text = (end.text or transcript.text).strip()
+    text = close_open_fence((end.text or transcript.text).strip())
     body = _join(
         [
             _notes(transcript, final=True),

@@ -72,6 +72,18 @@ def fence_after(state: Fence | None, line: str) -> Fence | None:
     return Fence(line, indent, marker)
 
 
+def close_open_fence(text: str) -> str:
+    """``text`` with a closing fence added if it ends inside a fenced code block.
+
+    Agents stream code blocks whose closing fence has not arrived yet; closing
+    it keeps every shown state of a reply well-formed markdown.
+    """
+    state: Fence | None = None
+    for line in text.split("\n"):
+        state = fence_after(state, line)
+    return text if state is None else text + state.close
+
+
 @attrs.frozen
 class MessagePart:
     """One message of a split text.

@@ -274,3 +274,10 @@ def test_durations_read_naturally() -> None:
         "90-second",
         "2.5-second",
     ]
+
+
+def test_code_block_still_streaming_is_closed_in_every_shown_state() -> None:
+    transcript = started(TextChunk("Run this:\n```sh\nmake te"))
+    assert render(transcript, final=False) == "Run this:\n```sh\nmake te\n```"
+    transcript.apply(TextChunk("st\n```\nThen look."))
+    assert render(transcript, final=False) == "Run this:\n```sh\nmake test\n```\nThen look."

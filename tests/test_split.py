@@ -2,7 +2,14 @@ import random
 
 import pytest
 
-from broker.split import MessagePart, fence_after, platform_limit, split_message, split_parts
+from broker.split import (
+    MessagePart,
+    close_open_fence,
+    fence_after,
+    platform_limit,
+    split_message,
+    split_parts,
+)
 
 
 def reassemble(parts: list[MessagePart]) -> str:
@@ -198,3 +205,10 @@ def test_property_every_part_closes_the_code_blocks_it_opens() -> None:
             assert len(part) <= limit
             if i < len(parts) - 1 or not whole_open:
                 assert not open_fence_at_end(part), (text, limit, parts)
+
+
+def test_close_open_fence_closes_only_an_unclosed_block() -> None:
+    assert close_open_fence("a\n```py\nx") == "a\n```py\nx\n```"
+    assert close_open_fence("  ~~~~\nx") == "  ~~~~\nx\n  ~~~~"
+    assert close_open_fence("```\nx\n```") == "```\nx\n```"
+    assert close_open_fence("no code") == "no code"
