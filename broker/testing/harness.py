@@ -1,0 +1,51 @@
+"""Building blocks for tests and benchmarks: a broker config that runs the fake agent.
+
+:func:`fake_agent_config` gives a complete :class:`~broker.config.BrokerConfig`
+whose agent is ``python -m broker.testing.fake_agent`` (this interpreter), with
+short timeouts, the agent's session files and the broker's state under one
+directory. Sections are overridden by keyword, with the same keys as
+broker.toml, and go through the real config validation.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from broker.config import BrokerConfig, structure_config
+
+FAST_TIMEOUTS: Mapping[str, Any] = {
+    "initialize_secs": 20,
+    "session_new_secs": 20,
+    "turn_hard_secs": 120,
+    "cancel_grace_secs": 2,
+    "stop_grace_secs": 2,
+    "drain_ms": 50,
+}
+
+
+def fake_agent_argv(root: Path, *agent_args: str) -> list[str]:
+    """The fake agent's command line with its session files under ``root``."""
+    return [
+        sys.executable, "-m", "broker.testing.fake_agent",
+        "--state-dir", str(root / "agent-sessions"), *agent_args,
+    ]
+
+
+def fake_agent_config(
+    root: Path, *, agent_args: Sequence[str] = (), **sections: Mapping[str, Any]
+) -> BrokerConfig:
+    """A config running the fake agent in ``root``; ``sections`` override keys
+    per section, e.g. ``pool={"max_sessions": 2}``."""
+    argv = fake_agent_argv(root, *agent_args)
+    data: dict[str, dict[str, Any]] = {
+        "agent": {"command": argv[0], "args": argv[1:], "working_dir": str(root)},
+        "timeouts": dict(FAST_TIMEOUTS),
+        "state": {"path": str(root / "state" / "broker.sqlite3")},
+        "server": {"listen": "127.0.0.1:0"},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return structure_config(data, file="<test config>")
