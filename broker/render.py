@@ -27,6 +27,8 @@ MAX_DETAIL_LINES = 20
 MAX_DETAIL_CHARS = 1500
 
 _SPACE = re.compile(r"\s+")
+# A reason that already tells the user what to do gets no second hint.
+_ADVICE = re.compile(r"\bagain\b|/cancel|\btry\b", re.IGNORECASE)
 _ACTIVE = (ToolStatus.PENDING, ToolStatus.RUNNING)
 
 
@@ -228,7 +230,8 @@ def render_end(end: TurnEnd, transcript: Transcript) -> str:
     the plan and tool lines; below it one paragraph says how the turn ended:
     for COMPLETED only when something is unusual (no text at all, or a stop
     reason other than ``end_turn``), for every other outcome ``end.reason``
-    (or a default sentence) plus what to do next. ``end.detail`` (the agent's
+    (or a default sentence) plus what to do next, unless the reason already
+    says so (mentions "again", "try" or "/cancel"). ``end.detail`` (the agent's
     stderr tail, say) is shown last in a fenced block, trimmed to its last
     lines.
     """
@@ -256,7 +259,7 @@ def _ending(end: TurnEnd, transcript: Transcript, *, has_text: bool) -> str:
     if has_text and end.outcome in _PARTIAL_TEXT_OUTCOMES:
         words.append("The text above is what the agent wrote so far.")
     hint = _HINTS.get(end.outcome)
-    if hint:
+    if hint and not _ADVICE.search(sentence):
         words.append(hint)
     return " ".join(words)
 

@@ -281,3 +281,19 @@ def test_code_block_still_streaming_is_closed_in_every_shown_state() -> None:
     assert render(transcript, final=False) == "Run this:\n```sh\nmake te\n```"
     transcript.apply(TextChunk("st\n```\nThen look."))
     assert render(transcript, final=False) == "Run this:\n```sh\nmake test\n```\nThen look."
+
+
+def test_reason_that_already_gives_advice_gets_no_second_hint() -> None:
+    end = TurnEnd(
+        Outcome.POOL_FULL,
+        reason="The broker is at capacity: pool full (3 busy sessions). "
+        "Try again when one of them finishes.",
+    )
+    assert render_end(end, Transcript()) == (
+        "⏳ The broker is at capacity: pool full (3 busy sessions). "
+        "Try again when one of them finishes."
+    )
+    shutdown = TurnEnd(Outcome.SHUTDOWN, reason="The broker is restarting; send it again soon.")
+    assert render_end(shutdown, Transcript()) == (
+        "🔌 The broker is restarting; send it again soon."
+    )
