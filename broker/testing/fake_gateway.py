@@ -99,7 +99,7 @@ class FakeGateway:
         self.refused = 0
         self._message_ids = itertools.count(1)
         self._issued: set[str] = set()  # platform message ids answered to requests
-        self._events: dict[str, InboundEvent] = {}  # by event_id
+        self._event_ids: set[str] = set()  # of every event frame sent, even broken ones
         self._user_messages: set[str] = set()  # message ids of sent events
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._changed = trio.Event()
@@ -149,13 +149,21 @@ class FakeGateway:
         """Send ``event`` (or ``make_event(**fields)``) on the open connection."""
         event = event or make_event(**fields)  # type: ignore[arg-type]
         await self.send_raw(encode_event(event))
-        self._events[event.event_id] = event
-        self._user_messages.add(event.message_id)
         return event
 
     async def send_raw(self, text: str) -> None:
+        """Send any text frame; ids in it count as sent (replies may refer to them)."""
         if self._ws is None:
             raise RuntimeError("no broker is connected")
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            frame = None
+        if isinstance(frame, dict):
+            if isinstance(frame.get("event_id"), str):
+                self._event_ids.add(frame["event_id"])
+            if isinstance(frame.get("message_id"), str):
+                self._user_messages.add(frame["message_id"])
         await self._ws.send_message(text)
 
     async def drop(self) -> None:
@@ -216,7 +224,7 @@ class FakeGateway:
     def _check(self, reply: OutboundReply, text: str) -> None:
         """The rules a gateway relies on beyond the frame's shape."""
         problem = None
-        if reply.command is None and reply.reply_to not in self._events:
+        if reply.command is None and reply.reply_to not in self._event_ids:
             problem = f"plain reply to {reply.reply_to!r}, which is no event_id sent"
         elif reply.command is Command.EDIT_MESSAGE and reply.reply_to not in self._issued:
             problem = f"edit_message of {reply.reply_to!r}, which is no message_id issued"

@@ -13,58 +13,19 @@ import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from broker.config import ServerConfig
-from broker.frontends.base import FrontendError, ReplyChannel
+from broker.frontends.base import FrontendError
 from broker.frontends.http import HttpRequest, HttpResponse
 from broker.frontends.server import WebSocketServer, serve_websocket
 from broker.frontends.wire import (
     ERROR_SCHEMA,
-    Command,
     GatewayResponse,
-    InboundEvent,
-    OutboundReply,
     encode_event,
     encode_response,
 )
 from broker.testing.fake_gateway import make_event
+from tests.frontends.echo import EchoSink
 
 TOKEN = "s3cret"
-
-
-class EchoSink:
-    """Answers each event with ``echo: <text>``. ``slow`` events wait for
-    :attr:`release`; ``ask`` events first request a message id and edit it."""
-
-    def __init__(self) -> None:
-        self.release = trio.Event()
-        self.replied: list[str] = []  # event ids whose reply was handed to the channel
-        self.replied_changed = trio.Event()
-        self.responses: list[GatewayResponse | None] = []
-
-    async def handle_event(self, event: InboundEvent, channel: ReplyChannel) -> None:
-        text = event.content.text
-        if text == "boom":
-            raise RuntimeError("sink failure")
-        if text == "slow":
-            await self.release.wait()
-        if text == "ask":
-            response = await channel.request(OutboundReply.to_event(event, "..."), timeout=1.0)
-            self.responses.append(response)
-            if response is not None and response.message_id:
-                edit = OutboundReply.to_event(event, "echo: ask")
-                await channel.send_reply(
-                    OutboundReply(
-                        response.message_id,
-                        edit.platform,
-                        edit.channel,
-                        edit.text,
-                        Command.EDIT_MESSAGE,
-                    )
-                )
-                return
-        await channel.send_reply(OutboundReply.to_event(event, f"echo: {text}"))
-        self.replied.append(event.event_id)
-        self.replied_changed.set()
-        self.replied_changed = trio.Event()
 
 
 @asynccontextmanager

@@ -1,0 +1,50 @@
+"""A test double of the router: answers each event on the channel it came with."""
+
+from __future__ import annotations
+
+import trio
+
+from broker.frontends.base import ReplyChannel
+from broker.frontends.wire import Command, GatewayResponse, InboundEvent, OutboundReply
+
+
+class EchoSink:
+    """Answers each event with ``echo: <text>``. ``slow`` events wait for
+    :attr:`release`; ``ask`` events first request a message id and edit it."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.replied: list[str] = []  # event ids whose reply was handed to the channel
+        self.replied_changed = trio.Event()
+        self.responses: list[GatewayResponse | None] = []
+
+    async def handle_event(self, event: InboundEvent, channel: ReplyChannel) -> None:
+        text = event.content.text
+        if text == "boom":
+            raise RuntimeError("sink failure")
+        if text == "slow":
+            await self.release.wait()
+        if text == "ask":
+            response = await channel.request(OutboundReply.to_event(event, "..."), timeout=1.0)
+            self.responses.append(response)
+            if response is not None and response.message_id:
+                edit = OutboundReply.to_event(event, "echo: ask")
+                await channel.send_reply(
+                    OutboundReply(
+                        response.message_id,
+                        edit.platform,
+                        edit.channel,
+                        edit.text,
+                        Command.EDIT_MESSAGE,
+                    )
+                )
+                return
+        await channel.send_reply(OutboundReply.to_event(event, f"echo: {text}"))
+        self.replied.append(event.event_id)
+        self.replied_changed.set()
+        self.replied_changed = trio.Event()
+
+    async def wait_replied(self, event_id: str) -> None:
+        """Wait until the reply to ``event_id`` was handed to its channel."""
+        while event_id not in self.replied:
+            await self.replied_changed.wait()

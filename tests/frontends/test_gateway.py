@@ -1,0 +1,200 @@
+"""The gateway client against the fake gateway on loopback, and its backoff in numbers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio_websocket
+
+from broker.config import GatewayConfig
+from broker.frontends.base import FrontendError
+from broker.frontends.gateway import (
+    Backoff,
+    BackoffPolicy,
+    GatewayClient,
+    reconnect_delay,
+    with_token,
+)
+from broker.frontends.wire import Command, OutboundReply, ReplyChannelRef
+from broker.testing.fake_gateway import FakeGateway, ResponseMode, open_fake_gateway
+from tests.frontends.echo import EchoSink
+
+FAST = BackoffPolicy(initial_secs=0.05, max_secs=0.2)
+
+
+def test_delay_doubles_from_one_second_to_thirty() -> None:
+    policy = BackoffPolicy()
+    assert [reconnect_delay(n, policy, 0.0) for n in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert reconnect_delay(200, policy, 0.0) == 30
+
+
+def test_jitter_only_shortens_the_delay() -> None:
+    policy = BackoffPolicy(jitter=0.25)
+    assert reconnect_delay(3, policy, 0.5) == pytest.approx(8 * 0.875)
+    assert reconnect_delay(3, policy, 0.999999) == pytest.approx(6.0, abs=1e-4)
+    assert reconnect_delay(9, policy, 0.999999) == pytest.approx(22.5, abs=1e-4)
+
+
+def test_good_connection_resets_the_backoff() -> None:
+    backoff = Backoff(BackoffPolicy(), rand=lambda: 0.0)
+    assert [backoff.after(None, 0) for _ in range(3)] == [1, 2, 4]
+    assert backoff.after(2.0, 0) == 8  # short and silent: still failing
+    assert backoff.after(12.0, 0) == 1  # lasted over 10 s
+    assert backoff.after(None, 0) == 2
+    assert backoff.after(0.5, 1) == 1  # brought an event
+
+
+def test_token_is_added_to_the_query() -> None:
+    assert with_token("ws://h:1/gw", "") == "ws://h:1/gw"
+    assert with_token("ws://h:1/gw", "a b") == "ws://h:1/gw?token=a+b"
+    assert with_token("ws://h:1/gw?x=1&token=old", "T") == "ws://h:1/gw?x=1&token=T"
+
+
+def test_url_that_is_not_websocket_is_refused() -> None:
+    with pytest.raises(FrontendError, match=r"ws:// or wss://"):
+        GatewayClient(GatewayConfig(url="http://h/"), EchoSink())
+
+
+async def test_redial_loop_waits_as_the_backoff_says(autojump_clock: trio.abc.Clock) -> None:
+    dialed: list[float] = []
+
+    @asynccontextmanager
+    async def unreachable(url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+        dialed.append(trio.current_time())
+        raise OSError("connection refused")
+        yield  # pragma: no cover
+
+    client = GatewayClient(GatewayConfig(url="ws://h:1/gw"), EchoSink(), dial=unreachable)
+    client.backoff = Backoff(BackoffPolicy(), rand=lambda: 0.0)
+    with trio.move_on_after(100):
+        await client.run()
+    start = dialed[0]
+    assert [round(t - start, 6) for t in dialed] == [0, 1, 3, 7, 15, 31, 61, 91]
+    assert client.last_error == "OSError: connection refused"
+
+
+@asynccontextmanager
+async def running(
+    gateway: FakeGateway, sink: EchoSink, token: str = ""
+) -> AsyncIterator[GatewayClient]:
+    client = GatewayClient(GatewayConfig(url=gateway.url, token=token), sink, backoff=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        yield client
+        nursery.cancel_scope.cancel()
+
+
+async def test_client_receives_events_and_replies_on_the_protocol() -> None:
+    with trio.fail_after(10):
+        async with open_fake_gateway(token="T") as gateway, running(gateway, EchoSink(), "T"):
+            await gateway.wait_connected()
+            event = await gateway.send_event(text="hi", thread_id="t-1")
+            reply = await gateway.wait_reply(lambda r: r.reply_to == event.event_id)
+            assert reply.text == "echo: hi" and reply.channel == ReplyChannelRef("1001", "t-1")
+            gateway.assert_clean()
+
+
+async def test_wrong_token_is_reported_and_retried() -> None:
+    with trio.fail_after(10):
+        async with (
+            open_fake_gateway(token="T") as gateway,
+            running(gateway, EchoSink(), "bad") as client,
+        ):
+            await gateway.wait_for(lambda: gateway.refused >= 2)
+            assert client.last_error == "refused with HTTP 401" and not client.connected
+
+
+async def test_client_reconnects_after_the_gateway_drops() -> None:
+    with trio.fail_after(10):
+        async with open_fake_gateway() as gateway, running(gateway, EchoSink()) as client:
+            await gateway.wait_connected()
+            await gateway.drop()
+            await gateway.wait_connected(count=2)
+            event = await gateway.send_event(text="after")
+            await gateway.wait_reply(lambda r: r.reply_to == event.event_id)
+            assert client.snapshot().connects == 2
+            gateway.assert_clean()
+
+
+async def test_reply_finished_while_disconnected_is_delivered_once_on_reconnect() -> None:
+    sink = EchoSink()
+    with trio.fail_after(15):
+        async with open_fake_gateway() as gateway, running(gateway, sink) as client:
+            await gateway.wait_connected()
+            slow = await gateway.send_event(text="slow")
+            gateway.refuse_connections = True
+            await gateway.drop()
+            await client.wait_connected(False)
+            sink.release.set()
+            await sink.wait_replied(slow.event_id)
+            assert client.snapshot().outbox_waiting == 1
+            gateway.refuse_connections = False
+            await gateway.wait_connected(count=2)
+            await gateway.wait_reply(lambda r: r.reply_to == slow.event_id)
+            # A later round trip proves nothing else (no second copy) was in flight.
+            later = await gateway.send_event(text="later")
+            await gateway.wait_reply(lambda r: r.reply_to == later.event_id)
+            copies = [r for r in gateway.received if r.reply and r.reply.reply_to == slow.event_id]
+            assert [c.connection for c in copies] == [2]
+            assert client.snapshot().outbox_waiting == 0
+            gateway.assert_clean()
+
+
+async def test_streaming_request_gets_a_message_id_that_edits_may_use() -> None:
+    sink = EchoSink()
+    with trio.fail_after(10):
+        async with open_fake_gateway() as gateway, running(gateway, sink):
+            await gateway.wait_connected()
+            await gateway.send_event(text="ask")
+            edit = await gateway.wait_reply(lambda r: r.command is Command.EDIT_MESSAGE)
+            assert edit.reply_to == "m-1" and edit.text == "echo: ask"
+            assert sink.responses[0] is not None and sink.responses[0].message_id == "m-1"
+            gateway.assert_clean()
+
+
+@pytest.mark.parametrize("mode", [ResponseMode.REFUSE, ResponseMode.IGNORE])
+async def test_refused_or_unanswered_request_falls_back_to_a_plain_reply(
+    mode: ResponseMode,
+) -> None:
+    sink = EchoSink()
+    with trio.fail_after(10):
+        async with open_fake_gateway() as gateway, running(gateway, sink):
+            gateway.response_mode = mode
+            await gateway.wait_connected()
+            ask = await gateway.send_event(text="ask")
+            plain = await gateway.wait_reply(
+                lambda r: r.reply_to == ask.event_id and not r.request_id
+            )
+            assert plain.text == "echo: ask" and plain.command is None
+            response = sink.responses[0]
+            assert (
+                (response is None)
+                if mode is ResponseMode.IGNORE
+                else (response and not response.success)
+            )
+            gateway.assert_clean()
+
+
+async def test_unreadable_event_from_the_gateway_is_answered_in_the_chat() -> None:
+    with trio.fail_after(10):
+        async with open_fake_gateway() as gateway, running(gateway, EchoSink()):
+            await gateway.wait_connected()
+            await gateway.send_raw(
+                '{"schema":"openab.gateway.event.v1","event_id":"evt_broken","platform":"telegram",'
+                '"channel":{"id":"1001","type":"group"}}'
+            )
+            reply = await gateway.wait_reply(lambda r: r.reply_to == "evt_broken")
+            assert "missing field" in reply.text and reply.channel == ReplyChannelRef("1001")
+            gateway.assert_clean()
+
+
+async def test_reply_sent_while_never_connected_waits_in_the_outbox() -> None:
+    client = GatewayClient(GatewayConfig(url="ws://127.0.0.1:1/gw"), EchoSink())
+    reply = OutboundReply("evt_1", "telegram", ReplyChannelRef("1001"), "later")
+    with trio.fail_after(5):
+        await client.channel.send_reply(reply)
+        assert await client.channel.request(reply) is None
+    assert client.outbox.take(None) == [reply]
