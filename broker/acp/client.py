@@ -147,6 +147,7 @@ class AcpClient:
                                 on_notification=self._on_notification, name=options.name)
         self.init_result: InitializeResult | None = None
         self._sessions: dict[str, SessionState] = {}
+        self.foreign_updates = 0  # updates for sessions this client never used
 
     @property
     def agent_capabilities(self) -> AgentCapabilities:
@@ -154,6 +155,7 @@ class AcpClient:
         return self.init_result.agent_capabilities if self.init_result else AgentCapabilities()
 
     def session(self, session_id: str) -> SessionState:
+        """The state of a session (created empty on first use)."""
         state = self._sessions.get(session_id)
         if state is None:
             state = self._sessions[session_id] = SessionState(session_id)
@@ -241,6 +243,7 @@ class AcpClient:
         While it runs, this session's updates are passed to ``on_update``
         synchronously in stdout order; all of those sent before the response
         are delivered before this returns. ``on_update`` must not block.
+        An answer without a stop reason counts as ``end_turn`` (logged).
         Raises AcpError if a prompt is already running for the session.
         """
         state = self.session(session_id)
@@ -316,8 +319,12 @@ class AcpClient:
         if not isinstance(session_id, str):
             log.warning("session/update without a sessionId: %.200r", params)
             return
+        state = self._sessions.get(session_id)
+        if state is None:  # not created, loaded or prompted here: count, do not grow the map
+            self.foreign_updates += 1
+            log.debug("session/update for unknown session %.80r", session_id)
+            return
         update = parse_update(params.get("update"))
-        state = self.session(session_id)
         state.absorb(update)
         state.route(update)
 

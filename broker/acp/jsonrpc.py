@@ -135,7 +135,8 @@ def _normalise_id(raw: Any) -> JsonId | None:
 
 
 class JsonRpcPeer:
-    """See the module docstring. ``name`` appears in log lines."""
+    """See the module docstring. ``name`` appears in log lines;
+    ``write_timeout`` bounds one write to the agent's stdin."""
 
     def __init__(
         self,
@@ -144,6 +145,7 @@ class JsonRpcPeer:
         on_request: RequestHandler = _no_requests,
         on_notification: NotificationHandler = _ignore_notification,
         name: str = "agent",
+        write_timeout: float = 30.0,
     ) -> None:
         self._send = send
         self._on_request = on_request
@@ -153,6 +155,9 @@ class JsonRpcPeer:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._closed: PeerClosed | None = None
+        self._stdin_broken: str | None = None
+        self._serving = False
+        self.write_timeout = write_timeout
         self.malformed_lines = 0
         self.dropped_responses = 0
 
@@ -165,14 +170,27 @@ class JsonRpcPeer:
         return len(self._pending)
 
     async def _write(self, message: dict[str, Any]) -> None:
-        if self._closed is not None:
-            raise self._closed_error()
+        """Write one line whole. Waiting for the lock is cancellable; the write
+        itself is shielded (a half-written line would corrupt the stream) but
+        bounded by ``write_timeout``, after which stdin counts as broken."""
         data = encode(message)
-        try:
-            async with self._send_lock:
-                await self._send(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError) as exc:
-            raise PeerClosed(str(exc) or type(exc).__name__, "agent stdin closed") from exc
+        async with self._send_lock:
+            if self._closed is not None:
+                raise self._closed_error()
+            if self._stdin_broken is not None:
+                raise PeerClosed(self._stdin_broken, "agent stdin unusable")
+            try:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + self.write_timeout
+                    await self._send(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError) as exc:
+                self._stdin_broken = str(exc) or type(exc).__name__
+                raise PeerClosed(self._stdin_broken, "agent stdin closed") from exc
+            if scope.cancelled_caught:
+                self._stdin_broken = f"a write blocked for {self.write_timeout:g} s"
+                log.error("%s: %s; the agent is not reading its stdin", self.name,
+                          self._stdin_broken)
+                raise PeerClosed(self._stdin_broken, "agent stdin unusable")
 
     async def notify(self, method: str, params: Any = None) -> None:
         """Send a notification. Waits only for the send lock and one write.
@@ -216,6 +234,9 @@ class JsonRpcPeer:
         (their answers would have nowhere to go). If the line source raises,
         the same happens and its error is named in the detail. Call once.
         """
+        if self._serving:
+            raise RuntimeError(f"{self.name}: serve() is already running or has run")
+        self._serving = True
         reason = "agent exited"
         try:
             async with trio.open_nursery() as nursery:

@@ -146,7 +146,7 @@ async def test_updates_of_another_session_do_not_reach_the_prompt(nursery: trio.
             await agent.update("other", chunk("not yours"))
             await agent.update("s1", chunk("yours"))
     assert [text(u) for u in seen] == ["yours"]
-    assert client.session("other").unrouted_count == 1
+    assert client.foreign_updates == 1
 
 
 async def test_load_session_replay_is_not_delivered_to_a_prompt(nursery: trio.Nursery) -> None:
@@ -306,9 +306,13 @@ async def test_session_setup_and_config_options_are_tracked(nursery: trio.Nurser
             request = await agent.receive_method("session/set_config_option")
             assert request["params"] == {"sessionId": "s9", "configId": "model", "value": "deep"}
             options[0]["currentValue"] = "deep"
+            await agent.update("s9", {"sessionUpdate": "available_commands_update",
+                                      "availableCommands": [{"name": "review", "input": None}]})
             await agent.respond(request, {"configOptions": options})
     state = client.session("s9")
     assert state.current_mode_id == "ask"
+    assert [c.name for c in state.available_commands] == ["review"]
+    assert state.unrouted_count == 1  # outside any prompt and nobody watching
     assert [(o.id, o.current_value) for o in state.config_options] == [("model", "deep")]
     assert [v.value for v in state.config_options[0].options] == ["fast", "deep"]
 

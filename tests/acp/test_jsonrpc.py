@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -267,3 +268,35 @@ async def test_messages_are_single_compact_lines() -> None:
     await peer.notify("session/cancel", {"sessionId": "a\nb", "text": "line1\nline2 ü"})
     assert len(sent) == 1 and sent[0].endswith(b"\n") and sent[0].count(b"\n") == 1
     assert b" " not in sent[0].replace(b"line2 ", b"")
+
+
+async def test_cancelled_caller_still_writes_its_line_whole() -> None:
+    sent: list[bytes] = []
+    writing = trio.Event()
+
+    async def slow_send(data: bytes) -> None:
+        writing.set()
+        await trio.sleep(0.2)  # a pipe the agent drains slowly
+        sent.append(data)
+
+    peer = JsonRpcPeer(slow_send)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.notify, "session/cancel", {"sessionId": "s"})
+            await writing.wait()
+            nursery.cancel_scope.cancel()
+        await peer.notify("after", None)
+    assert [json.loads(line)["method"] for line in sent] == ["session/cancel", "after"]
+
+
+async def test_write_blocked_past_the_bound_makes_stdin_unusable() -> None:
+    async def stuck_send(data: bytes) -> None:
+        await trio.sleep_forever()
+
+    peer = JsonRpcPeer(stuck_send, write_timeout=0.1)
+    with trio.fail_after(5):
+        with pytest.raises(PeerClosed, match="blocked for 0.1 s"):
+            await peer.request("session/prompt", {})
+        with pytest.raises(PeerClosed, match="stdin unusable"):
+            await peer.notify("session/cancel", {})
+    assert peer.pending_count == 0
