@@ -1,8 +1,10 @@
 """Splitting reply text into messages that fit a chat platform's limit.
 
-Pure functions, no I/O. Text is split at line boundaries; a line longer than
-the limit is cut (at the last space when there is one late enough, never
-between a character and its combining marks). A fenced code block that is cut
+Pure functions, no I/O. Text is split at line boundaries, preferably before a
+code block (so a block that fits one message is not cut) or after a paragraph,
+when that still fills half a message. A line longer than the limit is cut (at
+the last space when there is one late enough, never between a character and
+its combining marks). A fenced code block that is cut
 in two is closed at the end of one part and reopened, with the same fence and
 language, at the start of the next, so every part renders on its own.
 
@@ -113,7 +115,10 @@ class _Line:
 
 
 class _Packer:
-    """Greedy packing of lines into parts, tracking the fence state of each line."""
+    """Packs lines into parts, tracking the fence state of each line.
+
+    Lines are added greedily; when a part is full, :meth:`flush` may end it a
+    little earlier at a nicer place (see there)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -144,30 +149,56 @@ class _Packer:
 
     def add_line(self, line: str) -> None:
         after = fence_after(self.state, line)
+        overflow = True
         while self.lines and not self._fits(line, after):
-            self.flush(newline_after=True)
+            self.flush(newline_after=True, choose_cut=overflow)
+            overflow = False  # what was carried over is not cut again by choice
         if self._fits(line, after):
             self._append(line, after)
         else:
             self._hard_split(line, after)
 
-    def flush(self, *, newline_after: bool) -> None:
-        """End the current part; an opening fence line at its end moves to the next part."""
-        carried: _Line | None = None
-        last = self.lines[-1]
-        if len(self.lines) > 1 and last.before is None and last.after is not None:
-            carried = self.lines.pop()
+    def flush(self, *, newline_after: bool, choose_cut: bool = False) -> None:
+        """End the current part, moving the lines after a better cut to the next part.
+
+        An opening fence line never ends a part. With ``choose_cut`` (the part
+        is full) the cut moves back to just before a code block that would be
+        cut, or else to just after the last blank line outside code, provided
+        the part keeps at least half the limit.
+        """
+        keep = self._cut_index(choose_cut)
+        carried = self.lines[keep:]
+        self.lines = self.lines[:keep]
+        if carried:
             newline_after = True
         usable = self._usable(self.lines[-1].after)
         body = "\n".join(x.text for x in self.lines)
         close = usable.close if usable else ""
         self.parts.append(MessagePart(body, self.prefix, close, newline_after))
-        self.lines = []
-        self.body_len = 0
         self.prefix = usable.reopen if usable else ""
-        if carried is not None:
-            self.lines.append(carried)
-            self.body_len = len(carried.text)
+        self.lines = carried
+        self.body_len = sum(len(x.text) for x in carried) + max(len(carried) - 1, 0)
+
+    def _cut_index(self, choose_cut: bool) -> int:
+        """How many of the current lines stay in the part being ended (at least one)."""
+        lines = self.lines
+        if len(lines) > 1 and lines[-1].before is None and lines[-1].after is not None:
+            return len(lines) - 1
+        if not choose_cut:
+            return len(lines)
+        enough = self.limit // 2
+        kept = len(self.prefix) + self.body_len  # size of lines[:k] + prefix, as k decreases
+        blank: int | None = None
+        for k in range(len(lines) - 1, 0, -1):
+            kept -= len(lines[k].text) + 1
+            if kept < enough:
+                break
+            opener = lines[k].before is None and lines[k].after is not None
+            if opener and lines[-1].after is lines[k].after:
+                return k  # the block that would be cut starts afresh in the next part
+            if blank is None and lines[k - 1].after is None and not lines[k - 1].text.strip():
+                blank = k
+        return len(lines) if blank is None else blank
 
     def _hard_split(self, line: str, after: Fence | None) -> None:
         """Cut a line that does not fit into an empty part over several parts."""
@@ -230,8 +261,13 @@ def split_message(text: str, limit: int) -> list[str]:
 
     Every returned message is non-empty and shows something: parts with a
     whitespace-only body are dropped (platforms refuse or hide them), so an
-    empty or blank ``text`` gives ``[]``. A fenced code block cut in two is
+    empty or blank ``text`` gives ``[]``; newlines left at the end of a part
+    by a cut at a paragraph break are dropped. A fenced code block cut in two is
     closed and reopened with the same language. Raises ``ValueError`` if
     ``limit < 1``.
     """
-    return [part.text for part in split_parts(text, limit) if part.body.strip()]
+    return [
+        part.prefix + part.body.rstrip("\n") + part.suffix
+        for part in split_parts(text, limit)
+        if part.body.strip()
+    ]

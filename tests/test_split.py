@@ -183,7 +183,9 @@ def test_property_parts_respect_the_limit_and_reassemble_to_the_original() -> No
             if part.suffix:
                 assert part.suffix.startswith("\n")
         messages = split_message(text, limit)
-        assert messages == [p.text for p in parts if p.body.strip()]
+        assert messages == [
+            p.prefix + p.body.rstrip("\n") + p.suffix for p in parts if p.body.strip()
+        ]
         assert all(0 < len(m) <= limit and m.strip() for m in messages)
 
 
@@ -212,3 +214,24 @@ def test_close_open_fence_closes_only_an_unclosed_block() -> None:
     assert close_open_fence("  ~~~~\nx") == "  ~~~~\nx\n  ~~~~"
     assert close_open_fence("```\nx\n```") == "```\nx\n```"
     assert close_open_fence("no code") == "no code"
+
+
+def test_full_part_ends_at_the_last_paragraph_break_when_that_keeps_it_half_full() -> None:
+    first = "First paragraph line one.\nFirst paragraph line two."  # 51 chars
+    second = "Second paragraph starts here.\nAnd goes on for a while here."
+    parts = split_message(f"{first}\n\n{second}", 80)
+    assert parts == [first, second]
+
+
+def test_code_block_that_fits_the_next_part_is_moved_there_whole() -> None:
+    prose = "Some explanation that is long enough to matter."  # 47 chars
+    block = "```python\nprint(1)\nprint(2)\n```"
+    parts = split_message(f"{prose}\n{block}\nAfter.", 70)
+    assert parts == [prose, f"{block}\nAfter."]
+
+
+def test_paragraph_break_too_early_in_the_part_is_not_used() -> None:
+    text = "Hi.\n\n" + "\n".join("word " * 3 for _ in range(10))
+    parts = split_message(text, 60)
+    assert parts[0].startswith("Hi.\n\nword")
+    assert all(len(p) <= 60 for p in parts)
