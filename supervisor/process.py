@@ -18,16 +18,20 @@ reaped.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import logging
 import os
 import queue
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 
 import attrs
 import trio
@@ -35,7 +39,7 @@ import trio
 logger = logging.getLogger("supervisor")
 
 READ_CHUNK = 64 * 1024
-STDERR_EOF_WAIT = 0.5  # after the exit: how long the last stderr bytes may take to arrive
+STDERR_EOF_WAIT = 0.25  # after the exit: how long the last stderr bytes may take to arrive
 KILL_WAIT = 10.0  # after SIGKILL: how long the kernel may take before we give up
 LOG_LINE_MAX = 500  # stderr log lines are cut to this many bytes
 LOG_BURST = 100  # stderr log lines logged at once before rate limiting starts
@@ -87,6 +91,8 @@ class ExitStatus:
             except ValueError:
                 name = f"signal {self.signal}"
             return f"killed by {name}"
+        if self.returncode is None:
+            return "exited (status lost: reaped elsewhere)"
         return f"exited with code {self.returncode}"
 
 
@@ -126,13 +132,19 @@ def resolve_executable(argv0: str, env: Mapping[str, str], cwd: str | None) -> s
     raise SpawnError(f"command not found: {argv0!r} (PATH={search})")
 
 
+@functools.cache
+def _prctl() -> Any:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
 def _parent_death_hook() -> Callable[[], None] | None:
     """A preexec function that makes the kernel SIGKILL the child when we die."""
     if not sys.platform.startswith("linux"):
         return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
+    prctl = _prctl()  # resolved here: the forked child only calls it
     parent = os.getpid()
 
     def hook() -> None:
@@ -259,7 +271,7 @@ async def _spawn(spec: ChildSpec) -> Child:
     except (AttributeError, OSError):
         pidfd = None
     child = Child(spec, proc, pidfd, *parent_ends)
-    logger.info("started %s pid %d: %s", spec.name, proc.pid, " ".join(spec.argv))
+    logger.info("started %s pid %d: %s", spec.name, proc.pid, shlex.join(spec.argv))
     return child
 
 
@@ -611,6 +623,8 @@ async def run_child(
             await child.exited.wait()
         finally:
             if not child.exited.is_set():
-                await child.stop(stop_grace)
+                # A StopTimeout is logged by stop(); the cancellation that got us here goes on.
+                with contextlib.suppress(StopTimeout):
+                    await child.stop(stop_grace)
     assert child.exit_status is not None
     return child.exit_status

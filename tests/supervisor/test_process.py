@@ -17,6 +17,7 @@ import trio
 
 from supervisor.process import (
     LOG_BURST,
+    LOG_LINE_MAX,
     LOG_RATE,
     Child,
     ChildSpec,
@@ -139,6 +140,7 @@ async def test_exit_mid_read_is_noticed_at_once_with_code_and_stderr_tail() -> N
     sys.exit(3)
     """
     lines: list[bytes] = []
+    stdout_ended = False
     holder = 0
     try:
         with trio.fail_after(20):
@@ -149,14 +151,17 @@ async def test_exit_mid_read_is_noticed_at_once_with_code_and_stderr_tail() -> N
                 holder = int(await read_line(child))
 
                 async def read_all() -> None:
+                    nonlocal stdout_ended
                     async for line in child.stdout_lines():
                         lines.append(line)
+                    stdout_ended = True
 
                 nursery.start_soon(read_all)
                 await child.send(b"go\n")
                 sent = trio.current_time()
                 status = await child.wait()
                 noticed = trio.current_time() - sent
+                ended_before_exit_was_noticed = stdout_ended
                 nursery.cancel_scope.cancel()
     finally:
         if holder:
@@ -165,7 +170,7 @@ async def test_exit_mid_read_is_noticed_at_once_with_code_and_stderr_tail() -> N
     assert status.describe() == "exited with code 3"
     assert "fatal: the widget exploded" in child.stderr_tail()
     assert noticed < 3.0  # no polling interval: the pidfd wakes us
-    assert lines == []
+    assert lines == [] and not ended_before_exit_was_noticed
 
 
 async def test_stderr_flood_does_not_block_stdout_lines(caplog: pytest.LogCaptureFixture) -> None:
@@ -190,9 +195,32 @@ async def test_stderr_flood_does_not_block_stdout_lines(caplog: pytest.LogCaptur
     assert status.returncode == 0
     tail = child.stderr_tail(max_chars=10_000)
     assert len(tail) == 4096 and set(tail) == {"e", "\n"}
-    stderr_records = [r for r in caplog.records if "stderr" in r.getMessage()]
+    prefix = f"noisy[{child.pid}] stderr: "
+    stderr_records = [r for r in caplog.records if r.getMessage().startswith(prefix)]
     assert len(stderr_records) <= LOG_BURST + LOG_RATE * elapsed + 10  # not 100 000 lines
     assert any("not logged (rate limit)" in r.getMessage() for r in stderr_records)
+
+
+async def test_stderr_lines_are_logged_with_name_and_pid_and_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="supervisor")
+    code = """
+    import sys
+    sys.stderr.write("warming up\\n" + "x" * 10_000 + "\\nno newline at the end")
+    """
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            child = await nursery.start(
+                partial(run_child, spec(code, name="chatty"), stop_grace=5.0)
+            )
+            await child.wait()
+    prefix = f"chatty[{child.pid}] stderr: "
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+    assert len(logged) == 3
+    assert logged[0] == prefix + "warming up"
+    assert logged[1] == prefix + "x" * LOG_LINE_MAX + " [cut]"
+    assert logged[2] == prefix + "no newline at the end"
 
 
 async def test_overlong_stdout_line_raises_line_too_long_with_bounded_memory() -> None:
