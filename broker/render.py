@@ -185,7 +185,8 @@ def _tools(tools: list[ToolLine], *, final: bool) -> str:
     if len(tools) > MAX_TOOL_LINES:
         older = tools[:-KEEP_TOOL_LINES]
         hidden = [t for t in older if final or t.status not in _ACTIVE]
-        shown = [t for t in older if t not in hidden] + tools[-KEEP_TOOL_LINES:]
+        active = [] if final else [t for t in older if t.status in _ACTIVE]
+        shown = active + tools[-KEEP_TOOL_LINES:]
         lines = [_hidden_summary(hidden)]
     else:
         shown, lines = tools, []

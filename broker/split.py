@@ -250,6 +250,8 @@ def split_parts(text: str, limit: int) -> list[MessagePart]:
         raise ValueError(f"message limit must be at least 1, got {limit}")
     if not text:
         return []
+    if len(text) <= limit:
+        return [MessagePart(text)]
     packer = _Packer(limit)
     for line in text.split("\n"):
         packer.add_line(line)
