@@ -4,7 +4,7 @@ Pure functions, no I/O. :func:`render` shows a turn in progress (or its final
 state): notes, the plan, the tool lines, then the agent's text.
 :func:`render_end` is the final message of a turn, whatever its outcome: it
 keeps the partial text above a plain sentence that says what happened and what
-to do. Neither ever returns an empty string.
+to do, and never returns an empty string.
 
 The ``reason`` of a :class:`~broker.reply.TurnEnd` is a plain sentence; the
 ``*_reason`` helpers below phrase it the same way everywhere, so the session
@@ -58,12 +58,11 @@ def busy_reason(waiting: int) -> str:
 
 
 def pool_full_reason(busy_sessions: int) -> str:
-    sessions = (
-        "The only agent session is"
-        if busy_sessions == 1
-        else (f"All {busy_sessions} agent sessions are")
-    )
-    return f"{sessions} busy, so no agent can start for this thread right now."
+    if busy_sessions == 1:
+        subject = "The only agent session is"
+    else:
+        subject = f"All {busy_sessions} agent sessions are"
+    return f"{subject} busy, so no agent can start for this thread right now."
 
 
 def start_failed_reason(error: str) -> str:
@@ -81,7 +80,10 @@ _DEFAULT_REASONS = {
     Outcome.BUSY: "This thread is busy.",
     Outcome.POOL_FULL: "Every agent session is busy, so no agent can start right now.",
     Outcome.START_FAILED: "The agent could not be started.",
-    Outcome.SHUTDOWN: "The broker is shutting down, so this turn was stopped.",
+    Outcome.SHUTDOWN: (
+        "The broker is shutting down, so this turn was stopped; "
+        "send your message again once it is back."
+    ),
     Outcome.ERROR: "The agent answered with an error.",
 }
 _EMOJI = {
@@ -98,7 +100,6 @@ _HINTS = {
     Outcome.BUSY: "Try again when the current turn finishes, or /cancel it.",
     Outcome.POOL_FULL: "Try again when one of them finishes.",
     Outcome.AGENT_DIED: "Your next message starts it again.",
-    Outcome.SHUTDOWN: "Send your message again once the broker is back.",
 }
 _PARTIAL_TEXT_OUTCOMES = (Outcome.CANCELLED, Outcome.TIMED_OUT, Outcome.AGENT_DIED, Outcome.ERROR)
 _DETAIL_LABELS = {

@@ -251,8 +251,8 @@ def test_start_failure_gives_the_error() -> None:
 
 def test_shutdown_tells_the_user_to_send_again() -> None:
     assert render_end(TurnEnd(Outcome.SHUTDOWN), started()) == (
-        "🔌 The broker is shutting down, so this turn was stopped. "
-        "Send your message again once the broker is back."
+        "🔌 The broker is shutting down, so this turn was stopped; "
+        "send your message again once it is back."
     )
 
 
