@@ -123,7 +123,20 @@ class WebSocketServer:
     # --- connections -----------------------------------------------------
 
     async def handle_stream(self, stream: trio.SocketStream) -> None:
-        """Serve one TCP connection: read the head, then WebSocket or plain HTTP."""
+        """Serve one TCP connection: read the head, then WebSocket or plain HTTP.
+
+        Nothing a connection does raises out of here: an error ends that
+        connection only (logged), never the server.
+        """
+        try:
+            await self._serve_stream(stream)
+        except Exception:
+            log.exception("connection from %s failed", _peer(stream))
+            with trio.move_on_after(CLOSE_GRACE_SECS) as scope:
+                scope.shield = True
+                await stream.aclose()
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
         try:
             with trio.fail_after(HEAD_TIMEOUT_SECS):
                 head, rest = await read_head(stream)
@@ -133,7 +146,12 @@ class WebSocketServer:
             await _answer(stream, HttpResponse(status, f"{exc}\n".encode(), "text/plain"))
             return
         if request.is_websocket:
-            await self._serve_websocket(StreamWithPrefix(stream, head + rest), request)
+            try:
+                await self._serve_websocket(
+                    StreamWithPrefix(stream, head + rest), request, _peer(stream)
+                )
+            except trio_websocket.ConnectionClosed:
+                log.info("connection from %s closed during the handshake", _peer(stream))
         else:
             await _answer(stream, await self._serve_http(request))
 
@@ -148,7 +166,7 @@ class WebSocketServer:
         )
         if refusal is not None:
             return HttpResponse(refusal, b"token required\n", "text/plain")
-        if request.method not in ("GET", "HEAD"):
+        if request.method != "GET":
             return HttpResponse(405, b"GET only\n", "text/plain")
         try:
             return await handler(request)
@@ -156,7 +174,9 @@ class WebSocketServer:
             log.exception("GET %s failed", request.path)
             return HttpResponse(500, b"internal error\n", "text/plain")
 
-    async def _serve_websocket(self, stream: StreamWithPrefix, head: HttpRequest) -> None:
+    async def _serve_websocket(
+        self, stream: StreamWithPrefix, head: HttpRequest, peer: str
+    ) -> None:
         request: trio_websocket.WebSocketRequest | None = None
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(HEAD_TIMEOUT_SECS):
@@ -168,19 +188,19 @@ class WebSocketServer:
             elif head.path != WS_PATH and head.path not in self.ws_routes:
                 await request.reject(404, body=b"not found\n")
             elif (refusal := token_status(head, self.settings.token)) is not None:
-                log.warning("refused %s from %s: HTTP %d", head.path, request.remote, refusal)
+                log.warning("refused %s from %s: HTTP %d", head.path, peer, refusal)
                 await request.reject(refusal, body=b"token required\n")
             elif head.path in self.ws_routes:
                 await self.ws_routes[head.path](request)
             else:
-                await self._serve_client(await request.accept(), head)
+                await self._serve_client(await request.accept(), head, peer)
             nursery.cancel_scope.cancel()
         with trio.move_on_after(CLOSE_GRACE_SECS) as scope:
             scope.shield = True
             await stream.aclose()
 
     async def _serve_client(
-        self, ws: trio_websocket.WebSocketConnection, head: HttpRequest
+        self, ws: trio_websocket.WebSocketConnection, head: HttpRequest, peer: str
     ) -> None:
         connection_id = f"ws-{next(self._ids)}"
         link = Link(ws, connection_id, max_frame_bytes=self.settings.max_frame_bytes)
@@ -188,7 +208,7 @@ class WebSocketServer:
         names = head.query_value("platforms")
         platforms = frozenset(filter(None, names.split(","))) if names else None
         client = self._clients[connection_id] = _Client(link, channel, platforms)
-        log.info("%s connected from %s (platforms: %s)", connection_id, ws.remote, names or "all")
+        log.info("%s connected from %s (platforms: %s)", connection_id, peer, names or "all")
 
         def on_event(event: InboundEvent) -> None:
             self.events_received += 1
@@ -218,6 +238,14 @@ class WebSocketServer:
             if client.serves(reply.platform) and await client.link.send(encode_reply(reply)):
                 return
         self.outbox.on_undeliverable(reply)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "a vanished peer"
+    return f"{host}:{port}"
 
 
 async def _answer(stream: trio.abc.Stream, response: HttpResponse) -> None:

@@ -155,6 +155,18 @@ async def test_streaming_request_gets_a_message_id_that_edits_may_use() -> None:
             gateway.assert_clean()
 
 
+async def test_delayed_response_within_the_timeout_still_streams() -> None:
+    sink = EchoSink()
+    with trio.fail_after(10):
+        async with open_fake_gateway() as gateway, running(gateway, sink):
+            gateway.response_delay = 0.3  # the sink waits up to 1 s
+            await gateway.wait_connected()
+            await gateway.send_event(text="ask")
+            edit = await gateway.wait_reply(lambda r: r.command is Command.EDIT_MESSAGE)
+            assert edit.reply_to == "m-1"
+            gateway.assert_clean()
+
+
 @pytest.mark.parametrize("mode", [ResponseMode.REFUSE, ResponseMode.IGNORE])
 async def test_refused_or_unanswered_request_falls_back_to_a_plain_reply(
     mode: ResponseMode,

@@ -174,6 +174,21 @@ async def test_reply_finished_after_disconnect_reaches_the_reconnected_client() 
             assert server.snapshot().outbox_waiting == 0
 
 
+async def test_reply_finished_after_disconnect_goes_straight_to_a_live_client() -> None:
+    sink = EchoSink()
+    with trio.fail_after(10):
+        async with running(sink) as server, open_websocket_url(server.url) as live:
+            slow = make_event("slow")
+            async with open_websocket_url(server.url) as gone:
+                await gone.send_message(encode_event(slow))
+                await receive_json_after_echo(gone)
+            await wait_until(lambda: len(server.snapshot().connections) == 1)
+            sink.release.set()
+            frame = await receive_json(live)
+            assert frame["reply_to"] == slow.event_id
+            assert server.snapshot().outbox_waiting == 0
+
+
 async def receive_json_after_echo(ws: trio_websocket.WebSocketConnection) -> None:
     """Make sure the server has read the previous frame: a round trip."""
     probe = make_event("probe", platform="discord")
@@ -256,3 +271,29 @@ async def test_peer_that_stops_answering_pings_is_dropped() -> None:
                 pass
             await stream.aclose()
             await wait_until(lambda: not server.snapshot().connections)
+
+
+async def test_broken_handshakes_end_their_connection_only() -> None:
+    with trio.fail_after(15):
+        async with running(EchoSink()) as server:
+            garbage = [
+                b"GET /ws HTTP/1.1\r\nHost: x\r\n",  # head never finished, then closed
+                b"NOT HTTP AT ALL\r\n\r\n",
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",  # no key
+                (
+                    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade"
+                    b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13"
+                    b"\r\n\r\n"
+                ),  # valid, then vanishes before reading the answer
+            ]
+            for data in garbage:
+                stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+                await stream.send_all(data)
+                await stream.aclose()
+            bad = await trio.open_tcp_stream("127.0.0.1", server.port)
+            await bad.send_all(b"NOT HTTP AT ALL\r\n\r\n")
+            assert (await bad.receive_some(4096)).startswith(b"HTTP/1.1 400 ")
+            await bad.aclose()
+            async with open_websocket_url(server.url) as ws:
+                await ws.send_message(encode_event(make_event("fine")))
+                assert (await receive_json(ws))["content"]["text"] == "echo: fine"
