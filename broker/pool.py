@@ -198,7 +198,8 @@ class Pool:
         self._suspended: dict[str, str] = {}
         self._stopping: set[Session] = set()
         self._spares: list[Session] = []
-        self._trackers: dict[str, RestartTracker] = {}
+        # key -> (tracker, last failure); ordered by last failure, pruned from the front
+        self._trackers: dict[str, tuple[RestartTracker, float]] = {}
         self._blocked: dict[str, tuple[float, str]] = {}
         self._changed = trio.Event()
         self._closing = False
@@ -357,6 +358,7 @@ class Pool:
 
     def _admit(self, thread_key: str) -> TurnEnd | None:
         """Start a session for a new thread, or say why not."""
+        self._forget_old_failures()
         blocked = self._blocked.get(thread_key)
         if blocked is not None:
             until, reason = blocked
@@ -494,11 +496,23 @@ class Pool:
             self._replenish_spares()
         self._bump()
 
+    def _forget_old_failures(self) -> None:
+        horizon = trio.current_time() - self._policy.window_secs
+        while self._trackers:
+            key, (_, last_failure) = next(iter(self._trackers.items()))
+            if last_failure >= horizon:
+                break
+            del self._trackers[key]
+
     def _record_failure(self, key: str, reason: str) -> float:
-        tracker = self._trackers.setdefault(key, RestartTracker(self._policy))
-        decision = tracker.record_failure(trio.current_time())
+        now = trio.current_time()
+        self._forget_old_failures()
+        entry = self._trackers.pop(key, None)
+        tracker = entry[0] if entry else RestartTracker(self._policy)
+        self._trackers[key] = (tracker, now)
+        decision = tracker.record_failure(now)
         if decision.fatal is not None:
-            until = trio.current_time() + self._policy.window_secs
+            until = now + self._policy.window_secs
             sentence = (
                 f"The agent keeps failing ({decision.fatal}; last: {reason}). "
                 "New messages are refused for a while; try again later or /reset."

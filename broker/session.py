@@ -33,8 +33,8 @@ import trio
 
 from broker import reply
 from broker.acp import schema
-from broker.acp.client import AcpClient, ClientOptions
-from broker.acp.jsonrpc import PeerClosed, RpcError
+from broker.acp.client import AcpClient, AcpError, ClientOptions
+from broker.acp.jsonrpc import PeerClosed, RequestTimeout, RpcError
 from broker.acp.schema import ConfigOption, InitializeResult, SessionUpdate
 from broker.config import TimeoutsConfig
 from broker.reply import Outcome, Prompt, TurnEnd, TurnHandle
@@ -390,7 +390,7 @@ class Session:
         except trio.TooSlowError:
             limit = timeouts.initialize_secs if step == "initialize" else timeouts.session_new_secs
             raise _StartFailed(f"no answer to {step} within {limit:g} s") from None
-        except (PeerClosed, RpcError) as exc:
+        except (PeerClosed, RpcError, AcpError, RequestTimeout) as exc:
             raise _StartFailed(f"{step} failed: {exc}") from None
         finally:
             self._start_scope = None
