@@ -15,6 +15,7 @@ handled synchronously by the reader. Sessions persist as JSON files under the st
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -44,9 +45,10 @@ from broker.testing.fake_agent_wire import (
     set_log_name,
 )
 
+Handler = Callable[[JSON, dict[str, Any]], Awaitable[JSON]]
 PROTOCOL_VERSION = 1
 VERSION = "1.0.0"
-EOF_GRACE = 2.0
+EOF_GRACE = 1.0
 
 
 @attrs.frozen
@@ -66,13 +68,33 @@ class Options:
     crash_on_start: int | None = None
 
 
+def _done_event() -> trio.Event:
+    event = trio.Event()
+    event.set()
+    return event
+
+
+@attrs.frozen
+class TurnTicket:
+    """A prompt's place in its session's queue: wait for ``previous``, set ``done`` when over."""
+
+    previous: trio.Event
+    done: trio.Event
+
+
 @attrs.define
 class LiveSession:
     """A session known to this process: its record, its prompt queue and its running turn."""
 
     record: store.SessionRecord
-    prompt_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    last_ticket_done: trio.Event = attrs.field(factory=_done_event)
     turn: TurnControl | None = None
+
+    def take_ticket(self) -> TurnTicket:
+        """A place at the end of this session's prompt queue (synchronous, so FIFO)."""
+        ticket = TurnTicket(previous=self.last_ticket_done, done=trio.Event())
+        self.last_ticket_done = ticket.done
+        return ticket
 
 
 def _params(params: JSON) -> dict[str, Any]:
@@ -96,12 +118,11 @@ class FakeAgent:
         self.wire = wire
         self.nursery = nursery
         self.sessions: dict[str, LiveSession] = {}
-        self.handlers: dict[str, Callable[[Any, dict[str, Any]], Awaitable[JSON]]] = {
+        self.handlers: dict[str, Handler] = {
             "initialize": self.initialize,
             "authenticate": self.authenticate,
             "session/new": self.session_new,
             "session/resume": self.session_resume,
-            "session/prompt": self.session_prompt,
             "session/set_mode": self.set_mode,
             "session/set_config_option": self.set_config_option,
             "session/close": self.session_close,
@@ -126,7 +147,10 @@ class FakeAgent:
             return
         method = message.get("method")
         if isinstance(method, str) and "id" in message:
-            self.nursery.start_soon(self._serve, message["id"], method, message.get("params"))
+            handler = self._accept(method, message.get("params"))
+            self.nursery.start_soon(
+                self._serve, message["id"], method, handler, message.get("params")
+            )
         elif isinstance(method, str):
             self.notification(method, message.get("params"))
         elif "id" in message and ("result" in message or "error" in message):
@@ -137,12 +161,24 @@ class FakeAgent:
                 self._reply_error, message.get("id"), RpcError(INVALID_REQUEST, "invalid request")
             )
 
+    def _accept(self, method: str, params: JSON) -> Handler | None:
+        """The handler of a request, chosen when it is read; a prompt takes its queue place now."""
+        if method != "session/prompt":
+            return self.handlers.get(method)
+        live = self._session_of(params)
+        return functools.partial(self.session_prompt, live.take_ticket() if live else None)
+
+    def _session_of(self, params: JSON) -> LiveSession | None:
+        session_id = params.get("sessionId") if isinstance(params, dict) else None
+        return self.sessions.get(session_id) if isinstance(session_id, str) else None
+
     async def _reply_error(self, request_id: JSON, error: RpcError) -> None:
         await self.wire.respond_error(request_id, error)
 
-    async def _serve(self, request_id: JSON, method: str, params: JSON) -> None:
+    async def _serve(
+        self, request_id: JSON, method: str, handler: Handler | None, params: JSON
+    ) -> None:
         """Run one request handler and answer; handler errors become JSON-RPC errors."""
-        handler = self.handlers.get(method)
         try:
             if handler is None:
                 raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
@@ -150,6 +186,8 @@ class FakeAgent:
         except RpcError as exc:
             await self.wire.respond_error(request_id, exc)
             return
+        except trio.BrokenResourceError:
+            raise  # stdout is gone: the process ends (see main)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not end the process
             log(f"internal error in {method}: {exc!r}")
             await self.wire.respond_error(
@@ -161,11 +199,11 @@ class FakeAgent:
 
     def notification(self, method: str, params: JSON) -> None:
         """``session/cancel`` cancels the running turn; any other notification is ignored."""
-        if method != "session/cancel" or not isinstance(params, dict):
+        if method != "session/cancel":
             if not method.startswith("_"):
                 log(f"notification {method} ignored")
             return
-        live = self.sessions.get(params.get("sessionId", ""))
+        live = self._session_of(params)
         if live is None or live.turn is None:
             log("session/cancel with no running turn ignored")
         elif not live.turn.cancel():
@@ -290,36 +328,60 @@ class FakeAgent:
 
     # -- prompt --------------------------------------------------------------------------------
 
-    async def session_prompt(self, request_id: JSON, params: dict[str, Any]) -> JSON:
-        """Run one turn (queued behind a running one) and answer; @late chunks follow after."""
-        live = self._live(params)
-        text, images = self._prompt_content(params.get("prompt"))
+    async def session_prompt(
+        self, ticket: TurnTicket | None, request_id: JSON, params: dict[str, Any]
+    ) -> JSON:
+        """Run one turn and answer it; @late chunks follow after the answer.
+
+        The prompts of a session run one at a time in arrival order: ``ticket`` was taken by the
+        reader (None if the session was unknown then). The answer is written before the next
+        turn of the session starts.
+        """
         try:
-            script = fs.parse_script(text)
-        except fs.ScriptError as exc:
-            raise RpcError(INVALID_PARAMS, f"bad directive: {exc}") from None
-        async with live.prompt_lock:
-            with trio.CancelScope() as scope:
-                turn = Turn(self.wire, live.record, TurnControl(scope), images=images)
-                live.turn = turn.control
-                try:
-                    late = await run_turn(turn, script)
-                except fs.ScriptError as exc:
-                    raise RpcError(INVALID_PARAMS, f"bad directive: {exc}") from None
-                finally:
-                    live.turn = None
-            cancelled = scope.cancelled_caught
-            reply = "".join(turn.sent) + ("".join(late) if not cancelled else "")
-            live.record.history.append({"role": "user", "text": script.message})
-            live.record.history.append({"role": "agent", "text": reply})
-            await self._save(live.record)
-        if script.error is not None and not cancelled:
-            raise RpcError(script.error.code, script.error.message)
-        stop = "cancelled" if cancelled else script.stop_reason
-        await self.wire.respond(request_id, {"stopReason": stop})
+            live = self._live(params)
+            ticket = ticket or live.take_ticket()
+            text, images = self._prompt_content(params.get("prompt"))
+            try:
+                script = fs.parse_script(text)
+            except fs.ScriptError as exc:
+                raise RpcError(INVALID_PARAMS, f"bad directive: {exc}") from None
+            await ticket.previous.wait()
+            turn, late, cancelled = await self._run_turn(live, script, images)
+            if script.error is not None and not cancelled:
+                raise RpcError(script.error.code, script.error.message)
+            stop = "cancelled" if cancelled else script.stop_reason
+            await self.wire.respond(request_id, {"stopReason": stop})
+        finally:
+            if ticket is not None:
+                ticket.done.set()
         if late and not cancelled:
             self.nursery.start_soon(self._send_late, turn, late, (script.late_ms or 0) / 1000)
         return _ALREADY_ANSWERED
+
+    async def _run_turn(
+        self, live: LiveSession, script: fs.Script, images: int
+    ) -> tuple[Turn, list[str], bool]:
+        """Run the turn in a scope session/cancel can cancel; record it in the history.
+
+        Returns the turn, the chunks kept for @late and whether it was cancelled.
+        """
+        with trio.CancelScope() as scope:
+            turn = Turn(self.wire, live.record, TurnControl(scope), images=images)
+            live.turn = turn.control
+            try:
+                late = await run_turn(turn, script)
+            except fs.ScriptError as exc:
+                raise RpcError(INVALID_PARAMS, f"bad directive: {exc}") from None
+            finally:
+                live.turn = None
+        cancelled = scope.cancelled_caught
+        if cancelled:
+            late = []
+        reply = "".join(turn.sent) + "".join(late)
+        live.record.history.append({"role": "user", "text": script.message})
+        live.record.history.append({"role": "agent", "text": reply})
+        await self._save(live.record)
+        return turn, late, cancelled
 
     async def _send_late(self, turn: Turn, chunks: list[str], delay: float) -> None:
         await trio.sleep(delay)
@@ -349,7 +411,7 @@ class FakeAgent:
         return "\n".join(texts), images
 
 
-_ALREADY_ANSWERED: Any = object()
+_ALREADY_ANSWERED: Any = object()  # returned by handlers that wrote their answer themselves
 
 
 async def _stderr_noise(interval: float) -> None:
@@ -368,7 +430,7 @@ async def serve(options: Options) -> None:
     """
     stdin = trio.lowlevel.FdStream(os.dup(0))
     stdout = trio.lowlevel.FdStream(os.dup(1))
-    async with trio.open_nursery() as background:
+    async with stdin, stdout, trio.open_nursery() as background:
         if options.stderr_noise:
             background.start_soon(_stderr_noise, options.stderr_noise)
         async with trio.open_nursery() as requests:
@@ -464,11 +526,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log("ignoring SIGTERM")
     log(f"ready (pid {os.getpid()}, state dir {options.state_dir})")
+    code = 0
     try:
         trio.run(serve, options)
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    except* KeyboardInterrupt:
+        code = 130
+    except* trio.BrokenResourceError:
+        log("stdout closed by the client; exiting")
+    return code
 
 
 if __name__ == "__main__":

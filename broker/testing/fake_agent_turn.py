@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from typing import Any
 
 import attrs
@@ -165,7 +164,6 @@ def _grandchild(turn: Turn) -> None:
 
 def _crash(code: int) -> None:
     log(f"fatal: simulated crash (exit code {code})")
-    sys.stderr.flush()
     os._exit(code)
 
 

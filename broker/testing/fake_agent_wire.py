@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import select
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,9 +31,17 @@ def set_log_name(name: str) -> None:
 
 
 def log(message: str) -> None:
-    """One log line on stderr (blocking and unbuffered: the parent drains stderr)."""
-    sys.stderr.write(f"{_log_prefix}[{os.getpid()}]: {message}\n")
-    sys.stderr.flush()
+    """One log line on stderr, written whole before returning (the parent drains stderr).
+
+    stderr may share its open file with stdout (``2>&1``), which the event loop puts in
+    non-blocking mode, so a full pipe is waited out with ``select`` instead of failing.
+    """
+    data = f"{_log_prefix}[{os.getpid()}]: {message}\n".encode(errors="replace")
+    while data:
+        try:
+            data = data[os.write(2, data) :]
+        except BlockingIOError:
+            select.select([], [2], [])
 
 
 class RpcError(Exception):

@@ -307,3 +307,65 @@ async def test_thought_usage_and_plan_directives_send_their_update(
                 assert update["used"] is None
             if kind == "plan":
                 assert [e["content"] for e in update["entries"]] == ["a", "b"]
+
+
+async def test_stdin_eof_ends_even_a_hang_hard_turn_after_the_grace(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_session(tmp_path) as (agent, sid):
+            await agent.prompt_until_text(sid, "@say stuck\n@hang-hard", "stuck")
+            await agent.close_stdin()
+            assert await agent.process.wait() == 0
+
+
+async def test_session_close_cancels_the_turn_and_the_session_stays_loadable(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(10):
+        async with open_session(tmp_path) as (agent, sid):
+            request = await agent.prompt_until_text(sid, "@say stuck\n@hang-hard", "stuck")
+            await agent.request("session/close", {"sessionId": sid})
+            assert (await agent.response(request))["result"] == {"stopReason": "cancelled"}
+            await agent.request("session/load", {"sessionId": sid, "cwd": "/", "mcpServers": []})
+            assert [u["content"]["text"] for u in agent.updates("user_message_chunk")] == [""]
+
+
+async def test_a_slow_session_new_does_not_hold_up_other_requests(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_agent(tmp_path, "--new-delay", "30") as agent:
+            slow = await agent.start_request("session/new", {"cwd": "/", "mcpServers": []})
+            await agent.request("initialize", {"protocolVersion": 1})
+            assert all(m.get("id") != slow for m in agent.messages if isinstance(m, dict))
+
+
+async def test_a_second_prompt_waits_for_the_running_one(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_session(tmp_path) as (agent, sid):
+            first = await agent.prompt(sid, "@delay 0.2\n@reply first\n@chunks 1")
+            second = await agent.prompt(sid, "@reply second\n@chunks 1")
+            await agent.response(second)
+            assert agent.index_of_response(first) < agent.index_of_response(second)
+            assert agent.text() == "firstsecond"
+
+
+async def test_ext_stop_stderr_and_failing_tool_directives(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_session(tmp_path) as (agent, sid):
+            text = "@ext indexing\n@stderr 3\n@tool-fail Deploy 0 execute\n@stop max_tokens\n@empty"
+            answer = await agent.response(await agent.prompt(sid, text))
+            assert answer["result"] == {"stopReason": "max_tokens"}
+            ext = await agent.wait_for(
+                lambda m: isinstance(m, dict) and m.get("method") == "_fake/status"
+            )
+            assert isinstance(ext, dict) and ext["params"] == {
+                "sessionId": sid,
+                "status": "indexing",
+            }
+            await agent.wait_for_stderr("noise 3/3")
+            assert agent.updates("tool_call_update")[-1]["status"] == "failed"
+            assert agent.text() == ""
+
+
+async def test_stderr_noise_flag_writes_periodic_lines(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_agent(tmp_path, "--stderr-noise", "0.05") as agent:
+            await agent.wait_for_stderr("noise 3:")
