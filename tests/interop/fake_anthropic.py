@@ -9,7 +9,8 @@ block, ``message_delta`` with the stop reason, ``message_stop``), or as one
 JSON body when the request does not ask for a stream. A reply can stream
 slowly (``chunk_delay``) so that a test can cancel in the middle of it.
 
-It also answers ``POST /v1/messages/count_tokens`` and ``GET /v1/models``.
+It also answers ``POST /v1/messages/count_tokens``, ``GET /v1/models`` and
+``HEAD /`` (a reachability probe).
 Every request is recorded (:attr:`FakeAnthropic.requests`); a request for any
 other endpoint is logged, recorded in :attr:`FakeAnthropic.unknown` and
 answered ``404`` with an API-shaped error body, so a test sees what an agent
@@ -201,6 +202,11 @@ class FakeAnthropic:
         elif request.method == "POST" and path == "/v1/messages/count_tokens":
             tokens = max(1, len(json.dumps(request.body)) // 4)
             await _send_json(conn, stream, 200, {"input_tokens": tokens})
+        elif request.method == "HEAD" and path == "/":
+            # claude-agent-acp probes the base URL this way at session/new.
+            await _send(conn, stream, h11.Response(status_code=200,
+                                                   headers=[(b"content-length", b"0")]))
+            await _send(conn, stream, h11.EndOfMessage())
         elif request.method == "GET" and path == "/v1/models":
             model = {"type": "model", "id": MODEL, "display_name": "Claude Sonnet 4.5",
                      "created_at": "2025-09-29T00:00:00Z"}

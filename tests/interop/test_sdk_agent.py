@@ -56,9 +56,7 @@ class SdkAgent:
     def spec(self) -> ChildSpec:
         argv = (sys.executable, str(SDK_AGENT), "--record", str(self.record),
                 "--state", str(self.state))
-        # ChildSpec.argv's `converter=tuple` leaves mypy an unbound type variable.
-        return ChildSpec(argv=argv, env=exact_env(), cwd=str(self.cwd),  # type: ignore[arg-type]
-                         name="sdk-agent")
+        return ChildSpec(argv=argv, env=exact_env(), cwd=str(self.cwd), name="sdk-agent")
 
     def options(self, **kwargs: Any) -> ClientOptions:
         return ClientOptions(cwd=str(self.cwd), **kwargs)

@@ -1,0 +1,44 @@
+"""Locating the real agents that scripts/install-interop-agents.sh installs into .interop/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+INTEROP_PREFIX = ROOT / ".interop"
+CLAUDE_AGENT_PACKAGE = "@zed-industries/claude-agent-acp"
+CLAUDE_AGENT_VERSION = "0.23.1"
+
+NODE_MISSING = (
+    "!!! NODE IS NOT ON PATH: the interop tests against the real claude-agent-acp are SKIPPED. "
+    "Install Node.js 20+ with npm, run scripts/install-interop-agents.sh, then run them again.")
+
+
+def node_available() -> bool:
+    return shutil.which("node") is not None
+
+
+@pytest.fixture(scope="session")
+def claude_agent_entry() -> Path:
+    """The agent's entry script (its package.json ``bin``), installed at the pinned version.
+
+    Fails (does not skip) when node is present but the package is missing or
+    at another version: that is a broken setup, not a missing prerequisite.
+    """
+    package_dir = INTEROP_PREFIX / "node_modules" / CLAUDE_AGENT_PACKAGE
+    manifest = package_dir / "package.json"
+    if not manifest.is_file():
+        pytest.fail(f"{CLAUDE_AGENT_PACKAGE} is not installed in {INTEROP_PREFIX}: "
+                    "run scripts/install-interop-agents.sh", pytrace=False)
+    package = json.loads(manifest.read_text())
+    if package.get("version") != CLAUDE_AGENT_VERSION:
+        pytest.fail(f"{CLAUDE_AGENT_PACKAGE} in {INTEROP_PREFIX} is at {package.get('version')}, "
+                    f"the tests need {CLAUDE_AGENT_VERSION}: run scripts/install-interop-agents.sh",
+                    pytrace=False)
+    bin_field = package["bin"]
+    relative = bin_field if isinstance(bin_field, str) else bin_field["claude-agent-acp"]
+    return (package_dir / relative).resolve()
