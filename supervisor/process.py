@@ -30,8 +30,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -108,6 +108,20 @@ class StopTimeout(Exception):
     """The child did not go away even ``KILL_WAIT`` seconds after SIGKILL."""
 
 
+class _ChildLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes messages with ``name[pid]`` and adds ``child``/``pid`` to the record."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        super().__init__(logger, {"child": name, "pid": pid})
+        self._prefix = f"{name}[{pid}] "
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs.setdefault("extra", self.extra)
+        return self._prefix + str(msg), kwargs
+
+
 # --- spawning -------------------------------------------------------------------------
 
 
@@ -166,13 +180,9 @@ class _Spawner:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="supervisor-spawner", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._loop, name="supervisor-spawner", daemon=True)
+        self.thread.start()
         self.pid = os.getpid()
-
-    @property
-    def thread(self) -> threading.Thread:
-        return self._thread
 
     def _loop(self) -> None:
         while True:
@@ -299,14 +309,14 @@ class _LineReader:
             newline = self._buf.find(b"\n", self._scanned)
             if newline >= 0:
                 if newline > self._max:
-                    return self._fail(newline)
+                    self._fail(newline)
                 line = bytes(self._buf[:newline])
                 del self._buf[: newline + 1]
                 self._scanned = 0
                 return line
             self._scanned = len(self._buf)
             if len(self._buf) > self._max:
-                return self._fail(len(self._buf))
+                self._fail(len(self._buf))
             if self._eof:
                 if self._buf:
                     line = bytes(self._buf)
@@ -319,7 +329,7 @@ class _LineReader:
                 await self._stream.aclose()
             self._buf += chunk
 
-    def _fail(self, seen: int) -> bytes:
+    def _fail(self, seen: int) -> NoReturn:
         self._buf = bytearray()
         self._error = LineTooLong(f"stdout line longer than {self._max} bytes (at least {seen})")
         raise self._error
@@ -328,9 +338,8 @@ class _LineReader:
 class _StderrSink:
     """Keeps the last bytes of stderr and logs its lines, cut and rate-limited."""
 
-    def __init__(self, name: str, pid: int, tail_bytes: int) -> None:
-        self._name = name
-        self._pid = pid
+    def __init__(self, log: _ChildLog, tail_bytes: int) -> None:
+        self._log = log
         self._tail_max = tail_bytes
         self.tail = bytearray()
         self._partial = bytearray()
@@ -370,12 +379,7 @@ class _StderrSink:
 
     def _report_suppressed(self) -> None:
         if self._suppressed:
-            logger.warning(
-                "%s[%d] stderr: %d lines not logged (rate limit)",
-                self._name,
-                self._pid,
-                self._suppressed,
-            )
+            self._log.warning("stderr: %d lines not logged (rate limit)", self._suppressed)
             self._suppressed = 0
 
     def _append_partial(self, piece: bytes) -> None:
@@ -389,13 +393,7 @@ class _StderrSink:
         self._tokens -= 1
         self._report_suppressed()
         text = self._partial.decode("utf-8", "replace") + (" [cut]" if self._partial_cut else "")
-        logger.info(
-            "%s[%d] stderr: %s",
-            self._name,
-            self._pid,
-            text,
-            extra={"child": self._name, "pid": self._pid},
-        )
+        self._log.info("stderr: %s", text)
         self._partial.clear()
         self._partial_cut = False
 
@@ -432,7 +430,8 @@ class Child:
         self._stdout = trio.lowlevel.FdStream(stdout_fd)
         self._stderr = trio.lowlevel.FdStream(stderr_fd)
         self._lines = _LineReader(self._stdout, spec.max_line_bytes)
-        self._sink = _StderrSink(spec.name, proc.pid, spec.stderr_tail_bytes)
+        self._log = _ChildLog(spec.name, proc.pid)
+        self._sink = _StderrSink(self._log, spec.stderr_tail_bytes)
         self._send_lock = trio.Lock()
         self._reaped = False
         self._watch_scope = trio.CancelScope(shield=True)
@@ -509,17 +508,12 @@ class Child:
                 with trio.move_on_after(grace):
                     await self.exited.wait()
             if not self.exited.is_set():
-                logger.warning(
-                    "%s[%d] still running %.1fs after SIGTERM: sending SIGKILL",
-                    self.spec.name,
-                    self.pid,
-                    grace,
-                )
+                self._log.warning("still running %.1fs after SIGTERM: sending SIGKILL", grace)
                 self._kill_group(signal.SIGKILL)
                 with trio.move_on_after(KILL_WAIT):
                     await self.exited.wait()
             if not self.exited.is_set():
-                logger.error("%s[%d] did not exit after SIGKILL", self.spec.name, self.pid)
+                self._log.error("did not exit after SIGKILL")
                 self._watch_scope.cancel()
                 self._drain_scope.cancel()
 
@@ -531,7 +525,7 @@ class Child:
         except ProcessLookupError:
             pass
         except PermissionError as exc:
-            logger.warning("%s[%d] cannot signal group: %s", self.spec.name, self.pid, exc)
+            self._log.warning("cannot signal group: %s", exc)
 
     async def _watch_exit(self) -> None:
         """Notice the exit, SIGKILL what is left of the group, reap, then set ``exited``."""
@@ -547,8 +541,8 @@ class Child:
                 self._stdin.close()
                 self.exit_status = status
                 self.exited.set()
-            log = logger.info if status.returncode == 0 else logger.warning
-            log("%s[%d] %s", self.spec.name, self.pid, status.describe())
+            level = logging.INFO if status.returncode == 0 else logging.WARNING
+            self._log.log(level, status.describe())
 
     async def _wait_leader_exit(self) -> None:
         if self._pidfd is None:
@@ -567,7 +561,7 @@ class Child:
             except ChildProcessError:
                 self._reaped = True
                 self._proc.returncode = -1
-                logger.error("%s[%d] was reaped elsewhere: status lost", self.spec.name, self.pid)
+                self._log.error("was reaped elsewhere: exit status lost")
                 return ExitStatus(returncode=None, signal=None)
             if pid:
                 self._reaped = True
@@ -589,14 +583,8 @@ class Child:
 
 
 def _wait_exited_not_reaped(pid: int) -> None:
-    while True:
-        try:
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-            return
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return
+    with contextlib.suppress(ChildProcessError):  # _reap reports it
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
 async def run_child(
@@ -605,7 +593,10 @@ async def run_child(
     stop_grace: float,
     task_status: trio.TaskStatus[Child] = trio.TASK_STATUS_IGNORED,
 ) -> ExitStatus:
-    """Run one child for its whole life; use as ``await nursery.start(run_child, spec, ...)``.
+    """Run one child for its whole life.
+
+    Use as ``child = await nursery.start(functools.partial(run_child, spec,
+    stop_grace=5))`` (``nursery.start`` passes no keyword arguments).
 
     Spawns the child (raising :class:`SpawnError` before ``started`` if it
     cannot), hands the :class:`Child` to ``task_status``, drains its stderr

@@ -404,3 +404,27 @@ async def test_exec_failure_is_mapped_to_spawn_error(tmp_path: Path) -> None:
     garbage.chmod(0o755)
     with pytest.raises(SpawnError, match="garbage"):
         await run_child(ChildSpec(argv=(str(garbage),), env=ENV), stop_grace=1.0)
+
+
+async def test_without_pidfd_support_exit_and_stop_still_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")  # kernels before 5.3
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    code = GRANDCHILD_THEN_READY + "sys.exit(5)\n"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            child = await nursery.start(partial(run_child, spec(code), stop_grace=5.0))
+            grandchild = int(await read_line(child))
+            assert (await child.wait()).returncode == 5
+            sleeper = await nursery.start(
+                partial(
+                    run_child, spec(GRANDCHILD_THEN_READY + "time.sleep(120)\n"), stop_grace=5.0
+                )
+            )
+            assert (await sleeper.stop(5.0)).signal == signal.SIGTERM
+        await wait_group_dead(child.pgid)
+        await wait_group_dead(sleeper.pgid)
+    assert_not_our_zombie(grandchild)
