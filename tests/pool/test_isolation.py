@@ -122,16 +122,15 @@ async def test_two_rapid_messages_to_a_new_thread_start_one_agent_and_load_one_s
 ) -> None:
     config = make_config()
     with trio.fail_after(60):
-        async with open_store(tmp_path / "state.sqlite3") as store:
-            async with open_pool(config, store=store) as pool:
-                assert (await ask(pool, "cli:A", "@reply remembered")).ok
-        async with open_store(tmp_path / "state.sqlite3") as store:
-            async with open_pool(config, store=store) as pool:
-                assert pool.is_suspended("cli:A")
-                first = pool.submit("cli:A", Prompt("@reply one"))
-                second = pool.submit("cli:A", Prompt("@reply two"))
-                assert (await first.result()).text == "one"
-                assert (await second.result()).text == "two"
-                assert pool.counters.spawned == 1
-                assert pool.counters.resumed == 1
-                assert not first.transcript.context_reset
+        path = tmp_path / "state.sqlite3"
+        async with open_store(path) as store, open_pool(config, store=store) as pool:
+            assert (await ask(pool, "cli:A", "@reply remembered")).ok
+        async with open_store(path) as store, open_pool(config, store=store) as pool:
+            assert pool.is_suspended("cli:A")
+            first = pool.submit("cli:A", Prompt("@reply one"))
+            second = pool.submit("cli:A", Prompt("@reply two"))
+            assert (await first.result()).text == "one"
+            assert (await second.result()).text == "two"
+            assert pool.counters.spawned == 1
+            assert pool.counters.resumed == 1
+            assert not first.transcript.context_reset
