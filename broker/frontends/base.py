@@ -56,11 +56,15 @@ class ReplyChannel(Protocol):
     """Where the replies to one inbound event go.
 
     ``connection_id`` names the connection for logs and status counts
-    (``ws-3``, ``gateway``).
+    (``ws-3``, ``gateway``); ``frontend`` is ``"server"`` or ``"gateway"``,
+    the config section whose settings (``streaming``) apply.
     """
 
     @property
     def connection_id(self) -> str: ...
+
+    @property
+    def frontend(self) -> str: ...
 
     async def send_reply(self, reply: OutboundReply) -> None:
         """Send ``reply``; never raises for a lost connection.

@@ -137,7 +137,7 @@ class GatewayClient:
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self.max_frame_bytes = max_frame_bytes
-        self.channel = LinkChannel("gateway", None, self._keep)
+        self.channel = LinkChannel("gateway", "gateway", None, self._keep)
         self.connects = 0
         self.events_received = 0
         self.last_error = ""

@@ -171,10 +171,12 @@ class LinkChannel:
 
     def __init__(
         self,
+        frontend: str,
         connection_id: str,
         link: Link | None,
         fallback: Callable[[OutboundReply], Awaitable[None]],
     ) -> None:
+        self._frontend = frontend
         self._connection_id = connection_id
         self.link = link
         self._fallback = fallback
@@ -182,6 +184,10 @@ class LinkChannel:
     @property
     def connection_id(self) -> str:
         return self._connection_id
+
+    @property
+    def frontend(self) -> str:
+        return self._frontend
 
     async def send_reply(self, reply: OutboundReply) -> None:
         link = self.link

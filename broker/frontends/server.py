@@ -204,7 +204,7 @@ class WebSocketServer:
     ) -> None:
         connection_id = f"ws-{next(self._ids)}"
         link = Link(ws, connection_id, max_frame_bytes=self.settings.max_frame_bytes)
-        channel = LinkChannel(connection_id, link, self._reroute)
+        channel = LinkChannel("server", connection_id, link, self._reroute)
         names = head.query_value("platforms")
         platforms = frozenset(filter(None, names.split(","))) if names else None
         client = self._clients[connection_id] = _Client(link, channel, platforms)

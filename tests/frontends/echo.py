@@ -17,9 +17,11 @@ class EchoSink:
         self.replied: list[str] = []  # event ids whose reply was handed to the channel
         self.replied_changed = trio.Event()
         self.responses: list[GatewayResponse | None] = []
+        self.channels: dict[str, tuple[str, str]] = {}  # event id -> (frontend, connection id)
 
     async def handle_event(self, event: InboundEvent, channel: ReplyChannel) -> None:
         text = event.content.text
+        self.channels[event.event_id] = (channel.frontend, channel.connection_id)
         if text == "boom":
             raise RuntimeError("sink failure")
         if text == "slow":

@@ -210,3 +210,4 @@ async def test_reply_sent_while_never_connected_waits_in_the_outbox() -> None:
         await client.channel.send_reply(reply)
         assert await client.channel.request(reply) is None
     assert client.outbox.take(None) == [reply]
+    assert (client.channel.frontend, client.channel.connection_id) == ("gateway", "gateway")

@@ -119,9 +119,10 @@ async def test_bad_frames_get_an_error_frame_and_the_connection_stays_usable() -
 
 
 async def test_replies_go_to_the_connection_the_event_came_from() -> None:
+    sink = EchoSink()
     with trio.fail_after(10):
         async with (
-            running(EchoSink()) as server,
+            running(sink) as server,
             open_websocket_url(server.url) as first,
             open_websocket_url(server.url) as second,
         ):
@@ -130,6 +131,8 @@ async def test_replies_go_to_the_connection_the_event_came_from() -> None:
             await second.send_message(encode_event(b))
             assert (await receive_json(second))["reply_to"] == b.event_id
             assert (await receive_json(first))["reply_to"] == a.event_id
+            assert sink.channels[a.event_id][0] == sink.channels[b.event_id][0] == "server"
+            assert sink.channels[a.event_id][1] != sink.channels[b.event_id][1]
             # Nothing else was queued for either: the next frame each gets is its own echo.
             for ws, name in ((first, "again 1"), (second, "again 2")):
                 await ws.send_message(encode_event(make_event(name)))
