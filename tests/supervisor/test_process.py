@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -318,11 +320,27 @@ async def test_killing_the_parent_kills_the_child() -> None:
                 await parent.wait()
 
 
-def test_children_are_forked_from_one_long_lived_thread() -> None:
-    # PR_SET_PDEATHSIG fires when the forking *thread* exits: it must live as long as we do.
+async def test_children_are_forked_from_one_long_lived_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PR_SET_PDEATHSIG fires when the forking *thread* exits, so forking must not happen on a
+    # trio worker thread (they retire after idling) but on one that lives as long as we do.
+    forked_on: list[threading.Thread] = []
+
+    class RecordingPopen(subprocess.Popen[bytes]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            forked_on.append(threading.current_thread())
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                child = await nursery.start(partial(run_child, spec("pass"), stop_grace=5.0))
+                await child.wait()
     thread = spawner_thread()
-    assert thread.is_alive() and thread.daemon
-    assert spawner_thread() is thread
+    assert forked_on == [thread, thread]
+    assert thread.is_alive() and thread.daemon and thread is not threading.main_thread()
 
 
 async def test_child_gets_exactly_its_environment_cwd_and_own_session(tmp_path: Path) -> None:
