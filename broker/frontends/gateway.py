@@ -30,7 +30,7 @@ import trio_websocket
 
 from broker.frontends.base import FrontendError, GatewaySettings, InboundSink, MemoryOutbox, Outbox
 from broker.frontends.link import CLOSE_GRACE_SECS, Link, LinkChannel, deliver_outbox, run_event
-from broker.frontends.wire import InboundEvent, OutboundReply, WireError, error_reply
+from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode_reply, error_reply
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,15 @@ class GatewayClient:
         self._changed = trio.Event()
 
     async def _keep(self, reply: OutboundReply) -> None:
-        self.outbox.on_undeliverable(reply)
+        """A reply whose send failed: a newer live connection takes it, else
+        the outbox keeps it (no checkpoint between looking and keeping)."""
+        while True:
+            link = self.channel.link
+            if link is None or link.closed:
+                self.outbox.on_undeliverable(reply)
+                return
+            if await link.send(encode_reply(reply)):
+                return
 
     async def run(
         self, *, task_status: trio.TaskStatus[GatewayClient] = trio.TASK_STATUS_IGNORED

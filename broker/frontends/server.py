@@ -233,11 +233,25 @@ class WebSocketServer:
 
     async def _reroute(self, reply: OutboundReply) -> None:
         """A reply whose connection is gone: the newest live connection that
-        serves its platform takes it, else the outbox keeps it."""
-        for client in reversed(list(self._clients.values())):
-            if client.serves(reply.platform) and await client.link.send(encode_reply(reply)):
+        serves its platform takes it, else the outbox keeps it.
+
+        Picking a connection and putting into the outbox happen with no
+        checkpoint between, so a client that connects meanwhile either finds
+        the reply in the outbox or is picked here.
+        """
+        while True:
+            client = self._newest_serving(reply.platform)
+            if client is None:
+                self.outbox.on_undeliverable(reply)
                 return
-        self.outbox.on_undeliverable(reply)
+            if await client.link.send(encode_reply(reply)):
+                return
+
+    def _newest_serving(self, platform: str) -> _Client | None:
+        for client in reversed(self._clients.values()):
+            if client.serves(platform):
+                return client
+        return None
 
 
 def _peer(stream: trio.SocketStream) -> str:
