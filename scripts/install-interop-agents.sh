@@ -54,8 +54,8 @@ if [ "${#missing[@]}" -eq 0 ]; then
 fi
 
 mkdir -p "$PREFIX"
-echo "interop agents: running npm install --prefix $PREFIX ${missing[*]} (node $(node --version))"
-npm install --prefix "$PREFIX" --no-audit --no-fund "${missing[@]}"
+echo "interop agents: running npm install --prefix $PREFIX --save-exact ${missing[*]} (node $(node --version))"
+npm install --prefix "$PREFIX" --no-audit --no-fund --save-exact "${missing[@]}"
 
 for spec in "${missing[@]}"; do
     name="${spec%@*}"
