@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
@@ -34,6 +36,7 @@ from broker.acp.schema import ConfigOption
 from broker.config import BrokerConfig, agent_environment, resolve_command
 from broker.reply import Outcome, Prompt, TurnEnd, TurnHandle
 from broker.session import (
+    SHUTDOWN_SENTENCE,
     Session,
     SessionSettings,
     SessionSnapshot,
@@ -68,6 +71,39 @@ class PoolCounters:
     leftovers_stopped: int = 0
 
 
+TURN_SECONDS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, math.inf)
+
+
+@attrs.define
+class Histogram:
+    """Cumulative-bucket histogram, Prometheus style (``le`` upper bounds)."""
+
+    bounds: tuple[float, ...] = TURN_SECONDS_BUCKETS
+    counts: list[int] = attrs.field(factory=lambda: [0] * len(TURN_SECONDS_BUCKETS))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+        for index, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[index] += 1
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bounds, list(self.counts), self.total, self.count)
+
+
+@attrs.frozen
+class PoolEvent:
+    """Something people watching the broker want to see (the dashboard's feed)."""
+
+    at: float  # wall-clock time, seconds since the epoch
+    kind: str  # started | resumed | evicted | idle | crashed | start_failed | timed_out | reset
+    thread_key: str
+    detail: str = ""
+
+
 @attrs.frozen
 class PoolSnapshot:
     """The pool at one instant; built synchronously, so it never waits."""
@@ -80,6 +116,8 @@ class PoolSnapshot:
     counters: PoolCounters
     closing: bool
     version: int
+    turn_seconds: Histogram
+    recent: tuple[PoolEvent, ...]
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.sessions if s.state == state)
@@ -202,7 +240,10 @@ class Pool:
         self._trackers: dict[str, tuple[RestartTracker, float]] = {}
         self._blocked: dict[str, tuple[float, str]] = {}
         self._changed = trio.Event()
+        self._reaper_wake = trio.Event()
         self._closing = False
+        self.turn_seconds = Histogram()
+        self.recent: deque[PoolEvent] = deque(maxlen=100)
         self._policy = RestartPolicy(
             max_restarts=config.pool.max_restarts,
             window_secs=config.pool.restart_window_secs,
@@ -233,7 +274,7 @@ class Pool:
         turn = Turn(prompt, handle, trio.current_time())
         self.counters.turns_submitted += 1
         if self._closing:
-            handle.push(TurnEnd(Outcome.SHUTDOWN, reason=_SHUTDOWN_SENTENCE))
+            handle.push(TurnEnd(Outcome.SHUTDOWN, reason=SHUTDOWN_SENTENCE))
             return handle
         session = self._sessions.get(thread_key)
         if session is None:
@@ -260,7 +301,28 @@ class Pool:
             attrs.evolve(self.counters),
             self._closing,
             self.version,
+            self.turn_seconds.copy(),
+            tuple(self.recent),
         )
+
+    def update_config(self, config: BrokerConfig) -> list[str]:
+        """Apply a reloaded config: limits, timeouts, permissions and the agent
+        command hold for sessions started from now on; running sessions keep
+        theirs. Returns sentences about what did not apply at once."""
+        notes = []
+        if config.agent != self.config.agent or config.timeouts != self.config.timeouts:
+            notes.append("[agent] and [timeouts] changes apply to sessions started from now on")
+        if config.permissions != self.config.permissions:
+            notes.append("[permissions] changes apply to sessions started from now on")
+        self.config = config
+        self._settings = session_settings(config)
+        self._reaper_wake.set()
+        self._replenish_spares()
+        self._bump()
+        return notes
+
+    def _note(self, kind: str, thread_key: str | None, detail: str = "") -> None:
+        self.recent.append(PoolEvent(time.time(), kind, thread_key or SPARES_KEY, detail))
 
     def session_snapshot(self, thread_key: str) -> SessionSnapshot | None:
         session = self._sessions.get(thread_key)
@@ -296,6 +358,7 @@ class Pool:
         if self._store is not None:
             self._store.forget_thread(thread_key)
         session = self._sessions.pop(thread_key, None)
+        self._note("reset", thread_key)
         if session is None:
             self._bump()
             return forgot
@@ -377,6 +440,7 @@ class Pool:
         if decision.evict is not None:
             self.counters.evicted += 1
             log.info("pool full: suspending %s for %s", decision.evict.key, thread_key)
+            self._note("evicted", decision.evict.key, f"for {thread_key}")
             self._suspend(decision.evict, StopReason.EVICTED)
         self._start_session(thread_key)
         return None
@@ -455,6 +519,9 @@ class Pool:
         assert session.key is not None and session.acp_session_id is not None
         if session.saved_session_id and session.saved_session_id == session.acp_session_id:
             self.counters.resumed += 1
+            self._note("resumed", session.key, f"pid {session.pid}")
+        else:
+            self._note("started", session.key, f"pid {session.pid}")
         if self._store is not None:
             self._store.save_thread(session.key, session.acp_session_id)
         self._bump()
@@ -462,11 +529,14 @@ class Pool:
     def session_changed(self, session: Session) -> None:
         self._bump()
 
-    def turn_ended(self, session: Session, end: TurnEnd) -> None:
+    def turn_ended(self, session: Session, turn: Turn, end: TurnEnd) -> None:
+        if turn.started_at is not None:
+            self.turn_seconds.observe(trio.current_time() - turn.started_at)
         if end.outcome is Outcome.COMPLETED:
             self.counters.turns_completed += 1
         elif end.outcome is Outcome.TIMED_OUT:
             self.counters.timed_out += 1
+            self._note("timed_out", session.key, end.reason)
         elif end.outcome is Outcome.CANCELLED:
             self.counters.cancelled += 1
 
@@ -487,8 +557,10 @@ class Pool:
         if session.unexpected_end:
             if session.start_failure is not None:
                 self.counters.start_failed += 1
+                self._note("start_failed", key, session.end_reason)
             else:
                 self.counters.crashed += 1
+                self._note("crashed", key, session.end_reason)
             delay = self._record_failure(key or SPARES_KEY, session.end_reason)
         for turn in leftovers:
             self._place_leftover(session, turn, delay)
@@ -528,7 +600,7 @@ class Pool:
         if ended.start_failure is not None:
             turn.handle.push(ended.start_failure)
         elif self._closing:
-            turn.handle.push(TurnEnd(Outcome.SHUTDOWN, reason=_SHUTDOWN_SENTENCE))
+            turn.handle.push(TurnEnd(Outcome.SHUTDOWN, reason=SHUTDOWN_SENTENCE))
         elif math.isinf(delay):
             blocked = self._blocked.get(key)
             turn.handle.push(TurnEnd(Outcome.START_FAILED, reason=blocked[1] if blocked else ""))
@@ -562,8 +634,14 @@ class Pool:
             expired, next_check = idle_expired(self._sessions.values(), trio.current_time(), ttl)
             for session in expired:
                 self.counters.idle_suspended += 1
+                self._note("idle", session.key, "suspended after idling")
                 self._suspend(session, StopReason.IDLE)
-            await trio.sleep_until(next_check)
+            wake = self._reaper_wake = trio.Event()
+            with trio.move_on_at(next_check):
+                await wake.wait()
+            ttl = self.config.pool.idle_ttl_secs
+            if ttl <= 0:
+                return
 
     async def _recover(self, store: Store) -> None:
         """Stop agents a killed broker left behind; remember its resumable threads."""
@@ -600,7 +678,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-_SHUTDOWN_SENTENCE = "The broker is restarting; send your message again in a moment."
 _RESET_QUEUED_SENTENCE = "The conversation was reset before this message ran."
 
 

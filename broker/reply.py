@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
-from typing import Union
 
 import attrs
 import trio
@@ -133,7 +132,7 @@ class Prompt:
     context: str | None = None
 
 
-ReplyEvent = Union[Queued, TurnStarted, TextChunk, ThoughtChunk, ToolUpdate, PlanUpdate, TurnEnd]
+ReplyEvent = Queued | TurnStarted | TextChunk | ThoughtChunk | ToolUpdate | PlanUpdate | TurnEnd
 
 
 @attrs.define
@@ -155,6 +154,7 @@ class Transcript:
     queued_position: int | None = None
     started: bool = False
     context_reset: bool = False
+    notes: tuple[str, ...] = ()
     end: TurnEnd | None = None
     version: int = 0  # bumped on every visible change, for "edit only if changed"
 
@@ -200,6 +200,7 @@ class Transcript:
             self.started = True
             self.queued_position = None
             self.context_reset = event.context_reset
+            self.notes = event.notes
         elif isinstance(event, TurnEnd):
             self.end = event
         self.version += 1

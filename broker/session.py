@@ -37,6 +37,7 @@ from broker.acp.client import AcpClient, AcpError, ClientOptions
 from broker.acp.jsonrpc import PeerClosed, RequestTimeout, RpcError
 from broker.acp.schema import ConfigOption, InitializeResult, SessionUpdate
 from broker.config import TimeoutsConfig
+from broker.render import agent_died_reason, busy_reason, error_reason, timeout_reason
 from broker.reply import Outcome, Prompt, TurnEnd, TurnHandle
 from broker.translate import prompt_blocks, update_to_events
 from supervisor.process import Child, ChildSpec, ExitStatus, SpawnError, run_child
@@ -82,7 +83,7 @@ class SessionObserver(Protocol):
 
     def session_changed(self, session: Session) -> None: ...
 
-    def turn_ended(self, session: Session, end: TurnEnd) -> None: ...
+    def turn_ended(self, session: Session, turn: Turn, end: TurnEnd) -> None: ...
 
     def session_ended(self, session: Session, leftovers: list[Turn]) -> None: ...
 
@@ -206,13 +207,7 @@ class Session:
         (the turn then already carries its BUSY end)."""
         ahead = len(self.queue) + (1 if self.current is not None else 0)
         if ahead > self.settings.queue_depth:
-            turn.handle.push(
-                TurnEnd(
-                    Outcome.BUSY,
-                    reason=f"This thread is busy: {ahead} message(s) are ahead of yours "
-                    f"and the queue holds {self.settings.queue_depth}.",
-                )
-            )
+            turn.handle.push(TurnEnd(Outcome.BUSY, reason=busy_reason(len(self.queue))))
             return False
         if ahead:
             turn.handle.push(reply.Queued(ahead))
@@ -483,7 +478,7 @@ class Session:
             self.turns_done += 1
             self.last_active = trio.current_time()
         turn.handle.push(end)
-        self._observer.turn_ended(self, end)
+        self._observer.turn_ended(self, turn, end)
         self._changed()
 
     async def _send_prompt(self, turn: Turn, blocks: list[schema.ContentBlock]) -> None:
@@ -530,46 +525,35 @@ class Session:
 
     def _turn_end(self, turn: Turn, unresponsive: bool) -> TurnEnd:
         text = turn.handle.transcript.text
-        timeouts = self.settings.timeouts
         tail = self.child.stderr_tail() if self.child else ""
-        stopping = self.stop_requested is not None
         if unresponsive or turn.stop_reason == "cancelled":
             if turn.timed_out:
                 outcome = Outcome.TIMED_OUT
-                reason = f"The turn reached its limit of {_duration(timeouts.turn_hard_secs)}."
-            elif stopping:
-                outcome, reason = Outcome.SHUTDOWN, _stop_sentence(self.stop_requested)
+                reason = timeout_reason(self.settings.timeouts.turn_hard_secs)
+            elif self.stop_requested is StopReason.RESET:
+                outcome, reason = Outcome.CANCELLED, "The conversation was reset."
+            elif self.stop_requested is not None:
+                outcome, reason = Outcome.SHUTDOWN, SHUTDOWN_SENTENCE
             else:
                 outcome, reason = Outcome.CANCELLED, "Cancelled."
             if unresponsive:
                 reason += (
-                    f" The agent did not stop within {timeouts.cancel_grace_secs:g} s of being"
-                    " asked to, so it was stopped; the conversation resumes with the next message."
+                    f" The agent did not stop within {self.settings.timeouts.cancel_grace_secs:g} s"
+                    " of being asked to, so it was stopped; the conversation resumes with the"
+                    " next message."
                 )
             return TurnEnd(outcome, text, turn.stop_reason, reason)
         if turn.stop_reason is not None:
             return TurnEnd(Outcome.COMPLETED, text, turn.stop_reason)
         if self.exit_status is not None or isinstance(turn.error, PeerClosed):
-            if stopping:
-                return TurnEnd(Outcome.SHUTDOWN, text, None, _stop_sentence(self.stop_requested))
+            if self.stop_requested is not None:
+                return TurnEnd(Outcome.SHUTDOWN, text, None, SHUTDOWN_SENTENCE)
             how = self.exit_status.describe() if self.exit_status else "closed its output"
-            return TurnEnd(
-                Outcome.AGENT_DIED,
-                text,
-                None,
-                f"The agent process {how} in the middle of the turn.",
-                tail,
-            )
+            return TurnEnd(Outcome.AGENT_DIED, text, None, agent_died_reason(how), tail)
         if isinstance(turn.error, RpcError):
             detail = "" if turn.error.data is None else str(turn.error.data)
-            return TurnEnd(
-                Outcome.ERROR,
-                text,
-                None,
-                f"The agent answered with an error: {turn.error.message}",
-                detail,
-            )
-        return TurnEnd(Outcome.ERROR, text, None, f"The turn failed: {turn.error!r}")
+            return TurnEnd(Outcome.ERROR, text, None, error_reason(turn.error.message), detail)
+        return TurnEnd(Outcome.ERROR, text, None, error_reason(repr(turn.error)))
 
     def _finish(self) -> None:
         """End the session: no turn it accepted is left without its end."""
@@ -592,13 +576,4 @@ class Session:
 _EXIT_AFTER_EOF_SECS = 1.0
 
 
-def _stop_sentence(reason: StopReason | None) -> str:
-    if reason is StopReason.RESET:
-        return "The conversation was reset."
-    return "The broker is restarting; send your message again in a moment."
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 120 and seconds % 60 == 0:
-        return f"{seconds / 60:g} minutes"
-    return f"{seconds:g} s"
+SHUTDOWN_SENTENCE = "The broker is restarting; send your message again in a moment."

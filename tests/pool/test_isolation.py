@@ -40,7 +40,9 @@ async def test_long_silent_tool_call_does_not_delay_other_threads_or_eviction(
                 assert (await ask(pool, "cli:B", "@reply b")).text == "b"
                 snapshot = pool.snapshot()  # synchronous: it cannot wait on anybody
                 assert {s.thread_key: s.state for s in snapshot.sessions} == {
-                    "cli:A": "busy", "cli:B": "idle"}
+                    "cli:A": "busy",
+                    "cli:B": "idle",
+                }
                 # pool full: the idle B is evicted for a new thread C, never the busy A
                 assert (await ask(pool, "cli:C", "@reply c")).text == "c"
                 assert pool.is_suspended("cli:B")
@@ -101,11 +103,13 @@ def write_slow_first_agent(root: Path, init_delay: float) -> Path:
 
 
 async def test_slow_initialize_blocks_neither_other_threads_nor_the_snapshot(
-    make_config: Callable[..., BrokerConfig], tmp_path: Path,
+    make_config: Callable[..., BrokerConfig],
+    tmp_path: Path,
 ) -> None:
     script = write_slow_first_agent(tmp_path, init_delay=20)
-    config = make_config(agent={"command": str(script), "args": []},
-                         timeouts={"initialize_secs": 40})
+    config = make_config(
+        agent={"command": str(script), "args": []}, timeouts={"initialize_secs": 40}
+    )
     with trio.fail_after(60):
         async with open_pool(config) as pool:
             slow = pool.submit("cli:A", Prompt("@reply finally"))
@@ -118,7 +122,8 @@ async def test_slow_initialize_blocks_neither_other_threads_nor_the_snapshot(
 
 
 async def test_two_rapid_messages_to_a_new_thread_start_one_agent_and_load_one_session(
-    make_config: Callable[..., BrokerConfig], tmp_path: Path,
+    make_config: Callable[..., BrokerConfig],
+    tmp_path: Path,
 ) -> None:
     config = make_config()
     with trio.fail_after(60):

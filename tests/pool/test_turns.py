@@ -12,7 +12,9 @@ from broker.reply import Outcome, Prompt, Queued, TextChunk, TurnStarted
 from tests.pool.conftest import ask
 
 
-async def test_a_prompt_streams_text_and_ends_completed(make_config: Callable[..., BrokerConfig]) -> None:
+async def test_a_prompt_streams_text_and_ends_completed(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
     with trio.fail_after(30):
         async with open_pool(make_config()) as pool:
             handle = pool.submit("cli:1", Prompt("@reply Hello there, friend\n@chunks 3"))
