@@ -213,6 +213,9 @@ class GatewayClient:
         except (trio_websocket.HandshakeError, OSError) as exc:
             self.last_error = _describe(exc)
             log.warning("gateway %s: %s", self.settings.url, self.last_error)
+        except Exception as exc:  # a bug here must not end the gateway for good
+            self.last_error = _describe(exc)
+            log.exception("gateway %s: connection failed", self.settings.url)
         finally:
             if link is not None:
                 link.mark_closed()

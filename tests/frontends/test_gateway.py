@@ -211,3 +211,45 @@ async def test_reply_sent_while_never_connected_waits_in_the_outbox() -> None:
         assert await client.channel.request(reply) is None
     assert client.outbox.take(None) == [reply]
     assert (client.channel.frontend, client.channel.connection_id) == ("gateway", "gateway")
+
+
+async def test_gateway_that_stops_answering_pings_is_dropped_and_redialed() -> None:
+    import wsproto
+    from wsproto.events import AcceptConnection, Request
+
+    handshakes: list[int] = []
+    second = trio.Event()
+
+    async def mute_gateway(stream: trio.SocketStream) -> None:
+        """Accepts the handshake, then never reads again (a half-open peer)."""
+        server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        while True:
+            server.receive_data(await stream.receive_some(4096))
+            if any(isinstance(e, Request) for e in server.events()):
+                break
+        await stream.send_all(server.send(AcceptConnection()))
+        handshakes.append(1)
+        if len(handshakes) == 2:
+            second.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                trio.serve_listeners,
+                mute_gateway,
+                await trio.open_tcp_listeners(0, host="127.0.0.1"),
+            )
+            port = listeners[0].socket.getsockname()[1]
+            client = GatewayClient(
+                GatewayConfig(url=f"ws://127.0.0.1:{port}/gw"),
+                EchoSink(),
+                backoff=FAST,
+                ping_interval=0.2,
+                pong_timeout=0.5,
+            )
+            await nursery.start(client.run)
+            await second.wait()
+            await client.wait_connected()  # the second connection, the first was dropped
+            assert client.snapshot().connects == 2
+            nursery.cancel_scope.cancel()
