@@ -242,6 +242,7 @@ class Pool:
         self._changed = trio.Event()
         self._reaper_wake = trio.Event()
         self._closing = False
+        self._spare_delay = 0.0
         self.turn_seconds = Histogram()
         self.recent: deque[PoolEvent] = deque(maxlen=100)
         self._policy = RestartPolicy(
@@ -492,7 +493,7 @@ class Pool:
         if blocked is not None and trio.current_time() < blocked[0]:
             return
         while len(self._spares) < self.config.pool.warm_spares:
-            spare = Session(None, self._settings, self)
+            spare = Session(None, self._settings, self, start_delay=self._spare_delay)
             self._spares.append(spare)
             self._nursery.start_soon(spare.run)
 
@@ -527,6 +528,8 @@ class Pool:
         self._bump()
 
     def session_changed(self, session: Session) -> None:
+        if session.state is SessionState.SPARE:
+            self._spare_delay = 0.0
         self._bump()
 
     def turn_ended(self, session: Session, turn: Turn, end: TurnEnd) -> None:
@@ -562,6 +565,8 @@ class Pool:
                 self.counters.crashed += 1
                 self._note("crashed", key, session.end_reason)
             delay = self._record_failure(key or SPARES_KEY, session.end_reason)
+            if key is None:
+                self._spare_delay = delay
         for turn in leftovers:
             self._place_leftover(session, turn, delay)
         if key is None:
