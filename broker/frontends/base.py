@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from broker.frontends.wire import Command, GatewayResponse, InboundEvent, OutboundReply
@@ -125,17 +125,33 @@ class MemoryOutbox:
     An ``edit_message`` replaces a waiting edit of the same message (only the
     last full text matters), so a stream of edits during an outage costs one
     entry. When full, the oldest reply is dropped with a warning.
+
+    To make it durable, pass the replies kept from the last run as
+    ``initial`` and an ``on_change`` that records the whole waiting list
+    (synchronously, e.g. by queueing a write to the store); it is called after
+    every change with the replies in order.
     """
 
-    def __init__(self, capacity: int = 1000) -> None:
+    def __init__(
+        self,
+        capacity: int = 1000,
+        *,
+        initial: Iterable[OutboundReply] = (),
+        on_change: Callable[[list[OutboundReply]], None] | None = None,
+    ) -> None:
         self.capacity = capacity
-        self._replies: collections.deque[OutboundReply] = collections.deque()
+        self._replies: collections.deque[OutboundReply] = collections.deque(initial)
+        self._on_change = on_change
         self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._replies)
 
     def on_undeliverable(self, reply: OutboundReply) -> None:
+        self._keep(reply)
+        self._changed()
+
+    def _keep(self, reply: OutboundReply) -> None:
         if reply.command is Command.EDIT_MESSAGE:
             for index, waiting in enumerate(self._replies):
                 if waiting.command is Command.EDIT_MESSAGE and _same_message(waiting, reply):
@@ -156,13 +172,14 @@ class MemoryOutbox:
         taken = [r for r in self._replies if platforms is None or r.platform in platforms]
         kept = [r for r in self._replies if not (platforms is None or r.platform in platforms)]
         self._replies = collections.deque(kept)
+        if taken:
+            self._changed()
         return taken
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(list(self._replies))
 
 
 def _same_message(a: OutboundReply, b: OutboundReply) -> bool:
     return (a.platform, a.channel, a.reply_to) == (b.platform, b.channel, b.reply_to)
-
-
-def requeue(outbox: Outbox, replies: Iterable[OutboundReply]) -> None:
-    for reply in replies:
-        outbox.on_undeliverable(reply)

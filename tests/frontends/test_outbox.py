@@ -46,3 +46,14 @@ def test_when_full_the_oldest_is_dropped_with_a_warning(caplog: pytest.LogCaptur
             outbox.on_undeliverable(reply(text))
     assert [r.text for r in outbox.take(None)] == ["2", "3"]
     assert outbox.dropped == 1 and "outbox full" in caplog.text
+
+
+def test_every_change_is_reported_so_a_store_can_keep_the_list() -> None:
+    saved: list[list[str]] = []
+    outbox = MemoryOutbox(
+        initial=[reply("from last run")], on_change=lambda r: saved.append([x.text for x in r])
+    )
+    outbox.on_undeliverable(reply("new", "discord"))
+    assert [r.text for r in outbox.take(frozenset({"telegram"}))] == ["from last run"]
+    assert outbox.take(frozenset({"slack"})) == []  # nothing taken, nothing reported
+    assert saved == [["from last run", "new"], ["new"]]
