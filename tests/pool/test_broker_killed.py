@@ -38,13 +38,17 @@ async def test_agents_die_with_a_killed_broker_and_leftovers_are_stopped_at_next
 ) -> None:
     script = Path(__file__).with_name("broker_process.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    broker = subprocess.Popen(
+    broker = await trio.lowlevel.open_process(
         [sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, env=env
     )
     try:
+        assert broker.stdout is not None
+        line = b""
         with trio.fail_after(60):
-            assert broker.stdout is not None
-            line = await trio.to_thread.run_sync(broker.stdout.readline)
+            while not line.endswith(b"\n"):
+                chunk = await broker.stdout.receive_some()
+                assert chunk, "the broker process ended before reporting"
+                line += chunk
         report = json.loads(line)
         agents = report["agents"]
         grandchildren = [int(m) for t in report["texts"] for m in re.findall(r"pid (\d+)", t)]
@@ -52,7 +56,7 @@ async def test_agents_die_with_a_killed_broker_and_leftovers_are_stopped_at_next
         assert all(running(pid) for pid in agents + grandchildren)
 
         broker.send_signal(signal.SIGKILL)
-        broker.wait()
+        await broker.wait()
         with trio.fail_after(10):
             await wait_until_gone(agents)  # parent-death signal
         assert all(running(pid) for pid in grandchildren), "a grandchild outlives its agent..."
@@ -73,6 +77,7 @@ async def test_agents_die_with_a_killed_broker_and_leftovers_are_stopped_at_next
             async with open_store(config.state.path) as store:
                 assert await store.agents() == []  # ...and forgotten after a clean stop
     finally:
-        if broker.poll() is None:
+        if broker.returncode is None:
             broker.kill()
-            broker.wait()
+            with trio.CancelScope(shield=True):
+                await broker.wait()
