@@ -25,15 +25,18 @@ status 3 if any problem was seen, else 0.
 
 Behaviour, chosen by words in the prompt text:
 
-* default: streams ``echo: <text>`` as several ``agent_message_chunk``\\ s;
+* default: streams ``echo: <text>`` as several ``agent_message_chunk``\\ s,
+  followed by ``[<kinds>]`` naming the non-text blocks of the prompt;
 * ``slow``: streams ``tick N`` every 50 ms until ``session/cancel`` arrives
   (then stop reason ``cancelled``), at most 60 s;
 * ``permission``: starts a tool call, asks ``session/request_permission``
   (allow once / reject once), completes or fails the tool call accordingly
   and says ``permission: <optionId or cancelled>``.
 
-A ``session/cancel`` or ``session/prompt`` naming a session this process
-does not know is a problem too (recorded as ``{"dir": "note", ...}``).
+It advertises images and embedded context but not audio. A prompt block
+the capabilities do not allow, and a ``session/cancel`` or
+``session/prompt`` naming a session this process does not know, are
+problems too (recorded as ``{"dir": "note", ...}``).
 
 Sessions (cwd and history) are saved as JSON in ``--state`` so that
 ``session/load`` works after a restart; it replays the history as
@@ -97,6 +100,8 @@ NOTIFICATION_MODELS: dict[str, type[pydantic.BaseModel]] = {"session/cancel": Ca
 ANSWER_MODELS: dict[str, type[pydantic.BaseModel]] = {
     "session/request_permission": RequestPermissionResponse,
 }
+# Content block types the initialize answer allows in prompts (audio is not advertised).
+ADVERTISED_BLOCKS = {"text", "resource_link", "image", "resource"}
 SLOW_TICK_SECS = 0.05
 SLOW_LIMIT_SECS = 60.0
 
@@ -278,7 +283,8 @@ class CheckingAgent:
         return InitializeResponse(
             protocol_version=PROTOCOL_VERSION,
             agent_capabilities=AgentCapabilities(
-                load_session=True, prompt_capabilities=PromptCapabilities(image=False)),
+                load_session=True,
+                prompt_capabilities=PromptCapabilities(image=True, embedded_context=True)),
             agent_info=Implementation(name="sdk-interop-agent",
                                       version=version("agent-client-protocol")),
             auth_methods=[])
@@ -320,14 +326,18 @@ class CheckingAgent:
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> PromptResponse:
         session = self._session(session_id)
         session.cancelled = asyncio.Event()
-        text = " ".join(b.text for b in prompt if getattr(b, "type", None) == "text")
+        text = " ".join(b.text for b in prompt if b.type == "text")
+        kinds = [b.type for b in prompt if b.type != "text"]
+        for kind in set(kinds) - ADVERTISED_BLOCKS:
+            self.transport.note(f"session/prompt with a {kind} block, which is not advertised")
         session.add("user", text)
         if "permission" in text:
             reply = await self._with_permission(session_id, session)
         elif "slow" in text:
             reply = await self._slow(session_id, session)
         else:
-            reply = await self._stream(session_id, f"echo: {text}")
+            listed = f" [{' '.join(kinds)}]" if kinds else ""
+            reply = await self._stream(session_id, f"echo: {text}{listed}")
         session.add("agent", reply)
         return PromptResponse(stop_reason="cancelled" if session.cancelled.is_set() else "end_turn")
 
