@@ -18,7 +18,7 @@ import attrs
 import pytest
 import trio
 
-from broker.acp.client import AcpClient, ClientOptions
+from broker.acp.client import AcpClient, ClientOptions, SessionState
 from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import (
     AgentMessageChunk,
@@ -220,6 +220,35 @@ async def test_tool_call_rejected_by_policy_does_not_run(claude: Claude) -> None
         assert not (claude.cwd / "out.txt").exists()
         assert turn.tool_calls()[-1].status == "failed"
         assert claude.model.tool_result_texts and "refused" in claude.model.tool_result_texts[0]
+
+
+def current_value(state: SessionState, config_id: str) -> object:
+    [option] = [o for o in state.config_options if o.id == config_id]
+    return option.current_value
+
+
+async def test_mode_set_through_config_option_takes_effect_and_is_tracked(
+        claude: Claude) -> None:
+    with trio.fail_after(WHOLE_TEST):
+        approvals = Approvals()
+        async with claude.agent(approver=approvals) as agent:
+            client = agent.client
+            session_id = await open_session(client, str(claude.cwd))
+            state = client.session(session_id)
+            assert current_value(state, "mode") == "default"
+
+            options = await client.set_config_option(session_id, "mode", "acceptEdits")
+            assert [o.current_value for o in options if o.id == "mode"] == ["acceptEdits"]
+            assert state.current_mode_id == "acceptEdits"  # from current_mode_update
+
+            turn = await hello(client, session_id, "[write] out.txt")
+            assert approvals.asked == []  # acceptEdits: the edit needs no permission
+            assert (claude.cwd / "out.txt").read_text() == WRITTEN
+            assert turn.tool_calls()[-1].status == "completed"
+
+            await client.set_mode(session_id, "default")
+            assert state.current_mode_id == "default"
+            assert current_value(state, "mode") == "default"  # from config_option_update
 
 
 async def test_cancel_mid_turn_ends_with_cancelled_and_hangs_up_on_the_model(
