@@ -148,10 +148,22 @@ class Store:
 
         self.put(write)
 
+    def replace_outbox(self, destination: str, frames: list[str]) -> None:
+        """Make ``frames`` (oldest first) the whole outbox of ``destination``,
+        for an in-memory outbox that mirrors itself here after every change."""
+        now = time.time()
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM outbox WHERE destination = ?", (destination,))
+            db.executemany(
+                "INSERT INTO outbox (destination, frame, created_at) VALUES (?, ?, ?)",
+                [(destination, frame, now) for frame in frames],
+            )
+
+        self.put(write)
+
     def ack_outbox(self, ids: list[int]) -> None:
-        self.put(
-            lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-        )
+        self.put(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids]))
 
     # -- awaited reads ----------------------------------------------------------
 
@@ -254,8 +266,9 @@ def _open_or_move_aside(path: Path) -> sqlite3.Connection:
         return _connect(path)
     except sqlite3.Error as exc:
         aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        log.error("state store %s is unreadable (%s); moved it to %s and started afresh",
-                  path, exc, aside)
+        log.error(
+            "state store %s is unreadable (%s); moved it to %s and started afresh", path, exc, aside
+        )
         for suffix in ("", "-wal", "-shm"):
             source = Path(str(path) + suffix)
             if source.exists():
@@ -264,7 +277,9 @@ def _open_or_move_aside(path: Path) -> sqlite3.Connection:
 
 
 @asynccontextmanager
-async def open_store(path: str | os.PathLike[str], *, outbox_limit: int = 1000) -> AsyncIterator[Store]:
+async def open_store(
+    path: str | os.PathLike[str], *, outbox_limit: int = 1000
+) -> AsyncIterator[Store]:
     """Open (or create) the store at ``path`` and run its writer until the block exits.
 
     On exit every recorded write is applied (even when the caller is being

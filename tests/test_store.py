@@ -71,3 +71,17 @@ async def test_outbox_is_bounded_and_keeps_the_newest(tmp_path: Path) -> None:
             assert [item.frame for item in await store.outbox("discord")] == ["other"]
             store.ack_outbox([items[0].id])
             assert [item.frame for item in await store.outbox("telegram")] == ["frame-4"]
+
+
+async def test_replacing_an_outbox_keeps_other_destinations_and_survives_a_reopen(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    with trio.fail_after(10):
+        async with open_store(path) as store:
+            store.push_outbox("gateway", "g1")
+            store.replace_outbox("server", ["a", "b"])
+            store.replace_outbox("server", ["b", "c"])
+        async with open_store(path) as store:
+            assert [i.frame for i in await store.outbox("server")] == ["b", "c"]
+            assert [i.frame for i in await store.outbox("gateway")] == ["g1"]
