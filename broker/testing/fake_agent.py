@@ -118,6 +118,7 @@ class FakeAgent:
         self.wire = wire
         self.nursery = nursery
         self.sessions: dict[str, LiveSession] = {}
+        self._save_lock = trio.Lock()
         self.handlers: dict[str, Handler] = {
             "initialize": self.initialize,
             "authenticate": self.authenticate,
@@ -239,7 +240,7 @@ class FakeAgent:
     async def session_new(self, _id: JSON, params: dict[str, Any]) -> JSON:
         await trio.sleep(self.options.new_delay)
         record = store.SessionRecord(store.new_session_id(), cwd=str(params.get("cwd", "")))
-        await trio.to_thread.run_sync(store.save_record, self.options.state_dir, record)
+        await self._save(record)
         self.sessions[record.session_id] = LiveSession(record)
         return {"sessionId": record.session_id, **store.session_state(record)}
 
@@ -295,7 +296,12 @@ class FakeAgent:
         return live
 
     async def _save(self, record: store.SessionRecord) -> None:
-        await trio.to_thread.run_sync(store.save_record, self.options.state_dir, record)
+        """Write ``record`` as it is now; saves are serialised, so the newest state lands last."""
+        async with self._save_lock:
+            text = store.encode_record(record)  # snapshot here: the thread sees no live object
+            await trio.to_thread.run_sync(
+                store.write_record, self.options.state_dir, record.session_id, text
+            )
 
     async def set_mode(self, _id: JSON, params: dict[str, Any]) -> JSON:
         live = self._live(params)

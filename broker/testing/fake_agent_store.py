@@ -84,12 +84,16 @@ def load_record(state_dir: Path, session_id: str) -> SessionRecord | None:
     return SessionRecord.from_json(json.loads(text))
 
 
-def save_record(state_dir: Path, record: SessionRecord) -> None:
-    """Write ``record`` atomically (blocking; call from a worker thread)."""
+def encode_record(record: SessionRecord) -> str:
+    return json.dumps(record.to_json(), ensure_ascii=False)
+
+
+def write_record(state_dir: Path, session_id: str, text: str) -> None:
+    """Write an encoded record atomically (blocking; call from a worker thread, one at a time)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = _path(state_dir, record.session_id)
+    path = _path(state_dir, session_id)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record.to_json(), ensure_ascii=False), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -6,6 +6,7 @@ and records every stdout line (parsed JSON, or the raw bytes of a non-JSON line)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -155,12 +156,14 @@ class AgentProcess:
 
 @asynccontextmanager
 async def open_agent(state_dir: Path, *flags: str) -> AsyncIterator[AgentProcess]:
-    """Start ``python -m broker.testing.fake_agent`` with ``flags``; kill it on the way out."""
+    """Start ``python -m broker.testing.fake_agent`` with ``flags`` in its own process group;
+    on the way out SIGKILL the whole group, so grandchildren die too."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "broker.testing.fake_agent", "--state-dir", str(state_dir), *flags],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     agent = AgentProcess(process)
     try:
@@ -174,8 +177,8 @@ async def open_agent(state_dir: Path, *flags: str) -> AsyncIterator[AgentProcess
     finally:
         with trio.move_on_after(5) as cleanup:
             cleanup.shield = True
-            if process.returncode is None:
-                process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+                os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
 
 

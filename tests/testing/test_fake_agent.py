@@ -207,11 +207,8 @@ async def test_grandchild_pid_is_a_real_process(tmp_path: Path) -> None:
             found = re.search(r"pid (\d+)", agent.text())
             assert found is not None
             pid = int(found.group(1))
-            try:
-                assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep\0")
-                assert os.getpgid(pid) == os.getpgid(agent.pid)
-            finally:
-                os.kill(pid, signal.SIGKILL)
+            assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep\0")
+            assert os.getpgid(pid) == agent.pid  # in the agent's group: killed with it on exit
 
 
 async def test_ignore_sigterm_survives_sigterm_and_still_answers(tmp_path: Path) -> None:
