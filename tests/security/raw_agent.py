@@ -1,0 +1,111 @@
+"""A deliberately hostile ACP agent, stdlib only, for the security tests.
+
+It answers ``initialize`` and ``session/new`` like any agent and then does
+what the prompt text asks:
+
+* ``fs [[METHOD, PARAMS], ...]`` (JSON after the word ``fs``): sends each
+  request to the client in turn (``sessionId`` is filled in), waits for its
+  answer, and replies with one chunk holding the JSON list of the answers
+  (each ``{"result": ...}`` or ``{"error": ...}``);
+* ``endless-line BYTES``: starts a ``session/update`` line and writes ``x``
+  without ever ending the line, up to ``BYTES`` bytes (the client is expected
+  to give up long before), then waits for stdin to close;
+* anything else: replies ``pong: TEXT``.
+
+Run as ``python raw_agent.py``; it exits when stdin closes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+OUT = sys.stdout.buffer
+CHUNK = 1 << 20
+_next_id = 0
+
+
+def send(message: dict[str, Any]) -> None:
+    OUT.write(json.dumps(message).encode() + b"\n")
+    OUT.flush()
+
+
+def read() -> dict[str, Any] | None:
+    line = sys.stdin.buffer.readline()
+    if not line:
+        return None
+    message: dict[str, Any] = json.loads(line)
+    return message
+
+
+def chunk(session_id: str, text: str) -> None:
+    update = {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": text}}
+    send({"jsonrpc": "2.0", "method": "session/update",
+          "params": {"sessionId": session_id, "update": update}})
+
+
+def ask_client(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Send one request and return its answer (other lines meanwhile are dropped)."""
+    global _next_id
+    _next_id += 1
+    send({"jsonrpc": "2.0", "id": _next_id, "method": method, "params": params})
+    while (message := read()) is not None:
+        if message.get("id") == _next_id and "method" not in message:
+            return {k: message[k] for k in ("result", "error") if k in message}
+    sys.exit(0)
+
+
+def endless_line(session_id: str, size: int) -> None:
+    head = json.dumps({"jsonrpc": "2.0", "method": "session/update", "params": {
+        "sessionId": session_id,
+        "update": {"sessionUpdate": "agent_message_chunk",
+                   "content": {"type": "text", "text": ""}}}})
+    OUT.write(head[: head.rindex('""') + 1].encode())
+    block = b"x" * CHUNK
+    written = 0
+    try:
+        while written < size:
+            OUT.write(block)
+            written += CHUNK
+        OUT.flush()
+    except BrokenPipeError:
+        pass
+    while read() is not None:
+        pass
+    sys.exit(0)
+
+
+def prompt(request_id: Any, params: dict[str, Any]) -> None:
+    session_id = params["sessionId"]
+    text = "".join(b.get("text", "") for b in params["prompt"] if b.get("type") == "text")
+    word, _, rest = text.partition(" ")
+    if word == "fs":
+        answers = [ask_client(method, {"sessionId": session_id, **args})
+                   for method, args in json.loads(rest)]
+        chunk(session_id, json.dumps(answers))
+    elif word == "endless-line":
+        endless_line(session_id, int(rest))
+    else:
+        chunk(session_id, f"pong: {text}")
+    send({"jsonrpc": "2.0", "id": request_id, "result": {"stopReason": "end_turn"}})
+
+
+def main() -> None:
+    while (message := read()) is not None:
+        method, request_id = message.get("method"), message.get("id")
+        if method == "initialize":
+            send({"jsonrpc": "2.0", "id": request_id, "result": {
+                "protocolVersion": 1, "authMethods": [],
+                "agentCapabilities": {"loadSession": False, "promptCapabilities": {}}}})
+        elif method == "session/new":
+            send({"jsonrpc": "2.0", "id": request_id, "result": {"sessionId": "raw-1"}})
+        elif method == "session/prompt":
+            prompt(request_id, message["params"])
+        elif request_id is not None and method is not None:
+            send({"jsonrpc": "2.0", "id": request_id,
+                  "error": {"code": -32601, "message": f"no {method}"}})
+
+
+if __name__ == "__main__":
+    main()

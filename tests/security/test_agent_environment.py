@@ -1,0 +1,64 @@
+"""An agent's environment holds none of the broker's secrets.
+
+The environment is read where the kernel keeps it, /proc/<agent pid>/environ,
+of a real agent process started by the real pool.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from broker.pool import open_pool
+from broker.reply import Prompt
+from broker.testing.harness import fake_agent_config
+
+SERVER_TOKEN = "srv-4c1f9e2b7a0d"
+GATEWAY_TOKEN = "gw-93ab7f1e0c55"
+
+
+def proc_environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    assert SERVER_TOKEN.encode() not in raw and GATEWAY_TOKEN.encode() not in raw
+    pairs = (entry.split(b"=", 1) for entry in raw.split(b"\0") if entry)
+    return {name.decode(): value.decode() for name, value in pairs}
+
+
+async def test_agent_environment_holds_only_the_base_and_configured_variables_never_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRET_SERVER_TOKEN", SERVER_TOKEN)
+    monkeypatch.setenv("SECRET_GATEWAY_TOKEN", GATEWAY_TOKEN)
+    monkeypatch.setenv("ALIAS_OF_TOKEN", SERVER_TOKEN)  # the token again, under another name
+    monkeypatch.setenv("WRAPPED_TOKEN", f"Bearer {GATEWAY_TOKEN}")
+    monkeypatch.setenv("HARMLESS", "fine")
+    monkeypatch.setenv("NOT_LISTED", "never passed")
+    config = fake_agent_config(
+        tmp_path,
+        server={"token": "${SECRET_SERVER_TOKEN}"},
+        gateway={"token": "${SECRET_GATEWAY_TOKEN}"},
+        agent={
+            "env": {"CONFIGURED": "yes", "EMBEDS_TOKEN": "x-${SECRET_GATEWAY_TOKEN}-y"},
+            "inherit_env": ["ALIAS_OF_TOKEN", "WRAPPED_TOKEN", "HARMLESS", "ABSENT_NAME"],
+        },
+    )
+    assert config.server.token == SERVER_TOKEN and config.gateway.token == GATEWAY_TOKEN
+
+    with trio.fail_after(30):
+        async with open_pool(config) as pool:
+            end = await pool.submit("sec:env", Prompt("@grandchild\n@reply up")).result()
+            assert end.ok, end
+            snapshot = pool.session_snapshot("sec:env")
+            assert snapshot is not None and snapshot.pid is not None
+            agent_env = proc_environ(snapshot.pid)
+            cmdline = Path(f"/proc/{snapshot.pid}/cmdline").read_bytes()
+            grandchild = int(end.text.rsplit("pid ", 1)[1].rstrip("."))
+            grandchild_env = proc_environ(grandchild)
+
+    base = {name: os.environ[name] for name in ("HOME", "PATH", "USER", "LANG") if name in os.environ}
+    assert agent_env == {**base, "CONFIGURED": "yes", "HARMLESS": "fine"}
+    assert grandchild_env == agent_env
+    assert SERVER_TOKEN.encode() not in cmdline and GATEWAY_TOKEN.encode() not in cmdline
