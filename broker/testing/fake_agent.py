@@ -74,27 +74,52 @@ def _done_event() -> trio.Event:
     return event
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class TurnTicket:
-    """A prompt's place in its session's queue: wait for ``previous``, set ``done`` when over."""
+    """A received prompt's place in its session's queue, taken synchronously when it is read.
+
+    The turn waits for ``previous`` (the ticket before it), runs inside ``control.scope`` (so
+    session/cancel also ends prompts still queued) and calls :meth:`finish` when answered.
+    """
 
     previous: trio.Event
-    done: trio.Event
+    queue: list[TurnTicket]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    control: TurnControl = attrs.field(factory=lambda: TurnControl(trio.CancelScope()))
+
+    def finish(self) -> None:
+        self.done.set()
+        if self in self.queue:
+            self.queue.remove(self)
 
 
 @attrs.define
 class LiveSession:
-    """A session known to this process: its record, its prompt queue and its running turn."""
+    """A session known to this process: its record and its received, unanswered prompts."""
 
     record: store.SessionRecord
     last_ticket_done: trio.Event = attrs.field(factory=_done_event)
-    turn: TurnControl | None = None
+    tickets: list[TurnTicket] = attrs.field(factory=list)
 
     def take_ticket(self) -> TurnTicket:
         """A place at the end of this session's prompt queue (synchronous, so FIFO)."""
-        ticket = TurnTicket(previous=self.last_ticket_done, done=trio.Event())
+        ticket = TurnTicket(previous=self.last_ticket_done, queue=self.tickets)
         self.last_ticket_done = ticket.done
+        self.tickets.append(ticket)
         return ticket
+
+    def cancel_prompts(self, force: bool = False) -> tuple[int, int]:
+        """Cancel every received prompt (running or queued); ``force`` overrides @hang-hard.
+
+        Returns (prompts cancelled, prompts that ignored it).
+        """
+        ignored = 0
+        for ticket in self.tickets:
+            if force:
+                ticket.control.scope.cancel()
+            elif not ticket.control.cancel():
+                ignored += 1
+        return len(self.tickets) - ignored, ignored
 
 
 def _params(params: JSON) -> dict[str, Any]:
@@ -199,21 +224,21 @@ class FakeAgent:
             await self.wire.respond(request_id, result)
 
     def notification(self, method: str, params: JSON) -> None:
-        """``session/cancel`` cancels the running turn; any other notification is ignored."""
+        """``session/cancel`` cancels the session's running and queued prompts; others are ignored."""
         if method != "session/cancel":
             if not method.startswith("_"):
                 log(f"notification {method} ignored")
             return
         live = self._session_of(params)
-        if live is None or live.turn is None:
-            log("session/cancel with no running turn ignored")
-        elif not live.turn.cancel():
+        cancelled, ignored = live.cancel_prompts() if live is not None else (0, 0)
+        if ignored:
             log("session/cancel ignored (@hang-hard)")
+        elif not cancelled:
+            log("session/cancel with no running turn ignored")
 
     def cancel_all_turns(self) -> None:
         for live in self.sessions.values():
-            if live.turn is not None:
-                live.turn.cancel()
+            live.cancel_prompts()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -284,8 +309,8 @@ class FakeAgent:
     async def session_close(self, _id: JSON, params: dict[str, Any]) -> JSON:
         """Forget the session in this process (cancelling its turn); its file stays loadable."""
         live = self.sessions.pop(_str_param(params, "sessionId"), None)
-        if live is not None and live.turn is not None:
-            live.turn.scope.cancel()
+        if live is not None:
+            live.cancel_prompts(force=True)
         return {}
 
     def _live(self, params: dict[str, Any]) -> LiveSession:
@@ -341,7 +366,7 @@ class FakeAgent:
 
         The prompts of a session run one at a time in arrival order: ``ticket`` was taken by the
         reader (None if the session was unknown then). The answer is written before the next
-        turn of the session starts.
+        turn of the session starts. session/cancel ends the turn, or the wait for its place.
         """
         try:
             live = self._live(params)
@@ -351,43 +376,41 @@ class FakeAgent:
                 script = fs.parse_script(text)
             except fs.ScriptError as exc:
                 raise RpcError(INVALID_PARAMS, f"bad directive: {exc}") from None
-            await ticket.previous.wait()
-            turn, late, cancelled = await self._run_turn(live, script, images)
+            turn = Turn(self.wire, live.record, ticket.control, images=images)
+            late, cancelled = await self._run_turn(turn, ticket, script)
             if script.error is not None and not cancelled:
                 raise RpcError(script.error.code, script.error.message)
             stop = "cancelled" if cancelled else script.stop_reason
             await self.wire.respond(request_id, {"stopReason": stop})
         finally:
             if ticket is not None:
-                ticket.done.set()
-        if late and not cancelled:
+                ticket.finish()
+        if late:
             self.nursery.start_soon(self._send_late, turn, late, (script.late_ms or 0) / 1000)
         return _ALREADY_ANSWERED
 
     async def _run_turn(
-        self, live: LiveSession, script: fs.Script, images: int
-    ) -> tuple[Turn, list[str], bool]:
-        """Run the turn in a scope session/cancel can cancel; record it in the history.
+        self, turn: Turn, ticket: TurnTicket, script: fs.Script
+    ) -> tuple[list[str], bool]:
+        """Wait for the ticket's turn and run it; record it in the history.
 
-        Returns the turn, the chunks kept for @late and whether it was cancelled.
+        Returns the chunks kept for @late (none if cancelled) and whether it was cancelled.
         """
-        with trio.CancelScope() as scope:
-            turn = Turn(self.wire, live.record, TurnControl(scope), images=images)
-            live.turn = turn.control
+        late: list[str] = []
+        with ticket.control.scope:
+            await ticket.previous.wait()
             try:
                 late = await run_turn(turn, script)
             except fs.ScriptError as exc:
                 raise RpcError(INVALID_PARAMS, f"bad directive: {exc}") from None
-            finally:
-                live.turn = None
-        cancelled = scope.cancelled_caught
+        cancelled = ticket.control.scope.cancelled_caught
         if cancelled:
             late = []
-        reply = "".join(turn.sent) + "".join(late)
-        live.record.history.append({"role": "user", "text": script.message})
-        live.record.history.append({"role": "agent", "text": reply})
-        await self._save(live.record)
-        return turn, late, cancelled
+        record = turn.record
+        record.history.append({"role": "user", "text": script.message})
+        record.history.append({"role": "agent", "text": "".join(turn.sent) + "".join(late)})
+        await self._save(record)
+        return late, cancelled
 
     async def _send_late(self, turn: Turn, chunks: list[str], delay: float) -> None:
         await trio.sleep(delay)

@@ -366,3 +366,19 @@ async def test_stderr_noise_flag_writes_periodic_lines(tmp_path: Path) -> None:
     with trio.fail_after(10):
         async with open_agent(tmp_path, "--stderr-noise", "0.05") as agent:
             await agent.wait_for_stderr("noise 3:")
+
+
+async def test_cancel_right_after_prompts_cancels_the_running_and_the_queued_one(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(10):
+        async with open_session(tmp_path) as (agent, sid):
+            running = await agent.prompt(sid, "@hang")
+            queued = await agent.prompt(sid, "@reply never sent")
+            await agent.notify("session/cancel", {"sessionId": sid})
+            for request in (running, queued):
+                assert (await agent.response(request))["result"] == {"stopReason": "cancelled"}
+            assert agent.text() == ""
+            after = await agent.response(await agent.prompt(sid, "@reply next\n@chunks 1"))
+            assert after["result"] == {"stopReason": "end_turn"}
+            assert agent.text() == "next"
