@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
+
+from .claude_world import Claude, ScriptedModel
+from .fake_anthropic import FakeAnthropic
 
 ROOT = Path(__file__).resolve().parents[2]
 INTEROP_PREFIX = ROOT / ".interop"
@@ -42,3 +47,20 @@ def claude_agent_entry() -> Path:
     bin_field = package["bin"]
     relative = bin_field if isinstance(bin_field, str) else bin_field["claude-agent-acp"]
     return (package_dir / relative).resolve()
+
+
+@pytest.fixture
+async def claude(tmp_path: Path, claude_agent_entry: Path) -> AsyncIterator[Claude]:
+    """A private world with the fake API serving; checks after the test that the
+    agent called only endpoints the fake knows."""
+    home, cwd = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    cwd.mkdir()
+    model = ScriptedModel(cwd)
+    api = FakeAnthropic(model)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(api.serve)
+        world = Claude(home, cwd, api, model, claude_agent_entry)
+        yield world
+        nursery.cancel_scope.cancel()
+    world.assert_only_known_endpoints()

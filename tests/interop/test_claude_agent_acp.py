@@ -3,22 +3,16 @@
 The agent (the npm package pinned in scripts/install-interop-agents.sh) runs
 with an exact environment: PATH, a private HOME, and the variables that point
 it at :class:`FakeAnthropic` on loopback. The fake model is scripted by a
-marker in the user's text (see :class:`ScriptedModel`). Everything the agent
+marker in the user's text (see :class:`claude_world.ScriptedModel`). Everything the agent
 asked of the fake API is checked to be known endpoints only.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
-from pathlib import Path
-from typing import Any
-
-import attrs
 import pytest
 import trio
 
-from broker.acp.client import AcpClient, ClientOptions, SessionState
+from broker.acp.client import AcpClient, SessionState
 from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import (
     AgentMessageChunk,
@@ -27,127 +21,14 @@ from broker.acp.schema import (
     ToolCallUpdate,
     UserMessageChunk,
 )
-from supervisor.process import ChildSpec
 
+from .claude_world import HELLO, WRITTEN, Claude
 from .conftest import NODE_MISSING, node_available
-from .fake_anthropic import (
-    FakeAnthropic,
-    ModelReply,
-    Text,
-    ToolUse,
-    last_user_text,
-    text_reply,
-    tool_results,
-)
-from .harness import (
-    Approvals,
-    RunningAgent,
-    Turn,
-    exact_env,
-    open_session,
-    prompt_and_cancel,
-    running_agent,
-    texts,
-)
+from .fake_anthropic import last_user_text
+from .harness import Approvals, RunningAgent, Turn, open_session, prompt_and_cancel, texts
 
 pytestmark = pytest.mark.skipif(not node_available(), reason=NODE_MISSING)
-
 WHOLE_TEST = 60.0  # generous: the agent needs ~2 s per start on an idle machine
-HELLO = "Hello from the fake model, streamed in several pieces."
-WRITTEN = "written by the agent\n"
-
-
-@attrs.define
-class ScriptedModel:
-    """Decides the fake model's replies from the last marker in the newest user text.
-
-    ``[hello]``: :data:`HELLO`; ``[say] X``: ``X``; ``[write]``: a ``Write``
-    tool_use creating ``out.txt`` in ``cwd``, then (on the tool result) a text
-    quoting the result; ``[slow]``: 30 s of text in 5-character deltas every
-    50 ms. Requests without tools (the agent's side calls) get a short text.
-    """
-
-    cwd: Path
-    tool_result_texts: list[str] = attrs.field(factory=list)
-
-    def __call__(self, request: dict[str, Any]) -> ModelReply:
-        if not request.get("tools"):
-            return text_reply("ok")
-        results = tool_results(request)
-        if results:
-            said = _result_text(results[0])
-            self.tool_result_texts.append(said)
-            return text_reply(f"The tool said: {said}")
-        text = last_user_text(request)
-        marker = max(("[hello]", "[say]", "[write]", "[slow]"), key=text.rfind)
-        if marker == "[write]":
-            write = ToolUse("Write", {"file_path": str(self.cwd / "out.txt"), "content": WRITTEN})
-            return ModelReply(blocks=(Text("Writing the file."), write), stop_reason="tool_use")
-        if marker == "[slow]":
-            return ModelReply(blocks=(Text("z" * 3000),), chunk_size=5, chunk_delay=0.05)
-        if marker == "[say]":
-            return text_reply(text[text.rfind("[say]") + 5:].strip())
-        if marker == "[hello]" and marker in text:
-            return text_reply(HELLO, chunk_size=8)
-        raise AssertionError(f"the script has no reply for {text[-200:]!r}")
-
-
-def _result_text(result: dict[str, Any]) -> str:
-    content = result.get("content")
-    if isinstance(content, list):
-        return " ".join(b.get("text", "") for b in content)
-    return str(content)
-
-
-@attrs.frozen
-class Claude:
-    """One test's private world: HOME, working dir, fake API, agent entry."""
-
-    home: Path
-    cwd: Path
-    api: FakeAnthropic
-    model: ScriptedModel
-    entry: Path
-
-    def spec(self) -> ChildSpec:
-        env = exact_env(
-            HOME=str(self.home),
-            ANTHROPIC_BASE_URL=self.api.base_url,
-            ANTHROPIC_API_KEY="fake",
-            CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-            DISABLE_AUTOUPDATER="1",
-        )
-        return ChildSpec(argv=("node", str(self.entry)), env=env, cwd=str(self.cwd),
-                         name="claude-agent-acp")
-
-    def options(self, **kwargs: Any) -> ClientOptions:
-        return ClientOptions(cwd=str(self.cwd), **kwargs)
-
-    def agent(self, **kwargs: Any) -> AbstractAsyncContextManager[RunningAgent]:
-        """``async with claude.agent(...) as agent``: the agent with a client attached."""
-        return running_agent(self.spec(), self.options(**kwargs))
-
-    def assert_only_known_endpoints(self) -> None:
-        unknown = [(r.method, r.path) for r in self.api.unknown]
-        assert unknown == [], f"the agent called endpoints the fake does not know: {unknown}"
-        assert self.api.errors == [], self.api.errors
-
-
-@pytest.fixture
-async def claude(tmp_path: Path, claude_agent_entry: Path) -> AsyncIterator[Claude]:
-    """A private world with the fake API serving; checks after the test that the
-    agent called only endpoints the fake knows."""
-    home, cwd = tmp_path / "home", tmp_path / "work"
-    home.mkdir()
-    cwd.mkdir()
-    model = ScriptedModel(cwd)
-    api = FakeAnthropic(model)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(api.serve)
-        world = Claude(home, cwd, api, model, claude_agent_entry)
-        yield world
-        nursery.cancel_scope.cancel()
-    world.assert_only_known_endpoints()
 
 
 async def hello(client: AcpClient, session_id: str, text: str = "[hello]") -> Turn:
@@ -279,7 +160,9 @@ async def test_load_after_restart_replays_the_transcript_and_keeps_context(
         async with claude.agent() as agent:
             session_id = await open_session(agent.client, str(claude.cwd))
             await hello(agent.client, session_id, "[hello] remember the lighthouse")
-        assert list((claude.home / ".claude" / "projects").glob(f"*/{session_id}.jsonl"))
+            # The reply reaches the transcript tens of ms after the prompt response;
+            # stopping the agent before that loses it from the saved session.
+            await claude.saved_reply(session_id, HELLO)
 
         async with claude.agent() as agent:
             await agent.client.initialize()
