@@ -18,6 +18,7 @@ Parsing is pure: no I/O, no clock, so it is tested directly.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import attrs
@@ -198,13 +199,13 @@ class Script:
     is_demo: bool = False
 
 
-def _secs(value: str, what: str) -> float:
+def _secs(value: str, what: str, unit: str = "seconds") -> float:
     try:
         secs = float(value)
     except ValueError:
-        raise ScriptError(f"{what}: expected seconds, got {value!r}") from None
+        raise ScriptError(f"{what}: expected {unit}, got {value!r}") from None
     if not math.isfinite(secs) or secs < 0:
-        raise ScriptError(f"{what}: seconds must be a finite number >= 0, got {value!r}")
+        raise ScriptError(f"{what}: {unit} must be a finite number >= 0, got {value!r}")
     return secs
 
 
@@ -305,7 +306,7 @@ def _setting(script: Script, name: str, arg: str) -> Script:
             return attrs.evolve(script, chunk_delay=_secs(_one_arg(arg, at), at))
         case "late":
             words = _one_arg(arg, at).split()
-            late_ms = _secs(words[0], at)
+            late_ms = _secs(words[0], at, unit="milliseconds")
             late_chunks = _count(words[1], at, minimum=1) if len(words) > 1 else 1
             return attrs.evolve(script, late_ms=late_ms, late_chunks=late_chunks)
         case "stop":
@@ -387,13 +388,22 @@ def parse_script(text: str) -> Script:
 
 
 def split_text(text: str, parts: int) -> list[str]:
-    """Split ``text`` into at most ``parts`` non-empty pieces of near-equal length, in order."""
+    """Split ``text`` into ``min(parts, len(text))`` non-empty pieces of near-equal length.
+
+    Each cut moves to just after the nearest space that keeps every piece non-empty, so the demo
+    streams whole words; without spaces the cuts are exact.
+    """
+    if not text:
+        return []
     parts = max(1, min(parts, len(text)))
-    size, extra = divmod(len(text), parts)
-    pieces: list[str] = []
-    start = 0
-    for i in range(parts):
-        end = start + size + (1 if i < extra else 0)
-        pieces.append(text[start:end])
-        start = end
-    return [p for p in pieces if p]
+    even = [len(text) * i // parts for i in range(parts + 1)]
+    cuts = [0]
+    for target, next_target in itertools.pairwise(even[1:]):
+        options = [target]
+        if (back := text.rfind(" ", cuts[-1], target)) != -1:
+            options.append(back + 1)
+        if (ahead := text.find(" ", target, next_target - 1)) != -1:
+            options.append(ahead + 1)
+        cuts.append(min(options[1:] or options, key=lambda cut: abs(cut - target)))
+    cuts.append(len(text))
+    return [text[a:b] for a, b in itertools.pairwise(cuts)]

@@ -82,3 +82,11 @@ def test_split_text_keeps_all_text_in_order(text: str, parts: int) -> None:
     assert "".join(pieces) == text
     assert len(pieces) == min(parts, len(text))
     assert all(pieces)
+
+
+def test_split_text_cuts_after_spaces_when_it_can() -> None:
+    assert fs.split_text("one two three four five six", 3) == [
+        "one two ",
+        "three four ",
+        "five six",
+    ]
