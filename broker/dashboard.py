@@ -17,6 +17,7 @@ never printed.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -113,13 +114,18 @@ def _cause(exc: BaseException) -> str:
     """The most telling sentence in an exception chain."""
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, OSError) and (seen.errno or 0) > 0:
+            return os.strerror(seen.errno or 0).lower()
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror.lower()
         if isinstance(seen, trio_websocket.ConnectionClosed):
             return "the connection closed"
         if isinstance(seen, trio.TooSlowError):
             return "no answer in time"
-        seen = seen.__cause__ or seen.__context__
+        if isinstance(seen, BaseExceptionGroup) and seen.exceptions:
+            seen = seen.exceptions[0]  # e.g. every address refused: the first says why
+        else:
+            seen = seen.__cause__ or seen.__context__
     return str(exc) or type(exc).__name__
 
 
@@ -361,7 +367,7 @@ def main(url: str) -> int:
     """``agent-broker dashboard``: run until Ctrl-C (or SIGTERM); returns 0."""
     try:
         trio.run(_dashboard, url, Console())
-    except KeyboardInterrupt:  # before the signal receiver was in place
+    except* KeyboardInterrupt:  # Ctrl-C before the signal receiver was in place
         pass
     return EX_OK
 
@@ -401,6 +407,8 @@ def print_status(url: str, as_json: bool) -> int:
         print(json.dumps(doc, indent=2))
         return EX_OK
     console = Console()
+    if not console.is_terminal:
+        console.width = 160  # a pipe or file: wide rows rather than wrapped cells
     console.print(header(doc))
     console.print(gauges(doc))
     console.print(frontends(doc))

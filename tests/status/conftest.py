@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -33,11 +34,11 @@ def make_config(tmp_path: Path) -> Callable[..., BrokerConfig]:
 
 @asynccontextmanager
 async def status_server(
-    pool: Pool, *, token: str = "", heartbeat_secs: float = 2.0
-) -> AsyncIterator[tuple[WebSocketServer, StatusEndpoints]]:
+    pool: Pool, *, token: str = "", heartbeat_secs: float = 2.0, port: int = 0
+) -> AsyncIterator[WebSocketServer]:
     """The server with the status routes (and an echo sink on /ws) until the block ends."""
     endpoints = StatusEndpoints(pool, started_at=time.time(), heartbeat_secs=heartbeat_secs)
-    settings = ServerConfig(listen="127.0.0.1:0", token=token)
+    settings = ServerConfig(listen=f"127.0.0.1:{port}", token=token)
     async with trio.open_nursery() as nursery:
         server: WebSocketServer = await nursery.start(
             lambda task_status: serve_websocket(
@@ -49,8 +50,16 @@ async def status_server(
             )
         )
         endpoints.server_snapshot = server.snapshot
-        yield server, endpoints
+        yield server
         nursery.cancel_scope.cancel()
+
+
+def unused_port() -> int:
+    """A loopback port nobody listens on (just released by the kernel)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def base_url(server: WebSocketServer) -> str:

@@ -10,52 +10,12 @@ import pytest
 import trio
 
 from broker.config import BrokerConfig
-from broker.frontends.server import ServerSnapshot
-from broker.pool import Histogram, PoolCounters, PoolEvent, PoolSnapshot, open_pool
+from broker.pool import open_pool
 from broker.reply import Prompt
-from broker.session import SessionSnapshot
 from broker.status import SESSION_STATES, STATUS_SCHEMA, metrics_text, status_document
 from tests.status import prometheus
 from tests.status.conftest import started
-
-SERVER = ServerSnapshot("127.0.0.1", 8765, ("ws-1", "ws-3"), 17, 2)
-
-
-def busy_session(key: str, **changes: object) -> SessionSnapshot:
-    values: dict[str, object] = {
-        "thread_key": key,
-        "state": "busy",
-        "pid": 4242,
-        "age_secs": 125.5,
-        "idle_secs": None,
-        "queue_length": 2,
-        "current_tool": "Run tests",
-        "turn_elapsed_secs": 61.25,
-        "turn_deadline_in_secs": 1738.75,
-        "turns_done": 3,
-        "restarts": 1,
-        "agent": "claude-agent-acp",
-    }
-    values.update(changes)
-    return SessionSnapshot(**values)  # type: ignore[arg-type]
-
-
-def pool_snapshot(*sessions: SessionSnapshot, closing: bool = False) -> PoolSnapshot:
-    histogram = Histogram()
-    for secs in (0.05, 2.0, 70.0):
-        histogram.observe(secs)
-    return PoolSnapshot(
-        sessions=sessions,
-        max_sessions=20,
-        suspended=4,
-        spares=2,
-        spares_ready=1,
-        counters=PoolCounters(spawned=9, crashed=1, timed_out=2, turns_completed=7),
-        closing=closing,
-        version=33,
-        turn_seconds=histogram,
-        recent=(PoolEvent(1_700_000_000.0, "crashed", "discord:9", "exited with code 3"),),
-    )
+from tests.status.samples import SERVER, busy_session, pool_snapshot
 
 
 def test_document_has_broker_pool_sessions_frontends_and_events() -> None:
