@@ -206,21 +206,22 @@ class BrokerProcess:
 
 @asynccontextmanager
 async def broker_process(
-    config_path: Path, *, name: str = "broker"
+    config_path: Path, *, name: str = "broker", env: Mapping[str, str] | None = None
 ) -> AsyncIterator[BrokerProcess]:
-    """Start the broker and wait for READY=1; on leaving, make sure it is gone
-    (SIGKILL if a test left it running) and print its log if the test failed."""
+    """Start the broker (``env`` added to its environment) and wait for READY=1.
+    On leaving, make sure it is gone (SIGKILL if a test left it running) and
+    print its log if the test failed."""
     notify = NotifySocket()
     log_path = config_path.parent / f"{name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-    env.update({"NOTIFY_SOCKET": notify.path, CONFIG_PATH_ENV: str(config_path)})
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+    environ.update({"NOTIFY_SOCKET": notify.path, CONFIG_PATH_ENV: str(config_path), **(env or {})})
     async with trio.open_nursery() as nursery:
         await nursery.start(notify.run)
         with log_path.open("wb") as log_file:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "broker", "run", "--config", str(config_path)],
                 cwd=ROOT,
-                env=env,
+                env=environ,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

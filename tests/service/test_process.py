@@ -28,11 +28,12 @@ def busy_threads(document: Document) -> set[str]:
     return {s["thread_key"] for s in document["sessions"] if s["state"] == "busy"}
 
 
-async def test_systemd_is_told_ready_status_and_stopping(tmp_path: Path) -> None:
+async def test_systemd_is_told_ready_status_watchdog_and_stopping(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, port)
-    async with broker_process(config) as broker:
+    async with broker_process(config, env={"WATCHDOG_USEC": "2000000"}) as broker:
         with trio.fail_after(60):
+            await broker.notify.wait_for(lambda m: m.get("WATCHDOG") == "1")
             ready = await broker.notify.wait_for(lambda m: m.get("READY") == "1")
             assert broker.notify.messages[ready]["STATUS"].startswith("0 sessions (0 busy)")
             async with chat(port) as client:
@@ -161,3 +162,27 @@ async def test_agents_of_a_killed_broker_die_and_leftovers_are_stopped_at_the_ne
             assert document["counters"]["leftovers_stopped"] >= 1
             broker.signal(signal.SIGTERM)
             assert await broker.wait() == 0
+
+
+async def test_a_second_sigterm_cuts_the_stop_short_and_still_stops_every_agent(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    slow_cancel = {"cancel_grace_secs": 30, "stop_grace_secs": 2}
+    config = write_config(tmp_path, port, agent_args=STUBBORN, timeouts=slow_cancel)
+    async with broker_process(config) as broker:
+        with trio.fail_after(60):
+            async with chat(port) as client:
+                await client.send("@hang-hard", "stuck")
+                agents = agent_pids(await status_until(port, lambda d: bool(busy_threads(d))))
+                broker.signal(signal.SIGTERM)
+                await broker.notify.wait_for(lambda m: m.get("STOPPING") == "1")
+                broker.signal(signal.SIGTERM)
+                second = trio.current_time()
+                assert await broker.wait() == 1
+            cut_secs = trio.current_time() - second
+            await wait_gone(list(agents.values()))
+        print(f"stop cut short by a second SIGTERM: {cut_secs:.2f} s")
+    # the graceful stop would wait the 30 s cancel grace; cut short, only the 2 s stop grace
+    assert cut_secs < 10.0, f"the stop took {cut_secs:.1f} s after the second signal"
+    assert "stopping now (SIGTERM during the stop)" in broker.log()

@@ -1,0 +1,179 @@
+"""The service in-process: reload decisions, the durable outbox, start failures, embedding."""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from broker.config import BrokerConfig
+from broker.frontends.wire import OutboundReply, ReplyChannelRef
+from broker.pool import Pool, PoolSnapshot
+from broker.service import (
+    EX_CONFIG,
+    EX_OK,
+    EX_UNAVAILABLE,
+    Broker,
+    StoreOutbox,
+    plan_reload,
+    rows_to_ack,
+    run,
+    serve,
+)
+from broker.store import OutboxItem, open_store
+from broker.testing.harness import fake_agent_config
+from tests.service.broker_process import alive, chat
+
+
+async def until(pool: Pool, predicate: Callable[[PoolSnapshot], bool]) -> None:
+    while not predicate(pool.snapshot()):
+        await pool.wait_changed(pool.version)
+
+
+def reply(text: str, platform: str = "telegram") -> OutboundReply:
+    return OutboundReply("evt_1", platform, ReplyChannelRef("room"), text)
+
+
+def test_reload_applies_router_pool_and_log_but_keeps_listen_gateway_and_state() -> None:
+    old = BrokerConfig()
+    new = attrs.evolve(
+        old,
+        server=attrs.evolve(old.server, listen="127.0.0.1:9999", token="t2"),
+        gateway=attrs.evolve(old.gateway, url="ws://gw/ws", streaming=True),
+        state=attrs.evolve(old.state, path="elsewhere.sqlite3"),
+        router=attrs.evolve(old.router, allowed_channels=("a",)),
+        pool=attrs.evolve(old.pool, max_sessions=3),
+        log=attrs.evolve(old.log, level="debug"),
+    )
+    plan = plan_reload(old, new)
+    assert plan.config.router.allowed_channels == ("a",)
+    assert plan.config.pool.max_sessions == 3
+    assert plan.config.log.level == "debug"
+    assert plan.config.server.token == "t2"
+    assert plan.config.gateway.streaming is True
+    assert plan.config.server.listen == old.server.listen
+    assert plan.config.gateway.url == "" and plan.config.state == old.state
+    assert plan.kept == (
+        "[server] listen stays 127.0.0.1:8765 until a restart",
+        "[gateway] url and token take effect at the next restart",
+        "[state] path stays state/broker.sqlite3 until a restart",
+    )
+    assert plan.changed == ("server", "gateway", "pool", "state", "log", "router")
+    assert plan_reload(old, old) == plan_reload(old, old)
+    assert plan_reload(old, old).kept == () and plan_reload(old, old).changed == ()
+
+
+def test_each_delivered_frame_acks_its_oldest_row_once() -> None:
+    rows = [
+        OutboxItem(1, "server", "a"),
+        OutboxItem(2, "server", "b"),
+        OutboxItem(3, "server", "a"),
+    ]
+    assert rows_to_ack(rows, ["a"]) == [1]
+    assert rows_to_ack(rows, ["a", "a", "b", "c"]) == [1, 2, 3]
+    assert rows_to_ack(rows, []) == []
+
+
+async def test_undelivered_replies_survive_a_restart_and_delivered_ones_leave_the_store(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    with trio.fail_after(20):
+        async with open_store(path) as store, trio.open_nursery() as nursery:
+            outbox = StoreOutbox(store, "server")
+            nursery.start_soon(outbox.keep)
+            outbox.on_undeliverable(reply("one"))
+            outbox.on_undeliverable(reply("two", platform="line"))
+            outbox.on_undeliverable(reply("three"))
+            assert [r.text for r in outbox.take(frozenset({"telegram"}))] == ["one", "three"]
+            outbox.close()
+        async with open_store(path) as store:
+            again = StoreOutbox(store, "server")
+            assert await again.load() == 1
+            assert [r.text for r in again.take(None)] == ["two"]
+            assert await StoreOutbox(store, "gateway").load() == 0
+
+
+async def test_a_full_outbox_drops_its_oldest_reply_from_memory_and_store(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with open_store(tmp_path / "s.sqlite3") as store, trio.open_nursery() as nursery:
+            outbox = StoreOutbox(store, "server", capacity=2)
+            nursery.start_soon(outbox.keep)
+            for text in ("old", "mid", "new"):
+                outbox.on_undeliverable(reply(text))
+            assert (len(outbox), outbox.dropped) == (2, 1)
+            outbox.close()
+        async with open_store(tmp_path / "s.sqlite3") as store:
+            kept = StoreOutbox(store, "server")
+            await kept.load()
+            assert [r.text for r in kept.take(None)] == ["mid", "new"]
+
+
+def taken_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"), [("0.0.0.0:0", EX_CONFIG), ("taken", EX_UNAVAILABLE)]
+)
+def test_a_front_end_that_cannot_start_is_one_log_line_and_an_exit_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, listen: str, expected: int
+) -> None:
+    with taken_port() as busy:
+        if listen == "taken":
+            listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        config = fake_agent_config(tmp_path, server={"listen": listen})
+        assert run(config) == expected
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("cannot start: ")
+
+
+async def test_a_reply_finished_while_the_client_is_away_is_delivered_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    config = fake_agent_config(tmp_path, server={"streaming": False})
+    serve_once = functools.partial(serve, config, handle_signals=False)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            broker: Broker = await nursery.start(serve_once)
+            assert broker.server is not None
+            async with chat(broker.server.port) as client:
+                event_id = await client.send("@delay 1\n@reply done while away", "away")
+                await until(broker.pool, lambda p: p.count("busy") == 1)
+            await broker.in_flight.wait_idle()
+            assert len(broker.outboxes["server"]) == 1
+            broker.stop()
+        async with trio.open_nursery() as nursery:
+            broker = await nursery.start(serve_once)
+            assert broker.server is not None
+            assert len(broker.outboxes["server"]) == 1
+            async with chat(broker.server.port) as client:
+                assert "done while away" in await client.reply(event_id, "done while away")
+            broker.stop()
+
+
+async def test_an_embedded_broker_stops_with_exit_0_and_no_agent_left(tmp_path: Path) -> None:
+    config = fake_agent_config(tmp_path, server={"streaming": False})
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            result: list[int] = []
+
+            async def serve_and_keep(task_status: trio.TaskStatus[Broker]) -> None:
+                result.append(await serve(config, handle_signals=False, task_status=task_status))
+
+            broker: Broker = await nursery.start(serve_and_keep)
+            assert broker.server is not None
+            async with chat(broker.server.port) as client:
+                await client.ask("hello", "one")
+            (session,) = broker.pool.snapshot().sessions
+            broker.stop()
+        assert result == [EX_OK]
+        assert session.pid is not None and not alive(session.pid)
