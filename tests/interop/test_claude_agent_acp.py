@@ -179,3 +179,21 @@ async def test_load_after_restart_replays_the_transcript_and_keeps_context(
         history = " ".join(last_user_text({"messages": [m]}) for m in latest["messages"])
         assert "remember the lighthouse" in history  # the restarted agent kept the context
 
+
+
+async def test_restart_and_load_after_a_cancel_gives_the_next_prompt_its_own_reply(
+        claude: Claude) -> None:
+    with trio.fail_after(WHOLE_TEST):
+        async with claude.agent() as agent:
+            session_id = await open_session(agent.client, str(claude.cwd))
+            slow = Turn()
+            assert await prompt_and_cancel(agent.client, session_id, [TextContent("[slow]")],
+                                           slow, slow.first_text) == "cancelled"
+            await claude.api.wait_for(lambda: claude.api.aborted_streams == 1)
+
+        async with claude.agent() as agent:
+            await agent.client.initialize()
+            await agent.client.load_session(session_id, str(claude.cwd))
+            replies = [(await say(agent.client, session_id, words)).text
+                       for words in ("one", "two")]
+            assert replies == ["one", "two"]
