@@ -26,6 +26,7 @@ from broker.service import (
     serve,
 )
 from broker.store import OutboxItem, open_store
+from broker.testing.fake_gateway import open_fake_gateway
 from broker.testing.harness import fake_agent_config
 from tests.service.broker_process import alive, chat
 
@@ -177,3 +178,28 @@ async def test_an_embedded_broker_stops_with_exit_0_and_no_agent_left(tmp_path: 
             broker.stop()
         assert result == [EX_OK]
         assert session.pid is not None and not alive(session.pid)
+
+
+async def test_the_gateway_client_is_started_and_answers_through_the_router(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with open_fake_gateway(token="gw-secret") as gateway, trio.open_nursery() as nursery:
+            config = fake_agent_config(
+                tmp_path,
+                server={"enabled": False},
+                gateway={"url": gateway.url, "token": "gw-secret"},
+            )
+            broker: Broker = await nursery.start(
+                functools.partial(serve, config, handle_signals=False)
+            )
+            assert broker.server is None and broker.gateway is not None
+            await gateway.wait_connected()
+            assert broker.status_line() == "0 sessions (0 busy), 0 suspended, gateway connected"
+            event = await gateway.send_event(text="hello via the gateway")
+            final = await gateway.wait_reply(
+                lambda r: r.reply_to == event.event_id and "You said" in r.text
+            )
+            assert "hello via the gateway" in final.text
+            broker.stop()
+        gateway.assert_clean()
