@@ -32,6 +32,9 @@ from broker.acp.schema import (
     ToolCallUpdate,
     UserMessageChunk,
 )
+from broker.config import structure_config
+from broker.pool import open_pool, session_settings
+from broker.reply import Image, Prompt
 from supervisor.process import ChildSpec
 
 from .harness import (
@@ -147,9 +150,6 @@ async def test_image_and_resource_link_blocks_are_sent_as_the_schema_defines_the
     assert reply == "echo: look at these [image resource_link resource]"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "broker.acp.schema.content_to_wire leaves the nested resource's mime_type in snake_case "
-    "(the SDK agent answers -32602: params.prompt[1].resource.mime_type is not a field)"))
 async def test_embedded_text_resource_is_sent_as_the_schema_defines_it(tmp_path: Path) -> None:
     reply = await prompt_blocks(tmp_path, [
         TextContent("read this"),
@@ -236,6 +236,30 @@ async def test_load_after_restart_replays_history_into_the_load_result(tmp_path:
         assert after.text == "echo: and now"  # no replayed update leaks into a prompt
         await finish_cleanly(agent)
     assert sdk.assert_all_valid()[-3:] == ["initialize", "session/load", "session/prompt"]
+
+
+async def test_pool_resume_and_images_pass_the_sdk_strict_models(tmp_path: Path) -> None:
+    sdk = SdkAgent(tmp_path)
+    [command, *args] = sdk.spec().argv
+    config = structure_config({
+        "agent": {"command": command, "args": args, "working_dir": str(sdk.cwd)},
+        "pool": {"max_sessions": 1},
+        "state": {"path": str(tmp_path / "broker.sqlite3")},
+        "server": {"listen": "127.0.0.1:0"},
+    }, file="<interop config>")
+    picture = Image(base64.b64encode(b"\x89PNG").decode(), "image/png", "a.png")
+    with trio.fail_after(3 * BOUND):
+        async with open_pool(config, settings=session_settings(config, exact_env())) as pool:
+            first = await pool.submit("cli:A", Prompt("see", images=(picture,))).result()
+            assert first.text == "echo: see [image]"
+            other = await pool.submit("cli:B", Prompt("hi", context="[alice]")).result()
+            assert other.text == "echo: [alice] hi"
+            assert pool.is_suspended("cli:A")  # evicted: one agent at most
+            back = pool.submit("cli:A", Prompt("again"))
+            assert (await back.result()).text == "echo: again"
+            assert not back.transcript.context_reset and pool.counters.resumed == 1
+    methods = sdk.assert_all_valid()
+    assert methods.count("session/load") == 1 and methods.count("session/new") == 2
 
 
 @pytest.mark.parametrize(("model", "params", "expected"), [
