@@ -431,6 +431,12 @@ def _camel_unstructurer(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
     return fn
 
 
+# content nested inside a block (an embedded resource's contents) is camelCase too
+converter.register_unstructure_hook(
+    ResourceContents, lambda value: _camel_unstructurer(ResourceContents)(value)
+)
+
+
 def _unstructure_content(block: Any) -> dict[str, Any]:
     if isinstance(block, UnknownContent):
         return dict(block.raw)
