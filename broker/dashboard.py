@@ -239,17 +239,32 @@ def sessions_table(doc: dict[str, Any]) -> Table:
 
 
 def frontends(doc: dict[str, Any]) -> Text:
-    server = doc["frontends"]["server"]
+    server, gateway = doc["frontends"]["server"], doc["frontends"].get("gateway")
+    lines = Text()
     if server is None:
-        return Text("front-ends: WebSocket server not running", style="dim")
-    clients = server["clients"]
-    waiting = server["outbox_waiting"]
-    return Text(
-        f"front-ends: {len(clients)} client(s) connected"
-        f"{' (' + ', '.join(clients) + ')' if clients else ''}, "
-        f"{server['events_received']} events received"
-        f"{f', {waiting} replies waiting in the outbox' if waiting else ''}"
-    )
+        lines.append("server: not running", style="dim")
+    else:
+        clients, waiting = server["clients"], server["outbox_waiting"]
+        lines.append(
+            f"server: {len(clients)} client(s) connected"
+            f"{' (' + ', '.join(clients) + ')' if clients else ''}, "
+            f"{server['events_received']} events received"
+            f"{f', {waiting} replies waiting in the outbox' if waiting else ''}"
+        )
+    if gateway is not None:
+        waiting = gateway["outbox_waiting"]
+        lines.append(f"\ngateway {gateway['url']}: ")
+        if gateway["connected"]:
+            lines.append("connected", style="green")
+        else:
+            lines.append("disconnected", style="bold red")
+            if gateway["last_error"]:
+                lines.append(f" ({gateway['last_error']})")
+        lines.append(
+            f", {gateway['connects']} connects, {gateway['events_received']} events"
+            f"{f', {waiting} replies in the outbox' if waiting else ''}"
+        )
+    return lines
 
 
 def events(doc: dict[str, Any]) -> Table:

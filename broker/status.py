@@ -25,7 +25,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -33,6 +34,8 @@ import trio
 import trio_websocket
 
 import broker
+from broker.config import mask_secrets
+from broker.frontends.gateway import GatewaySnapshot
 from broker.frontends.http import HttpHandler, HttpRequest, HttpResponse
 from broker.frontends.server import ServerSnapshot, WebSocketHandler
 from broker.pool import Pool, PoolSnapshot
@@ -54,6 +57,7 @@ SESSION_STATES = (*(state.value for state in SessionState), SUSPENDED)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 ServerSnapshotSource = Callable[[], ServerSnapshot | None]
+GatewaySnapshotSource = Callable[[], GatewaySnapshot | None]
 
 
 def _secs(value: float | None) -> float | None:
@@ -80,17 +84,21 @@ def status_document(
     started_at: float,
     version: str = broker.__version__,
     pid: int | None = None,
+    gateway: GatewaySnapshot | None = None,
+    secrets: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The status document (schema ``agent-broker.status.v1``) as plain JSON data.
 
     Pure: ``now`` and ``started_at`` are wall-clock seconds since the epoch
     (``time.time()``), ``pid`` defaults to this process. Sessions are sorted
     by thread key; ``recent`` holds the last events, oldest first. Infinite or
-    unknown durations are ``null``.
+    unknown durations are ``null``. A front-end that is not running is
+    ``null``. No snapshot holds a token, but free text (event details, tool
+    titles, the gateway's last error) is still masked with ``secrets``.
     """
     by_state = state_counts(snapshot)
     sessions = sorted(snapshot.sessions, key=lambda s: (s.thread_key or "", s.state))
-    return {
+    document = {
         "schema": STATUS_SCHEMA,
         "generated_at": round(now, 3),
         "broker": {
@@ -140,7 +148,10 @@ def status_document(
             }
             for s in sessions
         ],
-        "frontends": {"server": None if server is None else _server_part(server)},
+        "frontends": {
+            "server": None if server is None else _server_part(server),
+            "gateway": None if gateway is None else _gateway_part(gateway),
+        },
         "recent": [
             {
                 "at": round(event.at, 3),
@@ -152,6 +163,18 @@ def status_document(
             for event in snapshot.recent[-RECENT_EVENTS:]
         ],
     }
+    secrets = tuple(secret for secret in secrets if secret)
+    return _masked(document, secrets) if secrets else document
+
+
+def _masked(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value, secrets)
+    if isinstance(value, dict):
+        return {key: _masked(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, secrets) for item in value]
+    return value
 
 
 def _server_part(server: ServerSnapshot) -> dict[str, Any]:
@@ -162,6 +185,24 @@ def _server_part(server: ServerSnapshot) -> dict[str, Any]:
         "events_received": server.events_received,
         "outbox_waiting": server.outbox_waiting,
     }
+
+
+def _gateway_part(gateway: GatewaySnapshot) -> dict[str, Any]:
+    return {
+        "url": _bare_url(gateway.url),
+        "connected": gateway.connected,
+        "connects": gateway.connects,
+        "events_received": gateway.events_received,
+        "outbox_waiting": gateway.outbox_waiting,
+        "last_error": gateway.last_error,
+    }
+
+
+def _bare_url(url: str) -> str:
+    """``url`` without user info, query or fragment (where credentials could hide)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def encode_document(document: dict[str, Any]) -> str:
@@ -226,6 +267,7 @@ def metrics_text(
     now: float,
     started_at: float,
     version: str = broker.__version__,
+    gateway: GatewaySnapshot | None = None,
 ) -> str:
     """The Prometheus text exposition (format 0.0.4) of the two snapshots. Pure."""
     out = _Exposition()
@@ -268,27 +310,47 @@ def metrics_text(
         out.sample(f"{name}_bucket", count, le=_number(float(bound)))
     out.sample(f"{name}_sum", float(histogram.total))
     out.sample(f"{name}_count", histogram.count)
-    if server is not None:
-        out.one(
-            "agent_broker_clients",
-            "gauge",
-            "Connected WebSocket front-end clients.",
-            len(server.connections),
-        )
-        out.one(
-            "agent_broker_events_received_total",
-            "counter",
-            "Events received from WebSocket clients.",
-            server.events_received,
-        )
-        if server.outbox_waiting is not None:
-            out.one(
-                "agent_broker_outbox_waiting",
-                "gauge",
-                "Replies waiting for a client to connect.",
-                server.outbox_waiting,
-            )
+    _frontend_metrics(out, server, gateway)
     return "\n".join(out.lines) + "\n"
+
+
+def _frontend_metrics(
+    out: _Exposition, server: ServerSnapshot | None, gateway: GatewaySnapshot | None
+) -> None:
+    running: list[tuple[str, int, int | None]] = []
+    if server is not None:
+        running.append(("server", server.events_received, server.outbox_waiting))
+        out.one(
+            "agent_broker_clients", "gauge", "Connected WebSocket clients.", len(server.connections)
+        )
+    if gateway is not None:
+        running.append(("gateway", gateway.events_received, gateway.outbox_waiting))
+        out.one(
+            "agent_broker_gateway_connected",
+            "gauge",
+            "1 while connected to the gateway.",
+            int(gateway.connected),
+        )
+        out.one(
+            "agent_broker_gateway_connects_total",
+            "counter",
+            "Connections made to the gateway.",
+            gateway.connects,
+        )
+    if not running:
+        return
+    out.family("agent_broker_events_received_total", "counter", "Events received, by front-end.")
+    for frontend, events, _ in running:
+        out.sample("agent_broker_events_received_total", events, frontend=frontend)
+    waiting = [(frontend, count) for frontend, _, count in running if count is not None]
+    if waiting:
+        out.family(
+            "agent_broker_outbox_waiting",
+            "gauge",
+            "Replies waiting for a connection, by front-end.",
+        )
+        for frontend, count in waiting:
+            out.sample("agent_broker_outbox_waiting", count, frontend=frontend)
 
 
 # -- the endpoints ----------------------------------------------------------------
@@ -297,10 +359,11 @@ def metrics_text(
 class StatusEndpoints:
     """The status routes of one running broker.
 
-    ``server_snapshot`` may be set after construction (the server is started
-    with these routes, so it exists only afterwards); while it is None the
-    document's ``frontends.server`` is null. :attr:`closing` (or the pool's
-    own closing flag) turns ``/healthz`` to 503.
+    ``server_snapshot`` and ``gateway_snapshot`` may be set after
+    construction (the server is started with these routes, so it exists only
+    afterwards); while one is None its part of the document is null.
+    ``secrets`` (``config.secret_values()``) are masked in every document.
+    :attr:`closing` (or the pool's own closing flag) turns ``/healthz`` to 503.
     """
 
     def __init__(
@@ -310,11 +373,15 @@ class StatusEndpoints:
         *,
         started_at: float,
         version: str = broker.__version__,
+        gateway_snapshot: GatewaySnapshotSource | None = None,
+        secrets: Iterable[str] = (),
         heartbeat_secs: float = HEARTBEAT_SECS,
         max_per_sec: float = MAX_DOCUMENTS_PER_SEC,
     ) -> None:
         self.pool = pool
         self.server_snapshot = server_snapshot
+        self.gateway_snapshot = gateway_snapshot
+        self.secrets = tuple(secrets)
         self.started_at = started_at
         self.version = version
         self.heartbeat_secs = heartbeat_secs
@@ -322,17 +389,22 @@ class StatusEndpoints:
         self.closing = False
         self.feeds = 0  # live /status WebSocket feeds
 
-    def _server(self) -> ServerSnapshot | None:
-        return self.server_snapshot() if self.server_snapshot is not None else None
+    def _frontends(self) -> tuple[ServerSnapshot | None, GatewaySnapshot | None]:
+        server = self.server_snapshot() if self.server_snapshot is not None else None
+        gateway = self.gateway_snapshot() if self.gateway_snapshot is not None else None
+        return server, gateway
 
     def document(self) -> dict[str, Any]:
         """The document now; synchronous, never waits."""
+        server, gateway = self._frontends()
         return status_document(
             self.pool.snapshot(),
-            self._server(),
+            server,
             now=time.time(),
             started_at=self.started_at,
             version=self.version,
+            gateway=gateway,
+            secrets=self.secrets,
         )
 
     def http_routes(self) -> dict[str, HttpHandler]:
@@ -357,12 +429,14 @@ class StatusEndpoints:
 
     async def get_metrics(self, request: HttpRequest) -> HttpResponse:
         await trio.lowlevel.checkpoint()
+        server, gateway = self._frontends()
         text = metrics_text(
             self.pool.snapshot(),
-            self._server(),
+            server,
             now=time.time(),
             started_at=self.started_at,
             version=self.version,
+            gateway=gateway,
         )
         return HttpResponse(200, text.encode(), METRICS_CONTENT_TYPE)
 
@@ -419,14 +493,19 @@ def status_routes(
     *,
     started_at: float,
     version: str = broker.__version__,
+    gateway_snapshot: GatewaySnapshotSource | None = None,
+    secrets: Iterable[str] = (),
     heartbeat_secs: float = HEARTBEAT_SECS,
 ) -> tuple[dict[str, HttpHandler], dict[str, WebSocketHandler]]:
-    """``(http_routes, ws_routes)`` for ``serve_websocket``; see :class:`StatusEndpoints`."""
+    """``(http_routes, ws_routes)`` for ``serve_websocket``; see :class:`StatusEndpoints`
+    (use the class itself to set the snapshot sources or ``closing`` later)."""
     endpoints = StatusEndpoints(
         pool,
         server_snapshot,
         started_at=started_at,
         version=version,
+        gateway_snapshot=gateway_snapshot,
+        secrets=secrets,
         heartbeat_secs=heartbeat_secs,
     )
     return endpoints.http_routes(), endpoints.ws_routes()

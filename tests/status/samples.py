@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from broker.frontends.gateway import GatewaySnapshot
 from broker.frontends.server import ServerSnapshot
 from broker.pool import Histogram, PoolCounters, PoolEvent, PoolSnapshot
 from broker.session import SessionSnapshot
 
 SERVER = ServerSnapshot("127.0.0.1", 8765, ("ws-1", "ws-3"), 17, 2)
+GATEWAY = GatewaySnapshot(
+    "wss://bot:pw@gw.example:8443/ws?key=k", False, 3, 40, 5, "refused with HTTP 502"
+)
 
 
 def busy_session(key: str, **changes: object) -> SessionSnapshot:

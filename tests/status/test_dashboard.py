@@ -24,7 +24,7 @@ from broker.pool import open_pool
 from broker.reply import Prompt
 from broker.status import status_document
 from tests.status.conftest import base_url, started, status_server, unused_port
-from tests.status.samples import SERVER, busy_session, pool_snapshot
+from tests.status.samples import GATEWAY, SERVER, busy_session, pool_snapshot
 
 NOW = 1_700_000_100.0
 
@@ -44,7 +44,9 @@ def sample_doc() -> dict[str, Any]:
             restarts=0,
         ),
     )
-    return status_document(snapshot, SERVER, now=NOW, started_at=NOW - 3725, version="9.9")
+    return status_document(
+        snapshot, SERVER, now=NOW, started_at=NOW - 3725, version="9.9", gateway=GATEWAY
+    )
 
 
 def screen(doc: dict[str, Any] | None, error: str | None = None, *, styles: bool = False) -> str:
@@ -83,6 +85,10 @@ def test_gauges_frontends_and_header() -> None:
     assert (rows["suspended"], rows["spares"], rows["queued"]) == ("4", "1/2 ready", "2")
     assert "2 client(s) connected (ws-1, ws-3), 17 events received" in text
     assert "2 replies waiting in the outbox" in text
+    assert (
+        "gateway wss://gw.example:8443/ws: disconnected (refused with HTTP 502), 3 connects, "
+        "40 events, 5 replies in the outbox"
+    ) in text
     assert "9 spawned, 0 resumed, 0 evicted, 1 crashed" in text
 
 

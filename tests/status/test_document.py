@@ -15,7 +15,7 @@ from broker.reply import Prompt
 from broker.status import SESSION_STATES, STATUS_SCHEMA, metrics_text, status_document
 from tests.status import prometheus
 from tests.status.conftest import started
-from tests.status.samples import SERVER, busy_session, pool_snapshot
+from tests.status.samples import GATEWAY, SERVER, busy_session, pool_snapshot
 
 
 def test_document_has_broker_pool_sessions_frontends_and_events() -> None:
@@ -89,6 +89,29 @@ def test_document_has_broker_pool_sessions_frontends_and_events() -> None:
     ]
 
 
+def test_gateway_part_hides_credentials_in_its_url_and_masks_secrets_in_free_text() -> None:
+    snapshot = pool_snapshot(busy_session("cli:a", current_tool="curl -H 'token: hunter2'"))
+    doc = status_document(
+        snapshot, None, now=10.0, started_at=0.0, gateway=GATEWAY, secrets=("hunter2", "")
+    )
+    assert doc["frontends"]["gateway"] == {
+        "url": "wss://gw.example:8443/ws",
+        "connected": False,
+        "connects": 3,
+        "events_received": 40,
+        "outbox_waiting": 5,
+        "last_error": "refused with HTTP 502",
+    }
+    assert doc["sessions"][0]["current_tool"] == "curl -H 'token: ***'"
+
+
+def test_metrics_of_a_broker_without_front_ends_still_parse() -> None:
+    text = metrics_text(pool_snapshot(), None, now=1.0, started_at=0.0)
+    families = prometheus.parse(text)
+    assert "agent_broker_clients" not in families
+    assert "agent_broker_events_received_total" not in families
+
+
 def test_infinite_ceiling_is_null_and_missing_server_is_null() -> None:
     doc = status_document(
         pool_snapshot(busy_session("cli:a", turn_deadline_in_secs=math.inf)),
@@ -98,12 +121,12 @@ def test_infinite_ceiling_is_null_and_missing_server_is_null() -> None:
     )
     json.dumps(doc, allow_nan=False)
     assert doc["sessions"][0]["turn_deadline_in_secs"] is None
-    assert doc["frontends"]["server"] is None
+    assert doc["frontends"] == {"server": None, "gateway": None}
 
 
 def test_metrics_have_every_state_turn_outcomes_histogram_and_clients() -> None:
     snapshot = pool_snapshot(busy_session("cli:a"), busy_session("cli:b", queue_length=1))
-    text = metrics_text(snapshot, SERVER, now=50.0, started_at=0.0, version="9.9")
+    text = metrics_text(snapshot, SERVER, now=50.0, started_at=0.0, version="9.9", gateway=GATEWAY)
     families = prometheus.parse(text)
     sessions = families["agent_broker_sessions"]
     assert sessions.kind == "gauge"
@@ -136,6 +159,12 @@ def test_metrics_have_every_state_turn_outcomes_histogram_and_clients() -> None:
     assert single["agent_broker_evictions_total"] == 0
     assert single["agent_broker_queue_length"] == 3
     assert single["agent_broker_clients"] == 2
+    assert single["agent_broker_gateway_connected"] == 0
+    assert single["agent_broker_gateway_connects_total"] == 3
+    events = families["agent_broker_events_received_total"]
+    assert (events.value(frontend="server"), events.value(frontend="gateway")) == (17, 40)
+    outbox = families["agent_broker_outbox_waiting"]
+    assert (outbox.value(frontend="server"), outbox.value(frontend="gateway")) == (2, 5)
     assert single["agent_broker_uptime_seconds"] == 50
     assert families["agent_broker_info"].value(version="9.9") == 1
 

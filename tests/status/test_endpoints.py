@@ -186,5 +186,5 @@ async def test_metrics_describe_the_live_pool_and_front_end_clients(
     assert duration.value("agent_broker_turn_duration_seconds_count") == 1
     assert families["agent_broker_spawns_total"].value() == 2
     assert families["agent_broker_clients"].value() == 1
-    assert families["agent_broker_events_received_total"].value() == 1
+    assert families["agent_broker_events_received_total"].value(frontend="server") == 1
     assert doc["frontends"]["server"]["clients"] == ["ws-1"]
