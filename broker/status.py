@@ -275,7 +275,11 @@ def metrics_text(
     out.sample("agent_broker_info", 1, version=version)
     out.one("agent_broker_uptime_seconds", "gauge", "Seconds since start.", now - started_at)
     out.one("agent_broker_closing", "gauge", "1 once shutdown began.", int(snapshot.closing))
-    out.family("agent_broker_sessions", "gauge", "Threads by session state.")
+    out.family(
+        "agent_broker_sessions",
+        "gauge",
+        "Agents and threads by state (spare: warm spares; suspended: no agent, resumable).",
+    )
     for state, count in state_counts(snapshot).items():
         out.sample("agent_broker_sessions", count, state=state)
     out.one(
