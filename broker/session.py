@@ -23,7 +23,6 @@ session id the pool keeps, with no process.
 from __future__ import annotations
 
 import enum
-import logging
 import math
 from collections import deque
 from typing import Protocol
@@ -37,12 +36,11 @@ from broker.acp.client import AcpClient, AcpError, ClientOptions
 from broker.acp.jsonrpc import PeerClosed, RequestTimeout, RpcError
 from broker.acp.schema import ConfigOption, InitializeResult, SessionUpdate
 from broker.config import TimeoutsConfig
+from broker.logs import SessionLogger, session_logger
 from broker.render import agent_died_reason, busy_reason, error_reason, timeout_reason
 from broker.reply import Outcome, Prompt, TurnEnd, TurnHandle
 from broker.translate import prompt_blocks, update_to_events
 from supervisor.process import Child, ChildSpec, ExitStatus, SpawnError, run_child
-
-log = logging.getLogger(__name__)
 
 
 class SessionState(enum.Enum):
@@ -193,6 +191,11 @@ class Session:
         return self.child.pid if self.child else None
 
     @property
+    def log(self) -> SessionLogger:
+        """Logs lines carrying this session's thread key and agent pid."""
+        return session_logger(self.key or "(spare)", self.pid)
+
+    @property
     def config_options(self) -> list[ConfigOption]:
         if self.client is None or self.acp_session_id is None:
             return []
@@ -290,7 +293,7 @@ class Session:
                 await self._lifecycle(nursery)
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # the boundary: one session's bug stays in it
-            log.exception("session %s failed", self.key)
+            self.log.exception("session failed")
             self.unexpected_end = True
             self.end_reason = f"internal error: {exc!r}"
         finally:
@@ -317,7 +320,7 @@ class Session:
                 )
                 self.unexpected_end = True
                 self.end_reason = f"start failed: {exc}"
-                log.warning("session %s: start failed: %s", self.key, exc)
+                self.log.warning("start failed: %s", exc)
             await self._stop_agent()
             return
         assert self.client is not None and self.acp_session_id is not None
@@ -351,7 +354,7 @@ class Session:
         if self.stop_requested is None and not self._must_restart:
             self.unexpected_end = True
             self.end_reason = f"agent {status.describe()}"
-            log.warning("session %s pid %s: agent %s", self.key, self.child.pid, status.describe())
+            self.log.warning("agent %s", status.describe())
         if self._start_scope is not None:
             self._start_scope.cancel()
         self._poke()
@@ -393,6 +396,8 @@ class Session:
             raise _StartFailed(f"the agent {self.exit_status.describe()} during start")
         if self.stop_requested is not None or self.acp_session_id is None:
             raise _StartFailed("stopped during start")
+        how = "resumed" if self.acp_session_id == self.saved_session_id else "started"
+        self.log.info("%s ACP session %s", how, self.acp_session_id)
         self._observer.session_established(self)
 
     async def _wait_for_assignment(self) -> None:
@@ -415,7 +420,7 @@ class Session:
             try:
                 await client.load_session(saved, cwd)
             except RpcError as exc:
-                log.warning("session %s: session/load of %s failed: %s", self.key, saved, exc)
+                self.log.warning("session/load of %s failed: %s", saved, exc)
             else:
                 self.acp_session_id = saved
                 return
@@ -520,7 +525,7 @@ class Session:
         try:
             await self.client.cancel(self.acp_session_id)
         except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("session %s: cancel not delivered: %s", self.key, exc)
+            self.log.info("cancel not delivered: %s", exc)
         turn.poke()
 
     def _turn_end(self, turn: Turn, unresponsive: bool) -> TurnEnd:
