@@ -1,0 +1,417 @@
+"""Latency scenarios: overhead against a direct ACP client, isolation, crash
+detection and cold start. Each is ``async def scenario(ctx) -> Result``."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+from bench_agent import write_role
+from bench_client import ChatClient, Exchange, open_chat, open_direct, text_contains, text_is
+from bench_harness import (
+    SEPARATE,
+    BrokerProcess,
+    Context,
+    Result,
+    broker_sections,
+    get_status,
+    percentile,
+    run_broker,
+    summary_ms,
+    wall,
+)
+
+TURN_TIMEOUT = 60.0
+REPLY = "alpha bravo charlie delta echo foxtrot golf hotel india juliet"
+
+
+def short_turn(tag: str) -> tuple[str, str, str]:
+    """A prompt whose reply is known: (prompt, expected reply, first-chunk marker).
+    Three chunks sent without delay; the tag is in the first one."""
+    reply = f"{tag} {REPLY}"
+    return f"@reply {reply}\n@chunks 3", reply, f"{tag} "
+
+
+def agent_argv(sections: dict[str, dict[str, Any]]) -> list[str]:
+    agent = sections["agent"]
+    return [agent["command"], *agent["args"]]
+
+
+def fmt_ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 1000:.2f} ms"
+
+
+async def ask_ok(client: ChatClient, thread: str, tag: str) -> Exchange:
+    prompt, reply, marker = short_turn(tag)
+    return await client.ask(
+        thread, prompt, TURN_TIMEOUT, done_when=text_is(reply), first_marker=marker
+    )
+
+
+# -- 1. overhead -----------------------------------------------------------------------------
+
+
+async def overhead(ctx: Context) -> Result:
+    """Time to first chunk and to the final reply, broker vs direct ACP, same agent."""
+    result = Result("overhead", SEPARATE)
+    turns = ctx.size(400, 40)
+    warmup = ctx.size(30, 5)
+    block = ctx.size(25, 10)
+    root = ctx.root / "overhead"
+    sections = broker_sections(
+        root,
+        server={"streaming": True},
+        render={"edit_interval_ms": 0},
+        timeouts={"drain_ms": 0},
+    )
+    broker_first: list[float] = []
+    broker_final: list[float] = []
+    direct_first: list[float] = []
+    direct_final: list[float] = []
+    wrong = 0
+    async with (
+        run_broker(root, sections, label="overhead") as broker,
+        open_chat(broker.url) as client,
+        open_direct(agent_argv(sections), root) as direct,
+    ):
+        for i in range(warmup):
+            await ask_ok(client, "warm", f"w{i}")
+            await direct.turn(short_turn(f"w{i}")[0], f"w{i} ")
+        cpu0 = broker.cpu_secs()
+        # Alternate blocks so that load from elsewhere hits both sides alike.
+        for start in range(0, turns, block):
+            for i in range(start, min(turns, start + block)):
+                exchange = await ask_ok(client, "warm", f"t{i}")
+                if exchange.latency is None or exchange.first_latency is None:
+                    wrong += 1
+                    continue
+                broker_first.append(exchange.first_latency)
+                broker_final.append(exchange.latency)
+            for i in range(start, min(turns, start + block)):
+                prompt, reply, marker = short_turn(f"t{i}")
+                turn = await direct.turn(prompt, marker)
+                wrong += turn.text != reply
+                direct_first.append(turn.first_chunk)
+                direct_final.append(turn.final)
+        cpu_per_turn = (broker.cpu_secs() - cpu0) / max(1, len(broker_final))
+    result.metrics.update(
+        turns=turns,
+        streaming=True,
+        edit_interval_ms=0,
+        drain_ms=0,
+        broker_first_chunk=summary_ms(broker_first),
+        direct_first_chunk=summary_ms(direct_first),
+        broker_final=summary_ms(broker_final),
+        direct_final=summary_ms(direct_final),
+        broker_cpu_ms_per_turn=round(cpu_per_turn * 1000, 3),
+        wrong_or_lost=wrong,
+    )
+    for what, ours, theirs in (
+        ("first chunk", broker_first, direct_first),
+        ("final reply", broker_final, direct_final),
+    ):
+        for q, limit in ((0.50, 0.001), (0.99, 0.005)):
+            diff = percentile(ours, q) - percentile(theirs, q)
+            ratio = percentile(ours, q) / percentile(theirs, q)
+            name = f"{what} p{int(q * 100)} added"
+            result.metrics[f"{what.replace(' ', '_')}_p{int(q * 100)}_ratio"] = round(ratio, 2)
+            result.check(
+                name,
+                f"<= {limit * 1000:.0f} ms",
+                f"+{fmt_ms(diff)} ({ratio:.1f}x: {fmt_ms(percentile(ours, q))} vs "
+                f"{fmt_ms(percentile(theirs, q))})",
+                diff <= limit,
+            )
+    result.check("lost or wrong replies", "0", str(wrong), wrong == 0)
+    result.metrics["default_drain"] = await _default_drain(ctx, root, turns=ctx.size(60, 10))
+    result.notes.append(
+        "Measured with timeouts.drain_ms = 0, streaming on, render.edit_interval_ms = 0. The "
+        "default drain window (200 ms) deliberately holds every final reply after the agent's "
+        "response, to keep chunks sent after it; 'default_drain' shows its cost (plain replies)."
+    )
+    return result
+
+
+async def _default_drain(ctx: Context, parent: Path, *, turns: int) -> dict[str, Any]:
+    """Final-reply latency with the default drain window, streaming off."""
+    root = parent / "default-drain"
+    sections = broker_sections(root, timeouts={"drain_ms": 200})
+    finals = []
+    async with (
+        run_broker(root, sections, label="default-drain") as broker,
+        open_chat(broker.url) as client,
+    ):
+        await ask_ok(client, "warm", "w")
+        for i in range(turns):
+            exchange = await ask_ok(client, "warm", f"d{i}")
+            if exchange.latency is not None:
+                finals.append(exchange.latency)
+    return {"drain_ms": 200, "streaming": False, "final": summary_ms(finals)}
+
+
+# -- 2. isolation ----------------------------------------------------------------------------
+
+
+async def _status_poller(broker: BrokerProcess, samples: list[float], stop: trio.Event) -> None:
+    """GET /status back to back (20 ms apart) until ``stop``; latency per request."""
+    while not stop.is_set():
+        started = wall()
+        await get_status(broker.port)
+        samples.append(wall() - started)
+        with trio.move_on_after(0.02):
+            await stop.wait()
+
+
+async def _short_turn_load(
+    client: ChatClient, threads: Sequence[str], secs: float, phase: str
+) -> tuple[list[float], int]:
+    """Every thread does short turns back to back for ``secs``: latencies, failures."""
+    latencies: list[float] = []
+    failures = 0
+    deadline = trio.current_time() + secs
+
+    async def worker(thread: str) -> None:
+        nonlocal failures
+        turn = 0
+        while trio.current_time() < deadline:
+            exchange = await ask_ok(client, thread, f"{phase}-{thread}-{turn}")
+            turn += 1
+            if exchange.latency is None:
+                failures += 1
+            else:
+                latencies.append(exchange.latency)
+
+    async with trio.open_nursery() as nursery:
+        for thread in threads:
+            nursery.start_soon(worker, thread)
+    return latencies, failures
+
+
+async def _wait_session(
+    broker: BrokerProcess, thread: str, states: set[str], timeout: float = 60
+) -> dict[str, Any]:
+    """Poll /status until the thread's session is in one of ``states``."""
+    key = f"bench:{thread}"
+    with trio.fail_after(timeout):
+        while True:
+            for session in (await get_status(broker.port))["sessions"]:
+                if session["thread_key"] == key and session["state"] in states:
+                    return dict(session)
+            await trio.sleep(0.05)
+
+
+async def isolation(ctx: Context) -> Result:
+    """50 threads of short turns, with and without one 60 s silent tool call and
+    one agent taking 20 s to initialize; /status polled all along."""
+    result = Result("isolation", SEPARATE)
+    threads = [f"iso{i}" for i in range(ctx.size(50, 8))]
+    silent_secs = ctx.secs(60, 8)
+    init_secs = ctx.secs(20, 5)
+    phase_secs = ctx.secs(15, 2.5)  # shorter than the slow start, so it overlaps all of it
+    root = ctx.root / "isolation"
+    sections = broker_sections(
+        root, pool={"max_sessions": len(threads) + 5}, timeouts={"drain_ms": 0}
+    )
+    status: dict[str, list[float]] = {"quiet": [], "slow": []}
+    async with (
+        run_broker(root, sections, label="isolation") as broker,
+        open_chat(broker.url) as client,
+    ):
+        async with trio.open_nursery() as nursery:
+            for thread in threads:
+                nursery.start_soon(ask_ok, client, thread, "warm")
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_status_poller, broker, status["quiet"], stop)
+            quiet, quiet_failed = await _short_turn_load(client, threads, phase_secs, "quiet")
+            stop.set()
+        silent = await client.send(
+            "silent", f"@say start\n@silent-tool {silent_secs}", done_when=text_contains("start")
+        )
+        await _wait_session(broker, "silent", {"busy"})
+        write_role(broker.roles, "slow-init", ["--init-delay", str(init_secs)])
+        slow_prompt, slow_reply, _ = short_turn("slow")
+        slow = await client.send("slow", slow_prompt, done_when=text_is(slow_reply))
+        await _wait_session(broker, "slow", {"starting"})
+        slow_started = wall()
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_status_poller, broker, status["slow"], stop)
+            loaded, loaded_failed = await _short_turn_load(client, threads, phase_secs, "slow")
+            stop.set()
+        overlapped = not slow.done.is_set() and not silent.done.is_set()
+        with trio.move_on_after(init_secs + 30):
+            await slow.done.wait()
+        slow_latency = slow.latency
+        still_busy = (await _wait_session(broker, "silent", {"busy"}))["state"] == "busy"
+    q99, l99 = percentile(quiet, 0.99), percentile(loaded, 0.99)
+    result.metrics.update(
+        threads=len(threads),
+        phase_secs=phase_secs,
+        silent_tool_secs=silent_secs,
+        init_delay_secs=init_secs,
+        drain_ms=0,
+        without_slow=summary_ms(quiet),
+        with_slow=summary_ms(loaded),
+        failed_turns=quiet_failed + loaded_failed,
+        status_without_slow=summary_ms(status["quiet"]),
+        status_with_slow=summary_ms(status["slow"]),
+        slow_thread_first_reply_secs=None if slow_latency is None else round(slow_latency, 2),
+        slow_thread_started_to_reply_secs=None
+        if slow.done_at is None
+        else round(slow.done_at - slow_started, 2),
+        silent_tool_still_running_at_end=still_busy,
+    )
+    result.check(
+        "others' p99 with slow ones",
+        "<= 1.2x without",
+        f"{l99 / q99:.2f}x ({fmt_ms(l99)} vs {fmt_ms(q99)})",
+        l99 <= 1.2 * q99,
+    )
+    status_all = status["quiet"] + status["slow"]
+    s99 = percentile(status_all, 0.99)
+    result.check(
+        "/status p99 throughout", "< 10 ms", fmt_ms(s99), s99 < 0.010, f"{len(status_all)} requests"
+    )
+    result.check("slow ones overlapped the load", "yes", "yes" if overlapped else "no", overlapped)
+    failed = quiet_failed + loaded_failed
+    result.check("short turns failed", "0", str(failed), failed == 0)
+    result.notes.append(
+        "drain_ms = 0 so the comparison is of the broker's work, not of a fixed 200 ms wait; "
+        f"each phase runs {phase_secs:g} s of back-to-back short turns on every thread."
+    )
+    return result
+
+
+# -- 6. crash detection ----------------------------------------------------------------------
+
+
+async def crash(ctx: Context) -> Result:
+    """SIGKILL agents mid-turn (pid from /status); time until the error reply."""
+    result = Result("crash", SEPARATE)
+    rounds, batch = ctx.size(8, 2), ctx.size(5, 2)
+    root = ctx.root / "crash"
+    sections = broker_sections(root, pool={"max_sessions": batch + 2})
+    latencies: list[float] = []
+    lost = 0
+    async with run_broker(root, sections, label="crash") as broker, open_chat(broker.url) as client:
+        for r in range(rounds):
+            names = [f"crash{r}-{i}" for i in range(batch)]
+            exchanges = [
+                await client.send(
+                    name,
+                    "@tool Compiling 600 execute",
+                    done_when=text_contains("exited unexpectedly"),
+                )
+                for name in names
+            ]
+            pids = []
+            for name in names:
+                session = await _until_tool(broker, name)
+                pids.append(int(session["pid"]))
+            killed_at = wall()
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            with trio.move_on_after(10):
+                for exchange in exchanges:
+                    await exchange.done.wait()
+            for exchange in exchanges:
+                if exchange.done_at is None:
+                    lost += 1
+                else:
+                    latencies.append(exchange.done_at - killed_at)
+    p99 = percentile(latencies, 0.99)
+    result.metrics.update(
+        kills=rounds * batch,
+        simultaneous=batch,
+        error_reply_after_kill=summary_ms(latencies),
+        lost=lost,
+    )
+    result.check(
+        "error reply p99 after SIGKILL",
+        "< 200 ms",
+        fmt_ms(p99),
+        p99 < 0.200,
+        f"{rounds} rounds of {batch} agents killed at once",
+    )
+    result.check("kills without an error reply", "0", str(lost), lost == 0)
+    result.notes.append(
+        "Each agent is mid-turn in a 600 s tool call (seen as current_tool in /status) "
+        "when it is killed; the latency runs from the kill to the error reply on the socket."
+    )
+    return result
+
+
+async def _until_tool(broker: BrokerProcess, thread: str) -> dict[str, Any]:
+    key = f"bench:{thread}"
+    with trio.fail_after(60):
+        while True:
+            for session in (await get_status(broker.port))["sessions"]:
+                if session["thread_key"] == key and session["current_tool"] and session["pid"]:
+                    return dict(session)
+            await trio.sleep(0.02)
+
+
+# -- 7. cold start ---------------------------------------------------------------------------
+
+
+async def cold_start(ctx: Context) -> Result:
+    """First reply of a new thread on an agent with a 1 s initialize, with
+    warm_spares 0 and 2, against a warm thread's reply."""
+    result = Result("coldstart", SEPARATE)
+    new_threads, warm_turns = ctx.size(8, 2), ctx.size(30, 5)
+    measured: dict[int, dict[str, list[float]]] = {}
+    for spares in (0, 2):
+        root = ctx.root / f"coldstart-{spares}"
+        sections = broker_sections(
+            root,
+            agent_args=["--init-delay", "1"],
+            pool={"max_sessions": new_threads + 4, "warm_spares": spares},
+            timeouts={"drain_ms": 0},
+        )
+        warm: list[float] = []
+        new: list[float] = []
+        async with (
+            run_broker(root, sections, label=f"coldstart-{spares}") as broker,
+            open_chat(broker.url) as client,
+        ):
+            await ask_ok(client, "warm", "first")
+            for i in range(new_threads):
+                for j in range(warm_turns // new_threads + 1):
+                    exchange = await ask_ok(client, "warm", f"w{i}-{j}")
+                    if exchange.latency is not None:
+                        warm.append(exchange.latency)
+                await _spares_ready(broker, spares)
+                exchange = await ask_ok(client, f"new{i}", f"n{i}")
+                if exchange.latency is not None:
+                    new.append(exchange.latency)
+        measured[spares] = {"warm": warm, "new": new}
+        result.metrics[f"warm_spares_{spares}"] = {
+            "warm_thread": summary_ms(warm),
+            "new_thread": summary_ms(new),
+        }
+    for spares in (0, 2):
+        warm50 = percentile(measured[spares]["warm"], 0.5)
+        new50 = percentile(measured[spares]["new"], 0.5)
+        result.check(
+            f"new thread p50, warm_spares {spares}",
+            "<= 1.2x warm" if spares else "(contrast)",
+            f"{new50 / warm50:.2f}x ({fmt_ms(new50)} vs {fmt_ms(warm50)})",
+            new50 <= 1.2 * warm50 if spares else None,
+        )
+    result.notes.append(
+        "Every agent takes 1 s to answer initialize. Before each new thread the bench waits "
+        "until /status shows every spare ready; drain_ms = 0."
+    )
+    return result
+
+
+async def _spares_ready(broker: BrokerProcess, spares: int) -> None:
+    with trio.fail_after(60):
+        while (await get_status(broker.port))["pool"]["spares_ready"] < spares:
+            await trio.sleep(0.05)

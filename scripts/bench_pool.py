@@ -1,0 +1,348 @@
+"""Throughput and pool scenarios: relay, scale, churn and shutdown. Each is
+``async def scenario(ctx) -> Result``."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+import signal
+
+import trio
+from bench_agent import claimed_pids, write_role
+from bench_client import Exchange, open_chat, open_direct, text_contains, text_is
+from bench_harness import (
+    SEPARATE,
+    Context,
+    Result,
+    broker_sections,
+    descendants,
+    get_status,
+    proc_exists,
+    run_broker,
+    summary_ms,
+    wall,
+)
+from bench_latency import agent_argv, fmt_ms, short_turn
+
+MIB = 1024 * 1024
+
+
+# -- 3. relay throughput ---------------------------------------------------------------------
+
+
+def update_starts(times: list[float], gap: float = 0.05) -> list[float]:
+    """The start times of bursts of frames (one streaming update may be several
+    frames: an edit per changed message and a request per new one)."""
+    starts: list[float] = []
+    last = None
+    for t in sorted(times):
+        if last is None or t - last > gap:
+            starts.append(t)
+        last = t
+    return starts
+
+
+async def relay(ctx: Context) -> Result:
+    """One agent floods chunks; the broker relays them to a streaming client."""
+    result = Result("relay", SEPARATE)
+    count = ctx.size(200_000, 20_000)
+    interval_ms = 1500
+    flood = f"@flood {count}\n@empty"
+    # The final render strips the reply's trailing whitespace; the flood ends in a space.
+    expected = "".join(f"{i} " for i in range(count)).rstrip()
+    root = ctx.root / "relay"
+    sections = broker_sections(
+        root, server={"streaming": True}, render={"edit_interval_ms": interval_ms}
+    )
+    async with (
+        run_broker(root, sections, label="relay") as broker,
+        open_chat(broker.url) as client,
+        open_direct(agent_argv(sections), root) as direct,
+    ):
+        await client.ask("flood", "@flood 100\n@empty", 60, done_when=text_contains("99"))
+        rss_before = broker.rss_bytes()
+        cpu_before = broker.cpu_secs()
+        exchange = await client.ask("flood", flood, 600, done_when=text_is(expected))
+        cpu = broker.cpu_secs() - cpu_before
+        peak = broker.peak_rss_bytes()
+        baseline = await direct.turn(flood, "0 ", timeout=600)
+    secs = exchange.latency
+    rate = count / secs if secs else 0.0
+    direct_rate = count / baseline.final
+    starts = update_starts(exchange.frame_times)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    min_gap = min(gaps) if gaps else float("inf")
+    result.metrics.update(
+        chunks=count,
+        reply_chars=len(expected),
+        messages=len(exchange.messages),
+        seconds=None if secs is None else round(secs, 3),
+        chunks_per_sec=round(rate),
+        direct_seconds=round(baseline.final, 3),
+        direct_chunks_per_sec=round(direct_rate),
+        broker_cpu_secs=round(cpu, 3),
+        broker_cpu_us_per_chunk=round(cpu / count * 1e6, 2),
+        broker_rss_mib_before=round(rss_before / MIB, 1),
+        broker_peak_rss_mib=round(peak / MIB, 1),
+        edit_interval_ms=interval_ms,
+        updates=len(starts),
+        edit_frames=exchange.edits,
+        request_frames=exchange.requests,
+        min_gap_between_updates_ms=round(min_gap * 1000, 1) if gaps else None,
+    )
+    result.check(
+        "chunks relayed per second",
+        ">= 50,000",
+        f"{rate:,.0f}/s (direct: {direct_rate:,.0f}/s)",
+        rate >= 50_000,
+    )
+    result.check(
+        "final text byte-exact",
+        "equal",
+        "equal" if exchange.done_at else "different",
+        exchange.done_at is not None,
+    )
+    result.check(
+        "updates no more often than the interval",
+        f">= {interval_ms} ms apart",
+        f"min {min_gap * 1000:.0f} ms over {len(starts)} updates" if gaps else "1 update",
+        min_gap >= interval_ms / 1000 - 0.02,
+        "20 ms allowed for delivery jitter",
+    )
+    result.check(
+        "direct agent text",
+        "equal",
+        "equal" if baseline.text.rstrip() == expected else "different",
+        baseline.text.rstrip() == expected,
+    )
+    return result
+
+
+# -- 4. scale --------------------------------------------------------------------------------
+
+
+def tally(exchanges: list[Exchange]) -> tuple[int, int]:
+    """(lost, duplicated): never done; more than one final frame or frames after done."""
+    lost = sum(1 for e in exchanges if e.done_at is None)
+    duplicated = sum(1 for e in exchanges if e.plain_frames > 1 or e.frames_after_done)
+    return lost, duplicated
+
+
+async def scale(ctx: Context) -> Result:
+    """200 concurrent threads, 1,000 turns, max_sessions 200: nothing lost, RSS bounded."""
+    result = Result("scale", SEPARATE)
+    threads, per_thread = ctx.size(200, 12), ctx.size(5, 2)
+    root = ctx.root / "scale"
+    sections = broker_sections(
+        root,
+        pool={"max_sessions": threads},
+        timeouts={"initialize_secs": 300, "session_new_secs": 300},
+    )
+    exchanges: list[Exchange] = []
+    async with run_broker(root, sections, label="scale") as broker, open_chat(broker.url) as client:
+        rss_idle = broker.rss_bytes()
+        cpu0 = broker.cpu_secs()
+        started = wall()
+
+        async def converse(thread: str) -> None:
+            for k in range(per_thread):
+                prompt, reply, _ = short_turn(f"{thread}-{k}")
+                exchange = await client.ask(thread, prompt, 600, done_when=text_is(reply))
+                exchanges.append(exchange)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(threads):
+                nursery.start_soon(converse, f"scale{i}")
+        elapsed = wall() - started
+        await trio.sleep(1.0)  # let any stray duplicate arrive before counting
+        cpu = broker.cpu_secs() - cpu0
+        rss_live = broker.rss_bytes()
+        peak = broker.peak_rss_bytes()
+        document = await get_status(broker.port)
+    lost, duplicated = tally(exchanges)
+    per_session = (rss_live - rss_idle) / threads
+    result.metrics.update(
+        threads=threads,
+        turns=threads * per_thread,
+        seconds=round(elapsed, 1),
+        turn_latency=summary_ms([e.latency for e in exchanges if e.latency is not None]),
+        broker_cpu_secs=round(cpu, 2),
+        broker_rss_mib_idle=round(rss_idle / MIB, 1),
+        broker_rss_mib_live=round(rss_live / MIB, 1),
+        broker_peak_rss_mib=round(peak / MIB, 1),
+        broker_kib_per_session=round(per_session / 1024, 1),
+        live_sessions=document["pool"]["active"],
+        unmatched_frames=len(client.unmatched),
+        lost=lost,
+        duplicated=duplicated,
+    )
+    result.check("lost replies", "0", str(lost), lost == 0)
+    result.check(
+        "duplicated replies",
+        "0",
+        str(duplicated + len(client.unmatched)),
+        duplicated + len(client.unmatched) == 0,
+    )
+    result.check(
+        "broker RSS",
+        "< 150 MB",
+        f"{peak / MIB:.1f} MiB peak, {per_session / 1024:.0f} KiB per session",
+        peak < 150 * MIB,
+    )
+    result.notes.append(
+        f"{threads} threads talk at once, {per_thread} turns each in sequence; every reply "
+        "text is unique, so a misrouted reply counts as lost. RSS per session = (RSS with "
+        "every session live - RSS before the first) / sessions."
+    )
+    return result
+
+
+# -- 5. churn --------------------------------------------------------------------------------
+
+_TURN_NUMBER = re.compile(r"turn (\d+) of this session")
+
+
+async def churn(ctx: Context) -> Result:
+    """100 threads over max_sessions 10: every turn evicts one session and
+    resumes another with session/load."""
+    result = Result("churn", SEPARATE)
+    threads, max_sessions, rounds = ctx.size(100, 12), ctx.size(10, 3), ctx.size(3, 2)
+    root = ctx.root / "churn"
+    sections = broker_sections(root, pool={"max_sessions": max_sessions})
+    answered = wrong_turn = revisits = 0
+    refused: list[str] = []
+    async with run_broker(root, sections, label="churn") as broker, open_chat(broker.url) as client:
+        started = wall()
+
+        async def worker(w: int) -> None:
+            nonlocal answered, wrong_turn, revisits
+            # A worker owns its threads, so no thread has two turns at once and at most
+            # max_sessions sessions are busy: there is always an idle one to evict.
+            mine = [f"churn{t}" for t in range(w, threads, max_sessions)]
+            for visit in range(1, rounds + 1):
+                for thread in mine:
+                    exchange = await client.ask(
+                        thread, "visit\n@chunks 1", 300, done_when=text_contains("of this session)")
+                    )
+                    match = _TURN_NUMBER.search(exchange.text)
+                    if match is None:
+                        refused.append(exchange.text[:200])
+                        continue
+                    answered += 1
+                    revisits += visit > 1
+                    wrong_turn += int(match.group(1)) != visit
+
+        async with trio.open_nursery() as nursery:
+            for w in range(max_sessions):
+                nursery.start_soon(worker, w)
+        elapsed = wall() - started
+        counters = (await get_status(broker.port))["counters"]
+    total = threads * rounds
+    resumed_ok = revisits - wrong_turn
+    rate = resumed_ok / revisits if revisits else 0.0
+    result.metrics.update(
+        threads=threads,
+        max_sessions=max_sessions,
+        rounds=rounds,
+        turns=total,
+        seconds=round(elapsed, 1),
+        answered=answered,
+        not_answered=len(refused),
+        examples_not_answered=refused[:3],
+        revisits=revisits,
+        revisits_with_history=resumed_ok,
+        counters=counters,
+    )
+    result.check("turns answered", f"{total}", str(answered), answered == total)
+    result.check(
+        "resume rate",
+        "100 %",
+        f"{rate:.1%} ({resumed_ok}/{revisits})",
+        rate == 1.0,
+        "the agent's reply counts the turns of the restored session",
+    )
+    result.notes.append(
+        f"{max_sessions} clients at once, each owning {threads // max_sessions} threads and "
+        "visiting them in turn, so every turn evicts the least recently used session. A "
+        "revisit is resumed when the agent's echo says 'turn N of this session' with N = visit."
+    )
+    return result
+
+
+# -- 8. shutdown -----------------------------------------------------------------------------
+
+
+async def shutdown(ctx: Context) -> Result:
+    """SIGTERM with 100 live sessions, 10 of whose agents ignore SIGTERM (and stdin EOF)."""
+    result = Result("shutdown", SEPARATE)
+    sessions, deaf = ctx.size(100, 8), ctx.size(10, 2)
+    grace = 2.0
+    root = ctx.root / "shutdown"
+    sections = broker_sections(
+        root,
+        pool={"max_sessions": sessions + 5},
+        timeouts={"stop_grace_secs": grace, "initialize_secs": 300, "session_new_secs": 300},
+    )
+    for i in range(deaf):
+        write_role(root / "roles", f"deaf-{i}", ["--ignore-sigterm", "--ignore-stdin-eof"])
+    async with (
+        run_broker(root, sections, label="shutdown") as broker,
+        open_chat(broker.url) as client,
+    ):
+        async with trio.open_nursery() as nursery:
+            for i in range(sessions):
+                prompt, reply, _ = short_turn(f"s{i}")
+                nursery.start_soon(
+                    functools.partial(client.ask, f"sd{i}", prompt, 600, done_when=text_is(reply))
+                )
+        live = (await get_status(broker.port))["pool"]["active"]
+        deaf_pids = claimed_pids(broker.roles)
+        pids = descendants(broker.pid)
+        signalled = wall()
+        broker.process.send_signal(signal.SIGTERM)
+        deaf_alive_1s: int | None = None
+        broker_exit: float | None = None
+        with trio.fail_after(60):
+            while broker.process.returncode is None or any(proc_exists(p) for p in pids):
+                await trio.sleep(0.005)  # sampling /proc: nothing can notify us of a reap
+                now = wall() - signalled
+                if deaf_alive_1s is None and now >= 1.0:
+                    deaf_alive_1s = sum(proc_exists(p) for p in deaf_pids)
+                if broker_exit is None and broker.process.returncode is not None:
+                    broker_exit = now
+        all_gone = wall() - signalled
+        exit_code = broker.process.returncode
+        broker_exit = all_gone if broker_exit is None else broker_exit
+    limit = grace + 1.0
+    result.metrics.update(
+        live_sessions=live,
+        deaf_agents=len(deaf_pids),
+        processes=len(pids),
+        stop_grace_secs=grace,
+        broker_exit_secs=round(broker_exit, 3),
+        all_reaped_secs=round(all_gone, 3),
+        exit_code=exit_code,
+        deaf_agents_alive_after_1s=deaf_alive_1s,
+    )
+    result.check(
+        "every process gone after SIGTERM",
+        f"<= {limit:g} s",
+        f"{all_gone:.2f} s (broker exit {broker_exit:.2f} s, code {exit_code})",
+        all_gone <= limit and exit_code == 0,
+    )
+    result.check(
+        "live sessions / deaf agents",
+        f"{sessions} / {deaf}",
+        f"{live} / {len(deaf_pids)}",
+        live == sessions and len(deaf_pids) == deaf,
+    )
+    result.notes.append(
+        "The deaf agents ignore SIGTERM and stdin EOF, so only the SIGKILL after the stop grace "
+        f"ends them; 'gone' means no /proc entry (reaped) for any of the {len(pids)} processes "
+        "that were below the broker."
+    )
+    return result
+
+
+__all__ = ["churn", "fmt_ms", "relay", "scale", "shutdown"]
