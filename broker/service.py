@@ -393,13 +393,17 @@ class Broker:
             else:
                 self.stop(name)
 
-    async def _drain(self) -> None:
-        """The graceful part of a stop: close the pool (turns end with the
-        restart sentence, sessions are suspended, agents stopped), then wait a
-        bounded time for the router to write the final replies."""
+    async def _close_pool(self) -> None:
+        """The graceful part of a stop: tell systemd and ``/healthz``, then close
+        the pool (turns end with the restart sentence, sessions are suspended
+        into the store, agents stopped)."""
         self.notifier.notify(stopping=True, status=f"stopping: {self.status_line()}")
         self.status.closing = True
         await self.pool.aclose()
+
+    async def _flush_replies(self) -> None:
+        """Wait, bounded, for the router to write the replies of the turns the
+        pool just ended; the front-ends are still up."""
         with trio.move_on_after(REPLY_FLUSH_SECS):
             await self.in_flight.wait_idle()
         if self.in_flight.running:
@@ -466,33 +470,36 @@ async def serve(
                     if waiting := await outbox.load():
                         log.info("%d replies wait in the %s outbox", waiting, outbox.destination)
                     keepers.start_soon(outbox.keep)
-                async with open_pool(config, store=store) as pool:
-                    router = Router(pool, config)
-                    broker = Broker(
-                        config,
-                        config_path,
-                        store,
-                        pool,
-                        router,
-                        StatusEndpoints(pool, None, started_at=started_at),
-                        notifier,
-                        lifecycle,
-                        InFlight(router),
-                        outboxes,
-                    )
-                    if signals is not None:
-                        top.start_soon(broker._watch_signals, signals)
-                    async with trio.open_nursery() as nursery:
-                        await _start_frontends(broker, nursery)
+                # The front-ends' nursery encloses the pool's, so they outlive the
+                # pool's close and carry its last replies out.
+                async with trio.open_nursery() as frontends:
+                    async with open_pool(config, store=store) as pool:
+                        router = Router(pool, config)
+                        broker = Broker(
+                            config,
+                            config_path,
+                            store,
+                            pool,
+                            router,
+                            StatusEndpoints(pool, None, started_at=started_at),
+                            notifier,
+                            lifecycle,
+                            InFlight(router),
+                            outboxes,
+                        )
+                        if signals is not None:
+                            top.start_soon(broker._watch_signals, signals)
+                        await _start_frontends(broker, frontends)
                         if notifier.enabled:
-                            nursery.start_soon(broker._report_status)
-                        nursery.start_soon(run_watchdog, notifier, broker.healthy)
+                            frontends.start_soon(broker._report_status)
+                        frontends.start_soon(run_watchdog, notifier, broker.healthy)
                         notifier.notify(ready=True, status=broker.status_line())
                         log.info("ready: %s", broker.status_line())
                         task_status.started(broker)
                         await lifecycle.stop_requested.wait()
-                        await broker._drain()
-                        nursery.cancel_scope.cancel()
+                        await broker._close_pool()
+                    await broker._flush_replies()
+                    frontends.cancel_scope.cancel()
                 for outbox in outboxes.values():
                     outbox.close()
         top.cancel_scope.cancel()

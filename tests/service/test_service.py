@@ -195,6 +195,7 @@ async def test_the_gateway_client_is_started_and_answers_through_the_router(
             )
             assert broker.server is None and broker.gateway is not None
             await gateway.wait_connected()
+            await broker.gateway.wait_connected()
             assert broker.status_line() == "0 sessions (0 busy), 0 suspended, gateway connected"
             event = await gateway.send_event(text="hello via the gateway")
             final = await gateway.wait_reply(
