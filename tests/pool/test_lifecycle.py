@@ -7,7 +7,7 @@ from collections.abc import Callable
 import trio
 
 from broker.config import BrokerConfig
-from broker.pool import open_pool
+from broker.pool import Pool, open_pool
 from broker.reply import Outcome, Prompt
 from tests.pool.conftest import ask
 from tests.pool.test_isolation import started
@@ -42,22 +42,21 @@ async def test_an_agent_that_honours_cancel_keeps_running_after_the_ceiling(
 
 
 async def test_cancel_during_a_streaming_turn_returns_cancelled_without_waiting_for_it(
-    make_config: Callable[..., BrokerConfig],
+    pool: Pool,
 ) -> None:
     with trio.fail_after(30):
-        async with open_pool(make_config()) as pool:
-            handle = pool.submit(
-                "cli:1", Prompt("@reply " + "word " * 100 + "\n@chunks 100\n@chunk-delay 0.1")
-            )
-            while not handle.transcript.text:
-                await handle.wait_changed(handle.transcript.version)
-            with trio.fail_after(1):
-                assert await pool.cancel("cli:1")
-                end = await handle.result()
-            assert end.outcome is Outcome.CANCELLED and end.stop_reason == "cancelled"
-            assert 0 < len(end.text) < len("word " * 100)
-            assert not await pool.cancel("cli:1")  # nothing runs any more
-            assert (await ask(pool, "cli:1", "@reply next")).text == "next"
+        handle = pool.submit(
+            "cli:1", Prompt("@reply " + "word " * 100 + "\n@chunks 100\n@chunk-delay 0.1")
+        )
+        while not handle.transcript.text:
+            await handle.wait_changed(handle.transcript.version)
+        with trio.fail_after(1):
+            assert await pool.cancel("cli:1")
+            end = await handle.result()
+        assert end.outcome is Outcome.CANCELLED and end.stop_reason == "cancelled"
+        assert 0 < len(end.text) < len("word " * 100)
+        assert not await pool.cancel("cli:1")  # nothing runs any more
+        assert (await ask(pool, "cli:1", "@reply next")).text == "next"
 
 
 async def test_a_failed_start_reports_the_agents_stderr_and_leaves_no_entry(
