@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from rich.console import Console
 
 from broker.config import BrokerConfig
-from broker.dashboard import follow, render_dashboard
+from broker.dashboard import follow, render_dashboard, shown_url, status_url
 from broker.pool import open_pool
 from broker.reply import Prompt
 from broker.status import status_document
@@ -131,6 +132,50 @@ async def test_feed_says_when_the_broker_is_down_without_showing_the_token() -> 
         "retrying in 1 s"
     )
     assert shown == [(None, expected)]
+
+
+async def test_feed_says_when_the_broker_refuses_the_token(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    errors: list[str | None] = []
+    refused = trio.Event()
+
+    def show(doc: dict[str, Any] | None, error: str | None) -> None:
+        errors.append(error)
+        refused.set()
+
+    with trio.fail_after(30):
+        async with (
+            open_pool(make_config()) as pool,
+            status_server(pool, token="right") as server,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(follow, base_url(server) + "?token=wrong", show)
+            await refused.wait()
+            nursery.cancel_scope.cancel()
+    expected = (
+        f"the broker at ws://127.0.0.1:{server.port}/status refused the dashboard: "
+        "it refused the token, retrying in 1 s"
+    )
+    assert errors == [expected]
+
+
+@pytest.mark.parametrize(
+    ("given", "feed", "fetch"),
+    [
+        ("ws://h:1", "ws://h:1/status", "http://h:1/status"),
+        ("ws://h:1/ws?token=t", "ws://h:1/status?token=t", "http://h:1/status?token=t"),
+        (
+            "wss://h/broker/?token=t",
+            "wss://h/broker/status?token=t",
+            "https://h/broker/status?token=t",
+        ),
+        ("http://h:1/status", "ws://h:1/status", "http://h:1/status"),
+    ],
+)
+def test_status_urls_replace_the_path_and_keep_the_token(given: str, feed: str, fetch: str) -> None:
+    assert (status_url(given), status_url(given, http=True)) == (feed, fetch)
+    assert shown_url(status_url(given)) == feed.partition("?")[0]
 
 
 class Terminal:

@@ -77,6 +77,20 @@ async def test_status_feed_pushes_a_document_when_a_session_changes(
             assert [e["kind"] for e in doc["recent"]] == ["started"]
 
 
+async def test_status_feed_sends_a_heartbeat_document_when_nothing_changes(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    with trio.fail_after(20):
+        async with (
+            open_pool(make_config()) as pool,
+            status_server(pool, heartbeat_secs=0.5) as server,
+            open_websocket_url(base_url(server) + "/status") as ws,
+        ):
+            first, second, third = [await next_doc(ws) for _ in range(3)]
+    assert first["pool"]["version"] == second["pool"]["version"] == third["pool"]["version"]
+    assert third["generated_at"] - first["generated_at"] >= 0.9
+
+
 async def test_status_feed_sends_at_most_ten_documents_a_second_under_a_flood_of_changes(
     make_config: Callable[..., BrokerConfig],
 ) -> None:
