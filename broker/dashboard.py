@@ -205,8 +205,8 @@ def gauges(doc: dict[str, Any]) -> Table:
     return grid
 
 
-def sessions_table(doc: dict[str, Any]) -> Table:
-    table = Table(title="Sessions", title_justify="left", expand=True)
+def sessions_table(doc: dict[str, Any], *, expand: bool = True) -> Table:
+    table = Table(title="Sessions", title_justify="left", expand=expand)
     for name, justify in (
         ("thread", "left"),
         ("state", "left"),
@@ -427,5 +427,8 @@ def print_status(url: str, as_json: bool) -> int:
     console.print(header(doc))
     console.print(gauges(doc))
     console.print(frontends(doc))
-    console.print(sessions_table(doc))
+    if doc["sessions"]:
+        console.print(sessions_table(doc, expand=False))
+    else:
+        console.print("no live sessions")
     return EX_OK
