@@ -26,7 +26,7 @@ import trio
 import trio_websocket
 
 from broker.config import BrokerConfig, config_to_dict
-from broker.frontends.wire import encode_event, parse_reply
+from broker.frontends.wire import GatewayResponse, encode_event, encode_response, parse_reply
 from broker.service import CONFIG_PATH_ENV
 from broker.testing.fake_gateway import make_event
 from broker.testing.harness import fake_agent_config
@@ -117,20 +117,29 @@ class NotifySocket:
 
 
 class Chat:
-    """A protocol v1 client on ``/ws``: sends messages, collects the replies by event id."""
+    """A protocol v1 client on ``/ws``: sends messages, collects the replies
+    (and the edits of streamed ones) by event id, answers ``request_id``
+    frames with message ids ``m-1``, ``m-2``, ..."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self.ws = ws
         self.replies: dict[str, list[str]] = defaultdict(list)
+        self._event_of: dict[str, str] = {}  # platform message id -> event id
         self._changed = trio.Event()
 
     async def read(self) -> None:
         try:
             while True:
                 reply = parse_reply(await self.ws.get_message())
-                self.replies[reply.reply_to].append(reply.text)
+                event_id = self._event_of.get(reply.reply_to, reply.reply_to)
+                self.replies[event_id].append(reply.text)
                 self._changed.set()
                 self._changed = trio.Event()
+                if reply.request_id:
+                    message_id = self._event_of[event_id] = f"m-{len(self._event_of) + 1}"
+                    self._event_of[message_id] = event_id
+                    response = GatewayResponse(reply.request_id, True, message_id=message_id)
+                    await self.ws.send_message(encode_response(response))
         except trio_websocket.ConnectionClosed:
             pass
 

@@ -204,3 +204,23 @@ async def test_the_gateway_client_is_started_and_answers_through_the_router(
             assert "hello via the gateway" in final.text
             broker.stop()
         gateway.assert_clean()
+
+
+async def test_a_streamed_turn_cut_by_the_stop_gets_its_final_edit_before_the_server_closes(
+    tmp_path: Path,
+) -> None:
+    # The final edit waits out the edit interval, well after the pool has closed.
+    config = fake_agent_config(tmp_path, render={"edit_interval_ms": 2000})
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker: Broker = await nursery.start(
+                functools.partial(serve, config, handle_signals=False)
+            )
+            assert broker.server is not None
+            async with chat(broker.server.port) as client:
+                event_id = await client.send("@say partial answer\n@silent-tool 60", "cut")
+                await client.reply(event_id, "partial answer")
+                broker.stop()
+                final = await client.reply(event_id, "restarting")
+        assert "partial answer" in final
+        assert broker.in_flight.running == 0
