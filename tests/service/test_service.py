@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ import attrs
 import pytest
 import trio
 
-from broker.config import BrokerConfig
+from broker.config import BrokerConfig, load_config
 from broker.frontends.wire import OutboundReply, ReplyChannelRef
 from broker.pool import Pool, PoolSnapshot
 from broker.service import (
@@ -28,7 +29,7 @@ from broker.service import (
 from broker.store import OutboxItem, open_store
 from broker.testing.fake_gateway import open_fake_gateway
 from broker.testing.harness import fake_agent_config
-from tests.service.broker_process import alive, chat
+from tests.service.broker_process import alive, chat, free_port, write_config
 
 
 async def until(pool: Pool, predicate: Callable[[PoolSnapshot], bool]) -> None:
@@ -224,3 +225,41 @@ async def test_a_streamed_turn_cut_by_the_stop_gets_its_final_edit_before_the_se
                 final = await client.reply(event_id, "restarting")
         assert "partial answer" in final
         assert broker.in_flight.running == 0
+
+
+async def test_reload_applies_the_file_keeps_the_listen_address_and_survives_a_bad_file(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    path = write_config(tmp_path, port)
+    config = load_config(path)
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker: Broker = await nursery.start(
+                functools.partial(serve, config, config_path=str(path), handle_signals=False)
+            )
+            text = path.read_text()
+            path.write_text(
+                text.replace(f"127.0.0.1:{port}", "127.0.0.1:1")
+                .replace("max_sessions = 20", "max_sessions = 4")
+                .replace("allowed_users = []", 'allowed_users = ["42"]')
+                .replace('level = "info"', 'level = "debug"')
+            )
+            try:
+                assert await broker.reload()
+                assert root.level == logging.DEBUG
+            finally:  # the reload installed the broker's handler in this process
+                for handler in set(root.handlers) - set(handlers):
+                    root.removeHandler(handler)
+                root.setLevel(level)
+            assert broker.pool.config.pool.max_sessions == 4
+            assert broker.router.config.router.allowed_users == ("42",)
+            assert broker.config.server.listen == f"127.0.0.1:{port}"
+
+            path.write_text('[agent]\ncommand = "no-such-agent-xyz"\n')
+            assert not await broker.reload()
+            assert broker.pool.config.pool.max_sessions == 4
+            assert broker.reloads == 1
+            broker.stop()
