@@ -15,7 +15,9 @@ Routes, for :func:`broker.frontends.server.serve_websocket`:
 * ``GET /metrics``: Prometheus text exposition format 0.0.4.
 
 Secrets never appear: neither snapshot carries a token or the agent's
-environment. docs/status.md describes the document and the metric names.
+environment, URLs lose their user info and query, and free text is masked with
+the configured secrets. docs/status.md describes the document and the metric
+names.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ MAX_DOCUMENTS_PER_SEC = 10.0
 SEND_TIMEOUT_SECS = 10.0
 RECENT_EVENTS = 50
 SUSPENDED = "suspended"
-#: Every state a thread can be in, as reported by the document and ``/metrics``.
+#: The states counted by the document and ``/metrics``: a session's, plus ``suspended``.
 SESSION_STATES = (*(state.value for state in SessionState), SUSPENDED)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -86,6 +88,7 @@ def status_document(
     pid: int | None = None,
     gateway: GatewaySnapshot | None = None,
     secrets: Iterable[str] = (),
+    closing: bool = False,
 ) -> dict[str, Any]:
     """The status document (schema ``agent-broker.status.v1``) as plain JSON data.
 
@@ -93,7 +96,7 @@ def status_document(
     (``time.time()``), ``pid`` defaults to this process. Sessions are sorted
     by thread key; ``recent`` holds the last events, oldest first. Infinite or
     unknown durations are ``null``. A front-end that is not running is
-    ``null``. No snapshot holds a token, but free text (event details, tool
+    ``null``. ``closing`` says shutdown began before the pool knows it. No snapshot holds a token, but free text (event details, tool
     titles, the gateway's last error) is still masked with ``secrets``.
     """
     by_state = state_counts(snapshot)
@@ -106,7 +109,7 @@ def status_document(
             "pid": os.getpid() if pid is None else pid,
             "started_at": round(started_at, 3),
             "uptime_secs": _secs(max(0.0, now - started_at)),
-            "closing": snapshot.closing,
+            "closing": closing or snapshot.closing,
         },
         "pool": {
             "active": snapshot.active,
@@ -409,6 +412,7 @@ class StatusEndpoints:
             version=self.version,
             gateway=gateway,
             secrets=self.secrets,
+            closing=self.closing,
         )
 
     def http_routes(self) -> dict[str, HttpHandler]:
@@ -456,6 +460,7 @@ class StatusEndpoints:
         """
         ws = await request.accept()
         self.feeds += 1
+        log.debug("status feed opened (%d watching)", self.feeds)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_discard_incoming, ws, nursery.cancel_scope)
@@ -465,6 +470,7 @@ class StatusEndpoints:
                     nursery.cancel_scope.cancel()
         finally:
             self.feeds -= 1
+            log.debug("status feed closed (%d watching)", self.feeds)
             with trio.move_on_after(1.0) as scope:
                 scope.shield = True
                 await ws.aclose()

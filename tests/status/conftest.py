@@ -34,10 +34,16 @@ def make_config(tmp_path: Path) -> Callable[..., BrokerConfig]:
 
 @asynccontextmanager
 async def status_server(
-    pool: Pool, *, token: str = "", heartbeat_secs: float = 2.0, port: int = 0
+    pool: Pool,
+    *,
+    token: str = "",
+    heartbeat_secs: float = 2.0,
+    port: int = 0,
+    endpoints: StatusEndpoints | None = None,
 ) -> AsyncIterator[WebSocketServer]:
     """The server with the status routes (and an echo sink on /ws) until the block ends."""
-    endpoints = StatusEndpoints(pool, started_at=time.time(), heartbeat_secs=heartbeat_secs)
+    if endpoints is None:
+        endpoints = StatusEndpoints(pool, started_at=time.time(), heartbeat_secs=heartbeat_secs)
     settings = ServerConfig(listen=f"127.0.0.1:{port}", token=token)
     async with trio.open_nursery() as nursery:
         server: WebSocketServer = await nursery.start(

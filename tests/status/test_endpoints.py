@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from broker.config import BrokerConfig
 from broker.frontends.wire import encode_event
 from broker.pool import open_pool
 from broker.reply import Prompt
-from broker.status import METRICS_CONTENT_TYPE, STATUS_SCHEMA
+from broker.status import METRICS_CONTENT_TYPE, STATUS_SCHEMA, StatusEndpoints
 from broker.testing.fake_gateway import make_event
 from tests.status import prometheus
 from tests.status.conftest import base_url, get_json, http_get, started, status_server
@@ -77,7 +78,7 @@ async def test_status_feed_pushes_a_document_when_a_session_changes(
             assert [e["kind"] for e in doc["recent"]] == ["started"]
 
 
-async def test_status_feed_sends_a_heartbeat_document_when_nothing_changes(
+async def test_status_feed_sends_heartbeats_when_nothing_changes_and_ignores_client_messages(
     make_config: Callable[..., BrokerConfig],
 ) -> None:
     with trio.fail_after(20):
@@ -86,6 +87,7 @@ async def test_status_feed_sends_a_heartbeat_document_when_nothing_changes(
             status_server(pool, heartbeat_secs=0.5) as server,
             open_websocket_url(base_url(server) + "/status") as ws,
         ):
+            await ws.send_message("what a client says is ignored")
             first, second, third = [await next_doc(ws) for _ in range(3)]
     assert first["pool"]["version"] == second["pool"]["version"] == third["pool"]["version"]
     assert third["generated_at"] - first["generated_at"] >= 0.9
@@ -176,6 +178,19 @@ async def test_healthz_turns_503_once_the_pool_is_closing(
             answers.append(await http_get(server.port, "/healthz"))
             await trio.sleep_forever()  # the pool's close ends this block
     assert answers == [(200, "text/plain", b"ok\n"), (503, "text/plain", b"closing\n")]
+
+
+async def test_healthz_and_the_document_say_closing_once_the_service_begins_to_stop(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    with trio.fail_after(20):
+        async with open_pool(make_config()) as pool:
+            endpoints = StatusEndpoints(pool, started_at=time.time())
+            async with status_server(pool, endpoints=endpoints) as server:
+                assert (await http_get(server.port, "/healthz"))[0] == 200
+                endpoints.closing = True  # what the service does before closing the pool
+                assert await http_get(server.port, "/healthz") == (503, "text/plain", b"closing\n")
+                assert (await get_json(server.port, "/status"))["broker"]["closing"] is True
 
 
 async def test_metrics_describe_the_live_pool_and_front_end_clients(
