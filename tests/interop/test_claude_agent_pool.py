@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -104,3 +105,18 @@ async def test_turns_after_a_cancelled_turn_get_their_own_replies(claude: Claude
             replies = [(await ask(pool, "cli:A", f"[say] {words}")).text
                        for words in ("one", "two", "three")]
             assert replies == ["one", "two", "three"]
+
+
+
+async def test_missing_api_key_is_an_authentication_error_at_the_first_prompt(
+        claude: Claude) -> None:
+    config, settings = pool_setup(claude)
+    env = {k: v for k, v in settings.spec.env.items() if k != "ANTHROPIC_API_KEY"}
+    settings = attrs.evolve(settings, spec=attrs.evolve(settings.spec, env=env))
+    with trio.fail_after(THREE_STARTS):
+        async with open_pool(config, settings=settings) as pool:
+            end = await ask(pool, "cli:A", "[hello]")
+    # session/new succeeded; the agent says so only when asked to prompt (-32000)
+    assert end.outcome is Outcome.ERROR
+    assert "Authentication required" in end.reason
+    assert claude.api.message_requests() == []
