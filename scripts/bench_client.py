@@ -265,6 +265,7 @@ async def open_direct(argv: Sequence[str], cwd: Path) -> AsyncIterator[DirectAge
     """The agent ``argv`` spawned with the broker's supervisor and spoken to with
     the broker's ACP client in this process, with one new session: the baseline
     without the broker. The agent is stopped when the block ends."""
+    cwd.mkdir(parents=True, exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd)}
     spec = ChildSpec(argv=tuple(argv), env=env, cwd=str(cwd), name="direct")
     async with trio.open_nursery() as nursery:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from bench_agent import write_role
+from bench_agent import claimed_pids, write_role
 from bench_client import ChatClient, Exchange, open_chat, open_direct, text_contains, text_is
 from bench_harness import (
     SEPARATE,
@@ -167,16 +167,21 @@ async def _status_poller(broker: BrokerProcess, samples: list[float], stop: trio
             await stop.wait()
 
 
+THINK_SECS = 0.5  # a thread's next message follows its previous reply after this
+
+
 async def _short_turn_load(
     client: ChatClient, threads: Sequence[str], secs: float, phase: str
 ) -> tuple[list[float], int]:
-    """Every thread does short turns back to back for ``secs``: latencies, failures."""
+    """Every thread does short turns for ``secs``, each :data:`THINK_SECS` after
+    the previous reply (a busy chat, not a saturating loop): latencies, failures."""
     latencies: list[float] = []
     failures = 0
     deadline = trio.current_time() + secs
 
-    async def worker(thread: str) -> None:
+    async def worker(index: int, thread: str) -> None:
         nonlocal failures
+        await trio.sleep(THINK_SECS * index / len(threads))  # spread the threads' phases
         turn = 0
         while trio.current_time() < deadline:
             exchange = await ask_ok(client, thread, f"{phase}-{thread}-{turn}")
@@ -185,10 +190,11 @@ async def _short_turn_load(
                 failures += 1
             else:
                 latencies.append(exchange.latency)
+            await trio.sleep(THINK_SECS)
 
     async with trio.open_nursery() as nursery:
-        for thread in threads:
-            nursery.start_soon(worker, thread)
+        for index, thread in enumerate(threads):
+            nursery.start_soon(worker, index, thread)
     return latencies, failures
 
 
@@ -226,10 +232,12 @@ async def isolation(ctx: Context) -> Result:
             for thread in threads:
                 nursery.start_soon(ask_ok, client, thread, "warm")
         stop = trio.Event()
+        cpu0 = broker.cpu_secs()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_status_poller, broker, status["quiet"], stop)
             quiet, quiet_failed = await _short_turn_load(client, threads, phase_secs, "quiet")
             stop.set()
+        quiet_cpu = (broker.cpu_secs() - cpu0) / phase_secs
         silent = await client.send(
             "silent", f"@say start\n@silent-tool {silent_secs}", done_when=text_contains("start")
         )
@@ -238,12 +246,17 @@ async def isolation(ctx: Context) -> Result:
         slow_prompt, slow_reply, _ = short_turn("slow")
         slow = await client.send("slow", slow_prompt, done_when=text_is(slow_reply))
         await _wait_session(broker, "slow", {"starting"})
+        with trio.fail_after(60):
+            while not claimed_pids(broker.roles):  # imports done: it now sits in initialize
+                await trio.sleep(0.05)
         slow_started = wall()
         stop = trio.Event()
+        cpu0 = broker.cpu_secs()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_status_poller, broker, status["slow"], stop)
             loaded, loaded_failed = await _short_turn_load(client, threads, phase_secs, "slow")
             stop.set()
+        loaded_cpu = (broker.cpu_secs() - cpu0) / phase_secs
         overlapped = not slow.done.is_set() and not silent.done.is_set()
         with trio.move_on_after(init_secs + 30):
             await slow.done.wait()
@@ -256,8 +269,11 @@ async def isolation(ctx: Context) -> Result:
         silent_tool_secs=silent_secs,
         init_delay_secs=init_secs,
         drain_ms=0,
+        think_secs=THINK_SECS,
         without_slow=summary_ms(quiet),
         with_slow=summary_ms(loaded),
+        broker_cpu_share_without_slow=round(quiet_cpu, 3),
+        broker_cpu_share_with_slow=round(loaded_cpu, 3),
         failed_turns=quiet_failed + loaded_failed,
         status_without_slow=summary_ms(status["quiet"]),
         status_with_slow=summary_ms(status["slow"]),
@@ -283,7 +299,8 @@ async def isolation(ctx: Context) -> Result:
     result.check("short turns failed", "0", str(failed), failed == 0)
     result.notes.append(
         "drain_ms = 0 so the comparison is of the broker's work, not of a fixed 200 ms wait; "
-        f"each phase runs {phase_secs:g} s of back-to-back short turns on every thread."
+        f"each phase runs {phase_secs:g} s of short turns on every thread, each "
+        f"{THINK_SECS:g} s after the thread's previous reply."
     )
     return result
 

@@ -7,7 +7,10 @@ import functools
 import itertools
 import re
 import signal
+from pathlib import Path
+from typing import Any
 
+import attrs
 import trio
 from bench_agent import claimed_pids, write_role
 from bench_client import Exchange, open_chat, open_direct, text_contains, text_is
@@ -43,66 +46,104 @@ def update_starts(times: list[float], gap: float = 0.05) -> list[float]:
     return starts
 
 
-async def relay(ctx: Context) -> Result:
-    """One agent floods chunks; the broker relays them to a streaming client."""
-    result = Result("relay", SEPARATE)
-    count = ctx.size(200_000, 20_000)
-    interval_ms = 1500
-    flood = f"@flood {count}\n@empty"
-    # The final render strips the reply's trailing whitespace; the flood ends in a space.
-    expected = "".join(f"{i} " for i in range(count)).rstrip()
-    root = ctx.root / "relay"
-    sections = broker_sections(
-        root, server={"streaming": True}, render={"edit_interval_ms": interval_ms}
-    )
+@attrs.frozen
+class Flood:
+    """One flood through the broker: the exchange and the broker's costs."""
+
+    count: int
+    exchange: Exchange
+    cpu_secs: float
+    rss_before: int
+    peak_rss: int
+
+    @property
+    def rate(self) -> float:
+        """Chunks per second from sending the prompt to the complete final text."""
+        latency = self.exchange.latency
+        return 0.0 if latency is None else self.count / latency
+
+
+async def _flood_through_broker(
+    root: Path, sections: dict[str, dict[str, Any]], label: str, count: int, expected: str
+) -> Flood:
     async with (
-        run_broker(root, sections, label="relay") as broker,
+        run_broker(root, sections, label=label) as broker,
         open_chat(broker.url) as client,
-        open_direct(agent_argv(sections), root) as direct,
     ):
         await client.ask("flood", "@flood 100\n@empty", 60, done_when=text_contains("99"))
         rss_before = broker.rss_bytes()
         cpu_before = broker.cpu_secs()
-        exchange = await client.ask("flood", flood, 600, done_when=text_is(expected))
-        cpu = broker.cpu_secs() - cpu_before
-        peak = broker.peak_rss_bytes()
-        baseline = await direct.turn(flood, "0 ", timeout=600)
-    secs = exchange.latency
-    rate = count / secs if secs else 0.0
+        exchange = await client.ask(
+            "flood", f"@flood {count}\n@empty", 600, done_when=text_is(expected)
+        )
+        return Flood(
+            count, exchange, broker.cpu_secs() - cpu_before, rss_before, broker.peak_rss_bytes()
+        )
+
+
+async def relay(ctx: Context) -> Result:
+    """One agent floods chunks; the broker relays them to the client, streamed
+    (edits paced by the interval) and plain; a direct ACP client is the baseline."""
+    result = Result("relay", SEPARATE)
+    count = ctx.size(200_000, 20_000)
+    interval_ms = 1500
+    # The final render strips the reply's trailing whitespace; the flood ends in a space.
+    expected = "".join(f"{i} " for i in range(count)).rstrip()
+    root = ctx.root / "relay"
+    streaming = broker_sections(
+        root / "streamed", server={"streaming": True}, render={"edit_interval_ms": interval_ms}
+    )
+    streamed = await _flood_through_broker(
+        root / "streamed", streaming, "relay-streamed", count, expected
+    )
+    plain_sections = broker_sections(root / "plain", timeouts={"drain_ms": 0})
+    plain = await _flood_through_broker(
+        root / "plain", plain_sections, "relay-plain", count, expected
+    )
+    argv = agent_argv(broker_sections(root / "direct"))
+    async with open_direct(argv, root / "direct") as direct:
+        await direct.turn("@flood 100\n@empty", "0 ")
+        baseline = await direct.turn(f"@flood {count}\n@empty", "0 ", timeout=600)
     direct_rate = count / baseline.final
+    exchange = streamed.exchange
     starts = update_starts(exchange.frame_times)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     min_gap = min(gaps) if gaps else float("inf")
     result.metrics.update(
         chunks=count,
         reply_chars=len(expected),
-        messages=len(exchange.messages),
-        seconds=None if secs is None else round(secs, 3),
-        chunks_per_sec=round(rate),
         direct_seconds=round(baseline.final, 3),
         direct_chunks_per_sec=round(direct_rate),
-        broker_cpu_secs=round(cpu, 3),
-        broker_cpu_us_per_chunk=round(cpu / count * 1e6, 2),
-        broker_rss_mib_before=round(rss_before / MIB, 1),
-        broker_peak_rss_mib=round(peak / MIB, 1),
-        edit_interval_ms=interval_ms,
-        updates=len(starts),
-        edit_frames=exchange.edits,
-        request_frames=exchange.requests,
-        min_gap_between_updates_ms=round(min_gap * 1000, 1) if gaps else None,
+        plain=_flood_metrics(plain),
+        streamed=_flood_metrics(streamed)
+        | {
+            "messages": len(exchange.messages),
+            "edit_interval_ms": interval_ms,
+            "updates": len(starts),
+            "edit_frames": exchange.edits,
+            "request_frames": exchange.requests,
+            "min_gap_between_updates_ms": round(min_gap * 1000, 1) if gaps else None,
+        },
     )
     result.check(
-        "chunks relayed per second",
+        "chunks relayed per second (plain)",
         ">= 50,000",
-        f"{rate:,.0f}/s (direct: {direct_rate:,.0f}/s)",
-        rate >= 50_000,
+        f"{plain.rate:,.0f}/s (direct: {direct_rate:,.0f}/s)",
+        plain.rate >= 50_000,
+        "streaming off, drain_ms 0: the relay itself",
     )
     result.check(
-        "final text byte-exact",
-        "equal",
-        "equal" if exchange.done_at else "different",
-        exchange.done_at is not None,
+        "chunks relayed per second (streamed)",
+        ">= 50,000",
+        f"{streamed.rate:,.0f}/s",
+        streamed.rate >= 50_000,
+        f"includes the wait for the next {interval_ms} ms edit slot",
     )
+    for name, flood in (("plain", plain), ("streamed", streamed)):
+        done = flood.exchange.done_at is not None
+        result.check(
+            f"final text byte-exact ({name})", "equal", "equal" if done else "different", done
+        )
     result.check(
         "updates no more often than the interval",
         f">= {interval_ms} ms apart",
@@ -111,12 +152,32 @@ async def relay(ctx: Context) -> Result:
         "20 ms allowed for delivery jitter",
     )
     result.check(
-        "direct agent text",
-        "equal",
-        "equal" if baseline.text.rstrip() == expected else "different",
-        baseline.text.rstrip() == expected,
+        "broker CPU per chunk",
+        "(reported)",
+        f"{plain.cpu_secs / count * 1e6:.1f} us plain, "
+        f"{streamed.cpu_secs / count * 1e6:.1f} us streamed",
+        None,
+    )
+    direct_ok = baseline.text.rstrip() == expected
+    result.check("direct agent text", "equal", "equal" if direct_ok else "different", direct_ok)
+    result.notes.append(
+        "An update is a burst of frames (a request per new message, an edit per changed one). "
+        "The final streamed text also waits for its edit slot, so for a flood shorter than a "
+        "few intervals the streamed rate is bounded by the interval, not by the relay."
     )
     return result
+
+
+def _flood_metrics(flood: Flood) -> dict[str, Any]:
+    latency = flood.exchange.latency
+    return {
+        "seconds": None if latency is None else round(latency, 3),
+        "chunks_per_sec": round(flood.rate),
+        "broker_cpu_secs": round(flood.cpu_secs, 3),
+        "broker_cpu_us_per_chunk": round(flood.cpu_secs / flood.count * 1e6, 2),
+        "broker_rss_mib_before": round(flood.rss_before / MIB, 1),
+        "broker_peak_rss_mib": round(flood.peak_rss / MIB, 1),
+    }
 
 
 # -- 4. scale --------------------------------------------------------------------------------
