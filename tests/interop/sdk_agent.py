@@ -5,11 +5,12 @@ it speaks ACP on stdin/stdout through the SDK (``acp.run_agent``)
 and logs to stderr. It imports nothing from the broker.
 
 Every incoming message is checked before the SDK sees it
-(:func:`message_problems`): the JSON-RPC envelope, then the params of the
-methods below with the SDK's pydantic models in *strict* mode, then a round
-trip (validated model dumped back by alias must equal what was sent), which
-catches unknown or misspelt keys, snake_case aliases and values the SDK's
-lenient parsing would silently replace:
+(:class:`CheckingTransport`): the JSON-RPC envelope
+(:func:`envelope_problems`), then the params of the methods below with the
+SDK's pydantic models in *strict* mode and a round trip
+(:func:`params_problems`: the validated model dumped back by alias must
+equal what was sent), which catches unknown or misspelt keys, snake_case
+aliases and values the SDK's lenient parsing would silently replace:
 
 * requests ``initialize``, ``session/new``, ``session/load``,
   ``session/prompt``, ``session/set_mode``, ``authenticate``;
@@ -230,7 +231,9 @@ class CheckingTransport:
             if model is None and not method.startswith("_"):
                 return message, [f"unknown method {method!r}"]
         else:
-            model = ANSWER_MODELS.get(self._asked.pop(message["id"], ""))
+            if message["id"] not in self._asked:
+                return message, [f"an answer to id {message['id']!r}, which was never asked"]
+            model = ANSWER_MODELS.get(self._asked.pop(message["id"]))
             if "error" in message:
                 model = None
         if model is not None:
