@@ -74,8 +74,9 @@ async def test_sigterm_with_busy_sessions_stops_every_agent_tells_users_and_resu
                     assert "restarting" in await client.reply(event_id, "restarting")
             assert await broker.wait() == 0
             stop_secs = trio.current_time() - stop_started
-        # cancel grace 2 s + stop grace 2 s + the 5 s margin
-        assert stop_secs < 9.0, f"the stop took {stop_secs:.1f} s"
+        # exit 0 means within the budget (cancel grace 2 s + stop grace 2 s + 5 s margin);
+        # measured from here it also holds the interpreter's exit
+        assert stop_secs < 12.0, f"the stop took {stop_secs:.1f} s"
         with trio.fail_after(10):
             await wait_gone([*agents.values(), grandchild])
         assert not any(alive(pid) for pid in [*agents.values(), grandchild])
