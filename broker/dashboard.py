@@ -314,7 +314,9 @@ def _parse(message: str | bytes) -> dict[str, Any]:
     return doc
 
 
-async def _read_feed(ws: trio_websocket.WebSocketConnection, show: Show) -> tuple[Any, str]:
+async def _read_feed(
+    ws: trio_websocket.WebSocketConnection, show: Show
+) -> tuple[dict[str, Any] | None, str]:
     """Show each document until the feed ends; returns (last document, why it ended)."""
     doc: dict[str, Any] | None = None
     try:
