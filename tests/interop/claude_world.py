@@ -22,6 +22,7 @@ from .fake_anthropic import (
     FakeAnthropic,
     ModelReply,
     Text,
+    Thinking,
     ToolUse,
     last_user_text,
     text_reply,
@@ -31,6 +32,7 @@ from .harness import RunningAgent, exact_env, running_agent
 
 HELLO = "Hello from the fake model, streamed in several pieces."
 WRITTEN = "written by the agent\n"
+THOUGHT = "The user wants a greeting; keep it short."
 
 
 @attrs.define
@@ -40,7 +42,8 @@ class ScriptedModel:
     ``[hello]``: :data:`HELLO`; ``[say] X``: ``X``; ``[write]``: a ``Write``
     tool_use creating ``out.txt`` in ``cwd``, then (on the tool result) a text
     quoting the result; ``[slow]``: 30 s of text in 5-character deltas every
-    50 ms. Requests without tools (the agent's side calls) get a short text.
+    50 ms; ``[think]``: a thinking block (:data:`THOUGHT`), then :data:`HELLO`.
+    Requests without tools (the agent's side calls) get a short text.
     """
 
     cwd: Path
@@ -55,10 +58,12 @@ class ScriptedModel:
             self.tool_result_texts.append(said)
             return text_reply(f"The tool said: {said}")
         text = last_user_text(request)
-        marker = max(("[hello]", "[say]", "[write]", "[slow]"), key=text.rfind)
+        marker = max(("[hello]", "[say]", "[write]", "[slow]", "[think]"), key=text.rfind)
         if marker == "[write]":
             write = ToolUse("Write", {"file_path": str(self.cwd / "out.txt"), "content": WRITTEN})
             return ModelReply(blocks=(Text("Writing the file."), write), stop_reason="tool_use")
+        if marker == "[think]":
+            return ModelReply(blocks=(Thinking(THOUGHT), Text(HELLO)), chunk_size=8)
         if marker == "[slow]":
             return ModelReply(blocks=(Text("z" * 3000),), chunk_size=5, chunk_delay=0.05)
         if marker == "[say]":

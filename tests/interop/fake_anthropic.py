@@ -3,7 +3,7 @@
 :class:`FakeAnthropic` is a small HTTP/1.1 server (trio + h11) that answers
 ``POST /v1/messages`` with whatever a test's *responder* decides: a
 :class:`ModelReply` made of text and ``tool_use`` blocks, streamed as
-server-sent events exactly as the real API frames them (``message_start``,
+server-sent events as the real API frames them (``message_start``,
 ``content_block_start`` / ``content_block_delta`` / ``content_block_stop`` per
 block, ``message_delta`` with the stop reason, ``message_stop``), or as one
 JSON body when the request does not ask for a stream. A reply can stream
@@ -47,6 +47,15 @@ class Text:
 
 
 @attrs.frozen
+class Thinking:
+    """A ``thinking`` content block (extended thinking), streamed like text,
+    then closed with a ``signature_delta``."""
+
+    thinking: str
+    signature: str = "fake-signature"
+
+
+@attrs.frozen
 class ToolUse:
     """A ``tool_use`` content block: the model asks the agent to run ``name``."""
 
@@ -55,7 +64,7 @@ class ToolUse:
     id: str = attrs.field(factory=lambda: f"toolu_{next(_ids):08d}")
 
 
-Block = Text | ToolUse
+Block = Text | Thinking | ToolUse
 
 
 @attrs.frozen
@@ -293,6 +302,8 @@ def _message_id() -> str:
 def _block_json(block: Block) -> dict[str, Any]:
     if isinstance(block, Text):
         return {"type": "text", "text": block.text}
+    if isinstance(block, Thinking):
+        return {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
     return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
 
 
@@ -322,6 +333,11 @@ def _sse_events(
         if isinstance(block, Text):
             opening: dict[str, Any] = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": p} for p in _pieces(block.text, reply.chunk_size)]
+        elif isinstance(block, Thinking):
+            opening = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": p}
+                      for p in _pieces(block.thinking, reply.chunk_size)]
+            deltas.append({"type": "signature_delta", "signature": block.signature})
         else:
             opening = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
             raw = json.dumps(block.input)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -24,6 +24,7 @@ import trio
 from broker.acp.client import AcpClient, ClientOptions
 from broker.acp.schema import (
     AgentMessageChunk,
+    AgentThoughtChunk,
     ContentBlock,
     PermissionRequest,
     SessionUpdate,
@@ -43,7 +44,8 @@ def exact_env(**extra: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **extra}
 
 
-def texts(updates: list[SessionUpdate], kind: type[AgentMessageChunk | UserMessageChunk]) -> list[str]:
+def texts(updates: Sequence[SessionUpdate],
+          kind: type[AgentMessageChunk | AgentThoughtChunk | UserMessageChunk]) -> list[str]:
     """The text of each update of ``kind`` (message chunks), in order."""
     return [u.content.text for u in updates
             if isinstance(u, kind) and isinstance(u.content, TextContent)]

@@ -16,13 +16,14 @@ from broker.acp.client import AcpClient, SessionState
 from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import (
     AgentMessageChunk,
+    AgentThoughtChunk,
     TextContent,
     ToolCallStart,
     ToolCallUpdate,
     UserMessageChunk,
 )
 
-from .claude_world import HELLO, WRITTEN, Claude
+from .claude_world import HELLO, THOUGHT, WRITTEN, Claude
 from .conftest import NODE_MISSING, node_available
 from .fake_anthropic import last_user_text
 from .harness import Approvals, RunningAgent, Turn, open_session, prompt_and_cancel, texts
@@ -62,6 +63,20 @@ async def test_streamed_reply_arrives_in_pieces_and_ends_with_end_turn(claude: C
         [main] = [r for r in claude.api.message_requests() if r.get("tools")]
         assert main["stream"] is True
         assert "[hello] please" in last_user_text(main)
+
+
+async def test_thinking_streams_as_thought_chunks_before_the_reply(claude: Claude) -> None:
+    with trio.fail_after(WHOLE_TEST):
+        async with claude.agent() as agent:
+            session_id = await open_session(agent.client, str(claude.cwd))
+            turn = await hello(agent.client, session_id, "[think] hi")
+    thoughts = [u for u in turn.updates if isinstance(u, AgentThoughtChunk)]
+    assert "".join(texts(thoughts, AgentThoughtChunk)) == THOUGHT
+    assert len(thoughts) > 1  # streamed
+    assert turn.text == HELLO
+    first_text = next(i for i, u in enumerate(turn.updates)
+                      if isinstance(u, AgentMessageChunk) and texts([u], AgentMessageChunk) != [""])
+    assert turn.updates.index(thoughts[-1]) < first_text
 
 
 async def write_file_turn(claude: Claude, agent: RunningAgent, approvals: Approvals) -> Turn:

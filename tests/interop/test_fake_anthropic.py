@@ -10,7 +10,7 @@ import h11
 import pytest
 import trio
 
-from .fake_anthropic import FakeAnthropic, ModelReply, Text, ToolUse
+from .fake_anthropic import FakeAnthropic, ModelReply, Text, Thinking, ToolUse
 
 BOUND = 10.0
 
@@ -20,7 +20,8 @@ def script(request: dict[str, Any]) -> ModelReply:
         raise ValueError("no reply scripted")
     if request.get("slow"):
         return ModelReply(blocks=(Text("s" * 400),), chunk_size=1, chunk_delay=0.05)
-    return ModelReply(blocks=(Text("Hello there"), ToolUse("Read", {"file_path": "/w/a"}, "t1")),
+    return ModelReply(blocks=(Thinking("Let me see", "sig"), Text("Hello there"),
+                              ToolUse("Read", {"file_path": "/w/a"}, "t1")),
                       stop_reason="tool_use", chunk_size=4)
 
 
@@ -65,7 +66,7 @@ def sse_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-async def test_stream_frames_text_and_tool_use_like_the_messages_api(api: FakeAnthropic) -> None:
+async def test_stream_frames_thinking_text_and_tool_use_like_the_messages_api(api: FakeAnthropic) -> None:
     with trio.fail_after(BOUND):
         status, body = await http(api.port, "POST", "/v1/messages?beta=true",
                                   {"model": "m", "stream": True, "messages": []})
@@ -76,13 +77,16 @@ async def test_stream_frames_text_and_tool_use_like_the_messages_api(api: FakeAn
     assert names[-2:] == ["message_delta", "message_stop"]
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
     starts = [data["content_block"] for name, data in events if name == "content_block_start"]
-    assert starts == [{"type": "text", "text": ""},
+    assert starts == [{"type": "thinking", "thinking": "", "signature": ""},
+                      {"type": "text", "text": ""},
                       {"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]
     deltas = [data["delta"] for name, data in events if name == "content_block_delta"]
+    assert "".join(d["thinking"] for d in deltas if d["type"] == "thinking_delta") == "Let me see"
+    assert [d["signature"] for d in deltas if d["type"] == "signature_delta"] == ["sig"]
     assert "".join(d["text"] for d in deltas if d["type"] == "text_delta") == "Hello there"
     assert json.loads("".join(d["partial_json"] for d in deltas
                               if d["type"] == "input_json_delta")) == {"file_path": "/w/a"}
-    assert names.count("content_block_stop") == 2
+    assert names.count("content_block_stop") == 3
     assert api.message_requests()[0]["model"] == "m"
     with trio.fail_after(BOUND):  # counted just after the last frame is sent
         await api.wait_for(lambda: api.completed_streams == 1)
@@ -93,8 +97,10 @@ async def test_plain_request_gets_one_json_message(api: FakeAnthropic) -> None:
         status, body = await http(api.port, "POST", "/v1/messages", {"messages": []})
     message = json.loads(body)
     assert status == 200 and message["type"] == "message"
-    assert message["content"][0] == {"type": "text", "text": "Hello there"}
-    assert message["content"][1]["input"] == {"file_path": "/w/a"}
+    assert message["content"][0] == {"type": "thinking", "thinking": "Let me see",
+                                     "signature": "sig"}
+    assert message["content"][1] == {"type": "text", "text": "Hello there"}
+    assert message["content"][2]["input"] == {"file_path": "/w/a"}
 
 
 async def test_side_endpoints_answer_and_unknown_ones_are_listed(api: FakeAnthropic) -> None:
