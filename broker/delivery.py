@@ -93,8 +93,12 @@ class Replier:
         )
         if response is None or not response.success or not response.message_id:
             why = "no response" if response is None else (response.error or "no message_id")
-            log.info("%s: streaming given up for %s: %s", self.channel.connection_id,
-                     self.event.event_id, why)
+            log.info(
+                "%s: streaming given up for %s: %s",
+                self.channel.connection_id,
+                self.event.event_id,
+                why,
+            )
             return None
         return response.message_id
 

@@ -99,9 +99,7 @@ def ignore_reason(event: InboundEvent, config: RouterConfig) -> str | None:
     if event.event_type != "message":
         return f"event type {event.event_type!r} is not a message"
     platform = event.platform
-    if config.allowed_channels and not _listed(
-        config.allowed_channels, platform, event.channel.id
-    ):
+    if config.allowed_channels and not _listed(config.allowed_channels, platform, event.channel.id):
         return f"channel {event.channel.id} is not in [router] allowed_channels"
     if config.allowed_users and not _listed(config.allowed_users, platform, event.sender.id):
         return f"user {event.sender.id} is not in [router] allowed_users"

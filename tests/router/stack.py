@@ -133,8 +133,7 @@ class Client:
         return [
             f
             for f in self.frames
-            if f.reply.reply_to == event_id
-            or self.message_event.get(f.reply.reply_to) == event_id
+            if f.reply.reply_to == event_id or self.message_event.get(f.reply.reply_to) == event_id
         ]
 
     def texts(self, event_id: str) -> list[str]:

@@ -50,7 +50,9 @@ async def test_bots_are_answered_when_allowed_and_reload_changes_the_allowlist(
     with trio.fail_after(60):
         async with running_broker(config) as stack, connect(stack) as client:
             assert await client.ask("@reply hi bot", is_bot=True) == "hi bot"
-            stack.router.update_config(make_config(router={"allowed_users": ["someone-else", "probe"]}))
+            stack.router.update_config(
+                make_config(router={"allowed_users": ["someone-else", "probe"]})
+            )
             await assert_ignored(client, stack)
 
 
@@ -141,8 +143,10 @@ async def test_attachment_limits_drop_a_file_with_a_note_and_refuse_an_oversized
             event = with_attachments("files", small, big, Attachment("audio", b64(b"a")))
             await client.send_event(event)
             (reply,) = await client.reply_to(event)
-            assert "ℹ️ big.txt was not passed to the agent: it is 150 bytes, over the limit of " \
+            assert (
+                "ℹ️ big.txt was not passed to the agent: it is 150 bytes, over the limit of "
                 "100 bytes per attachment." in reply
+            )
             assert "attachment 3 was not passed to the agent: audio attachments" in reply
             assert "small file" in reply and "x" * 150 not in reply
             submitted = stack.pool.counters.turns_submitted
