@@ -71,8 +71,9 @@ async def test_thinking_streams_as_thought_chunks_before_the_reply(claude: Claud
             session_id = await open_session(agent.client, str(claude.cwd))
             turn = await hello(agent.client, session_id, "[think] hi")
     thoughts = [u for u in turn.updates if isinstance(u, AgentThoughtChunk)]
-    assert "".join(texts(thoughts, AgentThoughtChunk)) == THOUGHT
-    assert len(thoughts) > 1  # streamed
+    # like text blocks: an empty chunk first, then one chunk per model delta (8 chars)
+    pieces = [THOUGHT[i:i + 8] for i in range(0, len(THOUGHT), 8)]
+    assert texts(thoughts, AgentThoughtChunk) == ["", *pieces]
     assert turn.text == HELLO
     first_text = next(i for i, u in enumerate(turn.updates)
                       if isinstance(u, AgentMessageChunk) and texts([u], AgentMessageChunk) != [""])
