@@ -1,6 +1,7 @@
 """The benchmark suite: speed and memory of the broker, measured through the real path.
 
-    python scripts/bench.py [SCENARIO ...] [--quick] [--json OUT.json] [--keep DIR]
+    python scripts/bench.py [SCENARIO ...] [--quick] [--json OUT.json] [--markdown OUT.md]
+                            [--keep DIR]
 
 Every figure goes through a WebSocket client on loopback to a broker running
 as its own process (``python -m broker run --config FILE``, so its CPU time
@@ -92,6 +93,22 @@ def table(results: list[Result]) -> Table:
     return out
 
 
+def markdown(results: list[Result]) -> str:
+    """The results table in Markdown, for docs/benchmarks.md."""
+    words = {True: "met", False: "**missed**", None: "—"}
+    lines = [
+        "| scenario | check | target | measured | |",
+        "|---|---|---|---|---|",
+    ]
+    for result in results:
+        for index, check in enumerate(result.checks):
+            name = f"{result.scenario}" if index == 0 else ""
+            lines.append(
+                f"| {name} | {check.name} | {check.target} | {check.value} | {words[check.met]} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def report(results: list[Result], argv: list[str], quick: bool) -> dict[str, Any]:
     return {
         "command": "python scripts/bench.py " + shlex.join(argv),
@@ -119,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results here")
     parser.add_argument(
+        "--markdown", type=Path, metavar="OUT", help="write the results table in Markdown here"
+    )
+    parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="work in DIR and keep it (broker logs, configs)"
     )
     args = parser.parse_args(args_list)
@@ -141,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(data, indent=2) + "\n")
         console.print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.write_text(markdown(results))
+        console.print(f"wrote {args.markdown}")
     if any(result.failed for result in results):
         return EXIT_FAILED
     return EXIT_OK if data["all_met"] else EXIT_MISSED

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -200,7 +201,7 @@ def broker_sections(
             "stop_grace_secs": 2,
         },
         "state": {"path": str(root / "state" / "broker.sqlite3")},
-        "log": {"level": "warning"},
+        "log": {"level": os.environ.get("BENCH_LOG_LEVEL", "warning")},
     }
     for name, values in overrides.items():
         sections.setdefault(name, {}).update(values)
@@ -388,6 +389,14 @@ class Context:
 
     def secs(self, full: float, quick: float) -> float:
         return quick if self.quick else full
+
+    def fresh(self, name: str) -> Path:
+        """An empty directory for one scenario (emptied first when ``--keep`` reuses it)."""
+        path = self.root / name
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
 
 
 IN_PROCESS = "in-process"

@@ -89,7 +89,7 @@ async def relay(ctx: Context) -> Result:
     interval_ms = 1500
     # The final render strips the reply's trailing whitespace; the flood ends in a space.
     expected = "".join(f"{i} " for i in range(count)).rstrip()
-    root = ctx.root / "relay"
+    root = ctx.fresh("relay")
     streaming = broker_sections(
         root / "streamed", server={"streaming": True}, render={"edit_interval_ms": interval_ms}
     )
@@ -194,7 +194,7 @@ async def scale(ctx: Context) -> Result:
     """200 concurrent threads, 1,000 turns, max_sessions 200: nothing lost, RSS bounded."""
     result = Result("scale", SEPARATE)
     threads, per_thread = ctx.size(200, 12), ctx.size(5, 2)
-    root = ctx.root / "scale"
+    root = ctx.fresh("scale")
     sections = broker_sections(
         root,
         pool={"max_sessions": threads},
@@ -269,7 +269,7 @@ async def churn(ctx: Context) -> Result:
     resumes another with session/load."""
     result = Result("churn", SEPARATE)
     threads, max_sessions, rounds = ctx.size(100, 12), ctx.size(10, 3), ctx.size(3, 2)
-    root = ctx.root / "churn"
+    root = ctx.fresh("churn")
     sections = broker_sections(root, pool={"max_sessions": max_sessions})
     answered = wrong_turn = revisits = 0
     refused: list[str] = []
@@ -339,7 +339,7 @@ async def shutdown(ctx: Context) -> Result:
     result = Result("shutdown", SEPARATE)
     sessions, deaf = ctx.size(100, 8), ctx.size(10, 2)
     grace = 2.0
-    root = ctx.root / "shutdown"
+    root = ctx.fresh("shutdown")
     sections = broker_sections(
         root,
         pool={"max_sessions": sessions + 5},

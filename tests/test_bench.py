@@ -55,13 +55,20 @@ async def test_overhead_scenario_runs_end_to_end_and_reports_every_figure(
     assert overhead["where"].startswith("broker process")
     metrics = overhead["metrics"]
     assert metrics["wrong_or_lost"] == 0
-    for key in ("broker_first_chunk", "direct_first_chunk", "broker_final", "direct_final"):
-        assert metrics[key]["n"] == metrics["turns"], key
-        assert {"p50_ms", "p99_ms", "max_ms"} <= metrics[key].keys()
+    for path, key in (
+        ("streamed", "first_chunk"),
+        ("streamed", "final"),
+        ("plain", "final"),
+        ("direct", "first_chunk"),
+        ("direct", "final"),
+    ):
+        summary = metrics[path][key]
+        assert summary["n"] == metrics["turns"], (path, key)
+        assert {"p50_ms", "p99_ms", "max_ms"} <= summary.keys()
     assert metrics["default_drain"]["final"]["n"] > 0
     checks = {check["name"]: check for check in overhead["checks"]}
     assert checks["lost or wrong replies"]["met"] is True
-    for name in ("first chunk p50 added", "final reply p99 added"):
+    for name in ("first chunk, streamed: p50 added", "final reply, plain: p99 added"):
         assert checks[name]["met"] in (True, False)  # measured; the verdict is not tested
     assert "overhead" in done.stdout.decode()  # the table was printed
 
