@@ -110,7 +110,8 @@ def cmd_run(args: argparse.Namespace, config: BrokerConfig, source: str) -> int:
 
     agent_executable(config, source)
     setup_logging(config.log, secrets=config.secret_values())
-    return _entry("broker.service", "run")(config)
+    config_path = None if source == "<default>" else source
+    return _entry("broker.service", "run")(config, config_path=config_path)
 
 
 def cmd_status(args: argparse.Namespace, config: BrokerConfig, source: str) -> int:

@@ -429,6 +429,7 @@ async def _start_frontends(broker: Broker, nursery: trio.Nursery) -> None:
     if config.gateway.url:
         gateway = GatewayClient(config.gateway, broker.in_flight, outbox=broker.outboxes["gateway"])
         broker.gateway = await nursery.start(gateway.run)
+        broker.status.gateway_snapshot = broker.gateway.snapshot
         log.info("dialing the gateway %s", config.redacted().gateway.url)
 
 
@@ -481,7 +482,9 @@ async def serve(
                             store,
                             pool,
                             router,
-                            StatusEndpoints(pool, None, started_at=started_at),
+                            StatusEndpoints(
+                                pool, None, started_at=started_at, secrets=config.secret_values()
+                            ),
                             notifier,
                             lifecycle,
                             InFlight(router),

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 
 import trio
@@ -92,6 +93,8 @@ class Notifier:
             lines.append("READY=1")
         if reloading:
             lines.append("RELOADING=1")
+            # Type=notify-reload wants the time the reload began
+            lines.append(f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         if stopping:
             lines.append("STOPPING=1")
         if status is not None:
