@@ -1,0 +1,176 @@
+"""Frame, line, attachment and queue limits hold under attack, against a real broker process.
+
+Memory is measured where the kernel keeps it (/proc/<broker pid>/status,
+VmRSS) and asserted as a bound on the growth, never as a timing.
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import sys
+from pathlib import Path
+
+import attrs
+import trio
+import trio_websocket
+
+from broker.frontends.wire import Attachment, encode_event
+from broker.testing.fake_gateway import make_event
+from tests.security.conftest import RAW_AGENT
+from tests.service.broker_process import (
+    BrokerProcess,
+    broker_process,
+    chat,
+    free_port,
+    write_config,
+)
+
+MB = 1024 * 1024
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def stop(broker: BrokerProcess) -> None:
+    broker.signal(signal.SIGTERM)
+    with trio.fail_after(30):
+        assert await broker.wait() == 0, broker.log()
+
+
+async def test_a_huge_frame_closes_with_1009_and_the_next_connection_is_served(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, server={"max_frame_bytes": 64 * 1024})
+    async with broker_process(config) as broker:
+        with trio.fail_after(60):
+            url = f"ws://127.0.0.1:{port}/ws"
+            async with trio_websocket.open_websocket_url(url) as ws:
+                try:  # the close may come while the frame is still being sent
+                    await ws.send_message(encode_event(make_event("x" * (4 * MB))))
+                    while True:
+                        await ws.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    assert exc.reason is not None and exc.reason.code == 1009, exc.reason
+            async with chat(port) as client:
+                assert "hello after the big one" in await client.ask(
+                    "hello after the big one", "t1"
+                )
+        await stop(broker)
+
+
+async def test_ten_thousand_messages_to_one_thread_get_busy_replies_at_once_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    depth = 5
+    flood = 10_000
+    config = write_config(tmp_path, port, pool={"queue_depth": depth})
+    async with broker_process(config) as broker, chat(port) as client:
+        with trio.fail_after(180):
+            assert "warm" in await client.ask("@reply warm", "other", "warm")
+            before = rss_bytes(broker.pid)
+            first = await client.send("@delay 120\n@reply first done", "t1")
+            growth, sent = [], []
+            for queue_room in (depth, 0):  # the second flood shows what the first left behind
+                ids = [await client.send(f"message {n}", "t1") for n in range(flood)]
+                sent += ids
+
+                def busy(ids: list[str] = ids) -> list[str]:
+                    return [e for e in ids if any("busy" in t for t in client.replies.get(e, []))]
+
+                while len(busy()) < flood - queue_room:
+                    await trio.sleep(0.05)
+                after = rss_bytes(broker.pid)
+                growth.append(after - before)
+                before = after
+                print(f"RSS {after / MB:.1f} MB after {flood} more messages")
+
+                # every refusal came while the first turn was still running...
+                assert first not in client.replies
+                assert all(len(client.replies[e]) == 1 for e in busy())
+            # ...and only the queue's worth is waiting (plus the first, if it had not started)
+            waiting = [e for e in [first, *sent] if e not in client.replies]
+            assert len(waiting) == depth + 1
+            assert growth[0] < 64 * MB, f"RSS grew by {growth[0] / MB:.1f} MB for {flood} messages"
+            assert growth[1] < 16 * MB, f"RSS grew by {growth[1] / MB:.1f} MB more the second time"
+        await stop(broker)
+
+
+def raw_agent_broker(tmp_path: Path, port: int) -> Path:
+    """broker.toml running raw_agent.py with a 1 MiB stdout line limit."""
+    work = tmp_path / "work"
+    work.mkdir()
+    agent = {"command": sys.executable, "args": [str(RAW_AGENT)], "working_dir": str(work),
+             "max_line_bytes": MB}
+    return write_config(tmp_path, port, agent=agent)
+
+
+async def test_an_endless_agent_line_fails_that_turn_clearly_while_another_thread_is_served(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with broker_process(raw_agent_broker(tmp_path, port)) as broker, chat(port) as client:
+        with trio.fail_after(120):
+            assert "pong: before" in await client.ask("before", "other", "pong")
+            before = rss_bytes(broker.pid)
+            endless = await client.send(f"endless-line {1000 * MB}", "t1")
+            assert "pong: meanwhile" in await client.ask("meanwhile", "other", "pong")
+            text = await client.reply(endless)
+            growth = rss_bytes(broker.pid) - before
+            assert growth < 32 * MB, f"RSS grew by {growth / MB:.1f} MB"
+            # the reply says what happened: an over-long line, not an exit
+            assert "line" in text.lower() and "exited" not in text.lower(), text
+        await stop(broker)
+
+
+async def test_after_an_endless_agent_line_the_threads_next_message_gets_a_fresh_agent(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with broker_process(raw_agent_broker(tmp_path, port)) as broker, chat(port) as client:
+        with trio.fail_after(120):
+            await client.reply(await client.send(f"endless-line {1000 * MB}", "t1"))
+            again = await client.reply(await client.send("again", "t1"))
+            assert "pong: again" in again, again
+        await stop(broker)
+
+
+async def test_oversize_attachments_get_a_clear_reply_and_the_rest_still_reaches_the_agent(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path, port, prompt={"max_attachment_bytes": 10_000, "max_message_bytes": 50_000}
+    )
+
+    def with_files(text: str, *sizes: int) -> str:
+        files = tuple(
+            Attachment("text_file", base64.b64encode(b"a" * size).decode(), f"f{n}.txt")
+            for n, size in enumerate(sizes)
+        )
+        event = make_event(text, channel_id="t1")
+        return encode_event(attrs.evolve(event, content=attrs.evolve(event.content,
+                                                                     attachments=files)))
+
+    async with broker_process(config) as broker, chat(port) as client:
+        with trio.fail_after(60):
+            frame = with_files("@reply got it", 20_000, 100)
+            event_id = frame.split('"event_id":"', 1)[1].split('"', 1)[0]
+            await client.ws.send_message(frame)
+            text = await client.reply(event_id)
+            assert "got it" in text
+            assert "f0.txt was not passed to the agent" in text and "over the limit" in text
+
+            frame = with_files("@reply never", *[9_000] * 6)
+            event_id = frame.split('"event_id":"', 1)[1].split('"', 1)[0]
+            await client.ws.send_message(frame)
+            text = await client.reply(event_id)
+            assert "This message is too large" in text and "never" not in text
+            assert len(client.replies[event_id]) == 1
+        await stop(broker)
