@@ -1,0 +1,107 @@
+"""The server's token: exposure without one is refused, and /ws and /status demand it.
+
+Everything runs against a real ``python -m broker run`` process on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+import trio_websocket
+
+from tests.service.broker_process import Chat, broker_process, free_port, write_config
+
+TOKEN = "tok-5d1e8a7c93f2"
+REFUSAL = "is reachable from other machines and [server] token is empty"
+
+
+async def http_get(port: int, target: str, headers: str = "") -> tuple[int, bytes]:
+    """Status code and body of ``GET target`` on loopback."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def ws_status(port: int, target: str) -> int:
+    """101 when the WebSocket handshake on ``target`` succeeds, else the refusal's status."""
+    try:
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}{target}"):
+            return 101
+    except trio_websocket.ConnectionRejected as exc:
+        return exc.status_code
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    done = await trio.run_process(
+        [sys.executable, "-m", "broker", *args], capture_stdout=True, capture_stderr=True,
+        check=False,
+    )
+    return done.returncode, (done.stdout + done.stderr).decode()
+
+
+async def test_a_broker_listening_beyond_loopback_without_a_token_refuses_to_run(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, free_port(), server={"listen": f"0.0.0.0:{free_port()}"})
+    with trio.fail_after(60):
+        code, output = await run_cli("run", "--config", str(config))
+    assert code == 78, output
+    assert REFUSAL in output and "set a token" in output, output
+
+
+async def test_check_config_refuses_a_listen_address_beyond_loopback_without_a_token(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, free_port(), server={"listen": f"0.0.0.0:{free_port()}"})
+    with trio.fail_after(60):
+        code, output = await run_cli("check-config", "--config", str(config))
+    assert code == 78 and REFUSAL in output, output
+
+
+async def test_a_missing_or_wrong_token_is_refused_on_ws_and_status(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, server={"token": TOKEN})
+    async with broker_process(config) as broker:
+        with trio.fail_after(60):
+            assert await ws_status(port, "/ws") == 401
+            assert await ws_status(port, "/ws?token=wrong") == 403
+            assert await ws_status(port, f"/ws?token={TOKEN}x") == 403
+            assert await ws_status(port, "/status") == 401
+            assert await ws_status(port, "/status?token=wrong") == 403
+            assert (await http_get(port, "/status"))[0] == 401
+            assert (await http_get(port, "/status?token=wrong"))[0] == 403
+            assert (await http_get(port, "/status", "Authorization: Bearer wrong\r\n"))[0] == 403
+            assert (await http_get(port, "/metrics"))[0] == 401
+            assert (await http_get(port, "/healthz"))[0] == 200  # the one public route
+
+            code, body = await http_get(port, f"/status?token={TOKEN}")
+            assert code == 200 and json.loads(body)
+            code, metrics = await http_get(port, "/metrics", f"Authorization: Bearer {TOKEN}\r\n")
+            assert code == 200
+            assert await ws_status(port, f"/status?token={TOKEN}") == 101
+            async with chat_with_token(port) as ok:
+                assert "You said" in await ok.ask("hello", "t1")
+            code, body = await http_get(port, f"/status?token={TOKEN}")
+            assert TOKEN.encode() not in body + metrics
+        assert TOKEN not in broker.log()
+
+
+@asynccontextmanager
+async def chat_with_token(port: int) -> AsyncIterator[Chat]:
+    """A chat client on ``/ws?token=TOKEN``."""
+    url = f"ws://127.0.0.1:{port}/ws?token={TOKEN}"
+    async with trio_websocket.open_websocket_url(url) as ws, trio.open_nursery() as nursery:
+        client = Chat(ws)
+        nursery.start_soon(client.read)
+        yield client
+        nursery.cancel_scope.cancel()
