@@ -125,6 +125,7 @@ class AgentConfig:
     fs_read: bool = False
     fs_write: bool = False
     max_line_bytes: int = attrs.field(default=8388608, metadata=_at_least(1024))
+    restart_after_cancel: bool = True
 
 
 @attrs.frozen

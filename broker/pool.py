@@ -208,7 +208,9 @@ def session_settings(
         fs_write=agent.fs_write,
         permissions=PermissionPolicy(config.permissions.default, dict(config.permissions.by_kind)),
     )
-    return SessionSettings(spec, cwd, options, config.timeouts, config.pool.queue_depth)
+    return SessionSettings(
+        spec, cwd, options, config.timeouts, config.pool.queue_depth, agent.restart_after_cancel
+    )
 
 
 class NoLiveSession(LookupError):

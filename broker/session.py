@@ -68,6 +68,7 @@ class SessionSettings:
     client_options: ClientOptions
     timeouts: TimeoutsConfig
     queue_depth: int
+    restart_after_cancel: bool = False
 
 
 class SessionObserver(Protocol):
@@ -474,9 +475,9 @@ class Session:
                 if turn.stop_reason is not None and self.exit_status is None:
                     await trio.sleep(self.settings.timeouts.drain_ms / 1000)
                 turn_nursery.cancel_scope.cancel()
-            if unresponsive:
-                self._must_restart = True
             end = self._turn_end(turn, unresponsive)
+            if unresponsive or self._restart_after(end):
+                self._must_restart = True
         finally:
             self._update_target = None
             self.current = None
@@ -485,6 +486,17 @@ class Session:
         turn.handle.push(end)
         self._observer.turn_ended(self, turn, end)
         self._changed()
+
+    def _restart_after(self, end: TurnEnd) -> bool:
+        """Whether a cancelled turn calls for a fresh agent that loads the session:
+        some agents (claude-agent-acp) answer each prompt after a cancel with the
+        previous prompt's reply until restarted."""
+        if end.stop_reason != "cancelled" or self.stop_requested is not None:
+            return False
+        capabilities = self.initialize_result.agent_capabilities if self.initialize_result else None
+        return self.settings.restart_after_cancel and bool(
+            capabilities and capabilities.load_session
+        )
 
     async def _send_prompt(self, turn: Turn, blocks: list[schema.ContentBlock]) -> None:
         assert self.client is not None and self.acp_session_id is not None

@@ -92,11 +92,6 @@ async def test_cancel_ends_the_turn_at_once_with_the_partial_text(claude: Claude
             await claude.api.wait_for(lambda: claude.api.aborted_streams == 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "claude-agent-acp 0.23.1 answers the prompt after a cancelled one at once with no text "
-    "(upstream issue #551); through the pool every later turn then shows the previous "
-    "prompt's reply. Needs a workaround in the session layer, e.g. restarting the agent and "
-    "using session/load after a cancelled turn."))
 async def test_turns_after_a_cancelled_turn_get_their_own_replies(claude: Claude) -> None:
     config, settings = pool_setup(claude)
     with trio.fail_after(THREE_STARTS):

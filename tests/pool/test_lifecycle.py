@@ -28,17 +28,45 @@ async def test_a_stream_that_never_ends_is_ended_by_the_hard_ceiling_and_the_thr
             assert pool.counters.timed_out == 1 and pool.counters.resumed == 1
 
 
+async def agent_pid(pool: Pool, key: str) -> int:
+    snapshot = pool.session_snapshot(key)
+    assert snapshot is not None and snapshot.pid is not None
+    return snapshot.pid
+
+
 async def test_an_agent_that_honours_cancel_keeps_running_after_the_ceiling(
     make_config: Callable[..., BrokerConfig],
 ) -> None:
-    config = make_config(timeouts={"turn_hard_secs": 1, "cancel_grace_secs": 5})
+    config = make_config(
+        timeouts={"turn_hard_secs": 1, "cancel_grace_secs": 5},
+        agent={"restart_after_cancel": False},
+    )
     with trio.fail_after(30):
         async with open_pool(config) as pool:
-            end = await ask(pool, "cli:1", "@hang")
+            handle = pool.submit("cli:1", Prompt("@hang"))
+            await started(handle)
+            pid = await agent_pid(pool, "cli:1")
+            end = await handle.result()
             assert end.outcome is Outcome.TIMED_OUT and end.stop_reason == "cancelled"
-            pid = pool.session_snapshot("cli:1").pid  # type: ignore[union-attr]
             assert (await ask(pool, "cli:1", "@reply same agent")).ok
-            assert pool.session_snapshot("cli:1").pid == pid  # type: ignore[union-attr]
+            assert await agent_pid(pool, "cli:1") == pid
+
+
+async def test_after_a_cancelled_turn_a_fresh_agent_resumes_the_session(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    with trio.fail_after(30):
+        async with open_pool(make_config()) as pool:
+            handle = pool.submit("cli:1", Prompt("@hang"))
+            await started(handle)
+            pid = await agent_pid(pool, "cli:1")
+            assert await pool.cancel("cli:1")
+            assert (await handle.result()).outcome is Outcome.CANCELLED
+            after = pool.submit("cli:1", Prompt("@reply fresh and resumed"))
+            assert (await after.result()).text == "fresh and resumed"
+            assert not after.transcript.context_reset
+            assert await agent_pid(pool, "cli:1") != pid
+            assert pool.counters.resumed == 1 and pool.counters.crashed == 0
 
 
 async def test_cancel_during_a_streaming_turn_returns_cancelled_without_waiting_for_it(
