@@ -7,8 +7,9 @@ so sessions are evicted all the time, a short hard turn ceiling), then for
 to many threads: normal prompts, ``@crash``, ``@hang`` / ``@hang-hard`` (hard
 timeouts), ``@grandchild``, ``@malformed``, ``/cancel``, ``/reset``, and they
 disconnect and reconnect. A separate connection sends oversize and malformed
-frames. Now and then the broker gets SIGTERM and is started again on the same
-store.
+frames. A fake gateway, which the broker's gateway client dials, sends events
+too and drops the connection now and then. Now and then the broker gets
+SIGTERM and is started again on the same store.
 
 Checked, and reported as figures at the end (exit code 1 when one fails):
 
@@ -25,7 +26,10 @@ Checked, and reported as figures at the end (exit code 1 when one fails):
   the fitted growth of the longest run exceeds ``--rss-growth-mb``;
 * the store matches the pool: after a clean stop the agents table is empty,
   and every thread the store lists with a session id got a reply;
-* every stop is clean: exit code 0 within the stop budget.
+* every stop is clean: exit code 0 within the stop budget;
+* every frame the gateway received follows protocol v1; oversize frames are
+  closed with 1009 and the next connection is served; every malformed frame
+  gets an error frame and the connection keeps serving.
 
 Usage: ``python scripts/chaos.py --duration 60 [--json]``. See docs/chaos.md.
 """
@@ -66,8 +70,11 @@ from broker.frontends.wire import (
     encode_event,
     parse_reply,
 )
+from broker.testing.fake_gateway import FakeGateway, open_fake_gateway
 
 MAX_FRAME_BYTES = 64 * 1024
+GATEWAY_TOKEN = "chaos-gateway-token"
+GATEWAY_DROP_CHANCE = 0.05
 TURN_HARD_SECS = 3.0
 CANCEL_GRACE_SECS = 1.0
 STOP_GRACE_SECS = 1.0
@@ -162,6 +169,8 @@ class Figures:
     store_threads: set[str] = attrs.field(factory=set)
     agents_rows_after_stop: int = 0
     outbox_rows_at_end: int = 0
+    gateway_drops: int = 0
+    gateway_violations: list[str] = attrs.field(factory=list)
 
 
 def free_port() -> int:
@@ -171,7 +180,9 @@ def free_port() -> int:
         return port
 
 
-def write_config(root: Path, port: int, marker: str, args: argparse.Namespace) -> Path:
+def write_config(
+    root: Path, port: int, marker: str, args: argparse.Namespace, gateway_url: str
+) -> Path:
     state_dir = root / f"agent-sessions-{marker}"
     agent_args = ["-m", "broker.testing.fake_agent", "--state-dir", str(state_dir)]
     text = f"""
@@ -179,6 +190,11 @@ def write_config(root: Path, port: int, marker: str, args: argparse.Namespace) -
 listen = "127.0.0.1:{port}"
 streaming = false
 max_frame_bytes = {MAX_FRAME_BYTES}
+
+[gateway]
+url = {json.dumps(gateway_url)}
+token = "{GATEWAY_TOKEN}"
+streaming = false
 
 [agent]
 command = {json.dumps(sys.executable)}
@@ -561,6 +577,43 @@ class Chaos:
                     self.ledger.record_reply(str(message))
         return event_id in self.ledger.replies
 
+    async def gateway_chat(self, gateway: FakeGateway) -> None:
+        """Events through the broker's gateway client; now and then the
+        gateway drops the connection abruptly (the broker redials)."""
+        weights = [w for w, _, _ in PROMPTS]
+        while self.sending:
+            await trio.sleep(self.rng.expovariate(1 / self.args.pause))
+            if not gateway.connected:
+                continue
+            if self.rng.random() < GATEWAY_DROP_CHANCE:
+                self.figures.gateway_drops += 1
+                await gateway.drop()
+                continue
+            _, kind, text = PROMPTS[self.rng.choices(range(len(PROMPTS)), weights)[0]]
+            channel = f"g{self.rng.randrange(self.args.threads_per_client)}"
+            event_id, frame = self.event("gw", channel, text.format(n=next(self.ids)))
+            state = self.runner.state
+            try:
+                await gateway.send_raw(frame)
+            except (RuntimeError, trio_websocket.ConnectionClosed):
+                self.ledger.send_failed[kind] += 1
+                continue
+            self.ledger.sent[event_id] = Sent(
+                f"gw:{channel}", kind, round(self.runner.elapsed(), 2), state, self.runner.runs
+            )
+
+    async def gateway_replies(self, gateway: FakeGateway) -> None:
+        seen = 0
+        while True:
+            def more(seen: int = seen) -> bool:
+                return len(gateway.received) > seen
+
+            await gateway.wait_for(more)
+            for received in gateway.received[seen:]:
+                if received.reply is not None:
+                    self.ledger.record_reply(received.text)
+            seen = len(gateway.received)
+
     async def restarts(self, times: list[float]) -> None:
         for at in times:
             await trio.sleep_until(at)
@@ -580,15 +633,28 @@ class Chaos:
 async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     marker = f"{os.getpid()}-{random.randrange(1 << 30):x}"
     port = free_port()
-    config = write_config(root, port, marker, args)
     figures = Figures()
-    runner = BrokerRunner(config, port, root, marker, figures)
-    chaos = Chaos(args, runner, figures)
     began = time.monotonic()
+    async with open_fake_gateway(token=GATEWAY_TOKEN) as gateway:
+        config = write_config(root, port, marker, args, gateway.url if args.gateway else "")
+        runner = BrokerRunner(config, port, root, marker, figures)
+        chaos = Chaos(args, runner, figures)
+        await run_chaos(args, chaos, runner, gateway, marker)
+        figures.gateway_violations = list(gateway.violations)
+    return report(args, chaos, figures, time.monotonic() - began)
+
+
+async def run_chaos(
+    args: argparse.Namespace, chaos: Chaos, runner: BrokerRunner, gateway: FakeGateway,
+    marker: str,
+) -> None:
     await runner.start()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.sample)
+            if args.gateway:
+                nursery.start_soon(chaos.gateway_chat, gateway)
+                nursery.start_soon(chaos.gateway_replies, gateway)
             now = trio.current_time()
             gap = args.duration / (args.restarts + 1)
             times = [now + gap * (k + 1) + chaos.rng.uniform(-gap / 4, gap / 4)
@@ -611,7 +677,6 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             runner.process.kill()
         for pid in marked_processes(marker):
             _kill(pid)
-    return report(args, chaos, figures, time.monotonic() - began)
 
 
 def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float) -> dict[str, Any]:
@@ -654,6 +719,9 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
             f"{figures.oversize_closed_1009}/{figures.oversize_sent} closed with 1009, "
             f"{figures.served_after_oversize} next connections served",
         ),
+        "gateway_protocol_clean": _check(
+            not figures.gateway_violations, f"{figures.gateway_violations[:3]}"
+        ),
         "malformed_frames_answered_with_errors": _check(
             figures.malformed_rounds_all_errors == figures.malformed_rounds,
             f"{figures.malformed_rounds_all_errors}/{figures.malformed_rounds} rounds got one error "
@@ -680,6 +748,7 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
         "closed_1009": figures.oversize_closed_1009,
         "bad_frames": figures.bad_frames_sent,
         "error_frames": figures.error_frames,
+        "gateway_drops": figures.gateway_drops,
         "broker_runs": len(figures.rss),
         "stops": figures.stops,
         "rss_mb_min": round(min(rss_all) / 1024, 1) if rss_all else None,
@@ -719,6 +788,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="broker SIGTERM+restarts (default: one per 2 minutes, at least 1)")
     parser.add_argument("--rss-growth-mb", type=float, default=32.0,
                         help="fail when RSS grows more than this over the longest run (32)")
+    parser.add_argument("--no-gateway", dest="gateway", action="store_false",
+                        help="no gateway client (by default a fake gateway also sends events "
+                        "and drops the broker's connection now and then)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workdir", help="keep config, logs and store here (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

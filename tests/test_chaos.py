@@ -24,6 +24,7 @@ INVARIANTS = {
     "store_consistent",
     "clean_stops",
     "oversize_frames_closed_1009",
+    "gateway_protocol_clean",
     "malformed_frames_answered_with_errors",
 }
 
@@ -49,3 +50,4 @@ async def test_chaos_soak_keeps_every_invariant(tmp_path: Path) -> None:
     assert all(stop["exit_code"] == 0 for stop in figures["stops"])
     assert figures["oversize_frames"] > 0 and figures["closed_1009"] == figures["oversize_frames"]
     assert figures["bad_frames"] > 0 and figures["error_frames"] >= figures["bad_frames"]
+    assert figures["events_by_kind"].keys() >= {"normal", "crash", "cancel"}
