@@ -237,9 +237,17 @@ class DirectTurn:
 class DirectAgent:
     """One agent process and ACP session driven without the broker; see :func:`open_direct`."""
 
-    def __init__(self, client: AcpClient, session_id: str) -> None:
+    def __init__(self, client: AcpClient, session_id: str, cwd: Path) -> None:
         self.client = client
         self.session_id = session_id
+        self.cwd = cwd
+
+    async def new_session(self, timeout: float = 30) -> float:
+        """Switch to a fresh ACP session (``session/new``); returns how long it took."""
+        started = wall()
+        setup = await self.client.new_session(str(self.cwd), timeout=timeout)
+        self.session_id = setup.session_id
+        return wall() - started
 
     async def turn(self, prompt: str, first_marker: str, timeout: float = 30) -> DirectTurn:
         """Send ``prompt`` and time the first chunk holding ``first_marker`` and the response."""
@@ -274,7 +282,7 @@ async def open_direct(argv: Sequence[str], cwd: Path) -> AsyncIterator[DirectAge
         nursery.start_soon(client.serve, child.stdout_lines(), child.stderr_tail)
         await client.initialize(timeout=30)
         setup = await client.new_session(str(cwd), timeout=30)
-        yield DirectAgent(client, setup.session_id)
+        yield DirectAgent(client, setup.session_id, cwd)
         await child.close_stdin()  # the fake agent exits on EOF; the cancel below is a backstop
         with trio.move_on_after(5):
             await child.wait()

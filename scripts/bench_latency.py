@@ -437,6 +437,19 @@ async def cold_start(ctx: Context) -> Result:
             "warm_thread": summary_ms(warm),
             "new_thread": summary_ms(new),
         }
+    # What a new session costs the agent itself: session/new plus a first turn, direct.
+    direct_new: list[float] = []
+    direct_warm: list[float] = []
+    async with open_direct(agent_argv(sections), root / "direct") as direct:
+        for i in range(new_threads):
+            for j in range(warm_turns // new_threads + 1):
+                direct_warm.append((await direct.turn(*_prompt_marker(f"w{i}-{j}"))).final)
+            opened = await direct.new_session()
+            direct_new.append(opened + (await direct.turn(*_prompt_marker(f"n{i}"))).final)
+    result.metrics["direct"] = {
+        "warm_session": summary_ms(direct_warm),
+        "new_session_and_turn": summary_ms(direct_new),
+    }
     for spares in (0, 2):
         warm50 = percentile(measured[spares]["warm"], 0.5)
         new50 = percentile(measured[spares]["new"], 0.5)
@@ -448,9 +461,15 @@ async def cold_start(ctx: Context) -> Result:
         )
     result.notes.append(
         "Every agent takes 1 s to answer initialize. Before each new thread the bench waits "
-        "until /status shows every spare ready; drain_ms = 0."
+        "until /status shows every spare ready; drain_ms = 0. 'direct' is the agent's own cost "
+        "of a new session (session/new, then the first turn) without the broker."
     )
     return result
+
+
+def _prompt_marker(tag: str) -> tuple[str, str]:
+    prompt, _, marker = short_turn(tag)
+    return prompt, marker
 
 
 async def _spares_ready(broker: BrokerProcess, spares: int) -> None:
