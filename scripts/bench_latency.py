@@ -3,9 +3,11 @@ detection and cold start. Each is ``async def scenario(ctx) -> Result``."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import trio
 from bench_agent import claimed_pids, write_role
 from bench_client import ChatClient, Exchange, open_chat, open_direct, text_contains, text_is
 from bench_harness import (
+    SCRIPTS,
     SEPARATE,
     BrokerProcess,
     Context,
@@ -182,14 +185,15 @@ async def _default_drain(ctx: Context, parent: Path, *, turns: int) -> dict[str,
 # -- 2. isolation ----------------------------------------------------------------------------
 
 
-async def _status_poller(broker: BrokerProcess, samples: list[float], stop: trio.Event) -> None:
-    """GET /status back to back (20 ms apart) until ``stop``; latency per request."""
-    while not stop.is_set():
-        started = wall()
-        await get_status(broker.port)
-        samples.append(wall() - started)
-        with trio.move_on_after(0.02):
-            await stop.wait()
+async def _probe_status(port: int, secs: float, into: list[float]) -> None:
+    """Time GET /status for ``secs`` from a separate process (scripts/bench_probe.py),
+    so the figures are the broker's, not this busy event loop's. Failures count as
+    an hour, so they cannot hide in a percentile."""
+    done = await trio.run_process(
+        [sys.executable, str(SCRIPTS / "bench_probe.py"), str(port), str(secs)],
+        capture_stdout=True,
+    )
+    into.extend(3600.0 if value is None else value for value in json.loads(done.stdout))
 
 
 THINK_SECS = 0.5  # a thread's next message follows its previous reply after this
@@ -256,12 +260,10 @@ async def isolation(ctx: Context) -> Result:
         async with trio.open_nursery() as nursery:
             for thread in threads:
                 nursery.start_soon(ask_ok, client, thread, "warm")
-        stop = trio.Event()
         cpu0 = broker.cpu_secs()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_status_poller, broker, status["quiet"], stop)
+            nursery.start_soon(_probe_status, broker.port, phase_secs, status["quiet"])
             quiet, quiet_failed = await _short_turn_load(client, threads, phase_secs, "quiet")
-            stop.set()
         quiet_cpu = (broker.cpu_secs() - cpu0) / phase_secs
         silent = await client.send(
             "silent", f"@say start\n@silent-tool {silent_secs}", done_when=text_contains("start")
@@ -275,12 +277,10 @@ async def isolation(ctx: Context) -> Result:
             while not claimed_pids(broker.roles):  # imports done: it now sits in initialize
                 await trio.sleep(0.05)
         slow_started = wall()
-        stop = trio.Event()
         cpu0 = broker.cpu_secs()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_status_poller, broker, status["slow"], stop)
+            nursery.start_soon(_probe_status, broker.port, phase_secs, status["slow"])
             loaded, loaded_failed = await _short_turn_load(client, threads, phase_secs, "slow")
-            stop.set()
         loaded_cpu = (broker.cpu_secs() - cpu0) / phase_secs
         overlapped = not slow.done.is_set() and not silent.done.is_set()
         with trio.move_on_after(init_secs + 30):
