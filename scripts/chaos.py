@@ -99,6 +99,18 @@ PROMPTS: list[tuple[int, str, str]] = [
     (4, "reset", "/reset"),
 ]
 DISCONNECT_WEIGHT = 5
+# How a reply reads, for the figures: first matching phrase wins.
+REPLY_CLASSES = [
+    ("shutdown", ("restarting", "stopped before this message", "shutting down")),
+    ("timed_out", ("limit",)),
+    ("agent_died", ("exited unexpectedly",)),
+    ("busy", ("thread is busy",)),
+    ("pool_full", ("capacity", "pool full")),
+    ("start_failed", ("keeps failing", "could not be started")),
+    ("reset", ("reset",)),
+    ("cancelled", ("cancel",)),
+    ("agent_error", ("answered with an error",)),
+]
 BAD_FRAMES: list[str | bytes] = [
     "not json {",
     "[1, 2, 3]",
@@ -736,6 +748,9 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
         "events_sent": len(ledger.sent),
         "events_by_kind": dict(sorted(by_kind.items())),
         "replies": sum(len(t) for t in ledger.replies.values()),
+        "replies_by_kind": dict(
+            Counter(classify(t) for texts in ledger.replies.values() for t in texts).most_common()
+        ),
         "unanswered": len(missing),
         "unanswered_sent_during_a_stop": len(lost_in_stop),
         "answered_more_than_once": len(duplicates),
@@ -760,6 +775,14 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
     }
     return {"ok": all(v["ok"] for v in invariants.values()), "invariants": invariants,
             "figures": figures_out}
+
+
+def classify(text: str) -> str:
+    lowered = text.lower()
+    for name, phrases in REPLY_CLASSES:
+        if any(phrase in lowered for phrase in phrases):
+            return name
+    return "answer"
 
 
 def _check(ok: bool, detail: str) -> dict[str, Any]:
