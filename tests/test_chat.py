@@ -1,0 +1,185 @@
+"""``agent-broker chat`` as a user runs it: a real process on a pseudo-terminal,
+talking to a real broker (pool of fake agents, router, WebSocket server)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import termios
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from broker.frontends.chat import ws_url
+from broker.testing.harness import fake_agent_config
+from tests.router.stack import running_broker
+
+REPO = Path(__file__).resolve().parent.parent
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[()][0-9A-B]|\r")
+
+
+def _chat_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    env.update(TERM="xterm-256color", PYTHONPATH=str(REPO))
+    return env
+
+
+def _take_terminal() -> None:  # runs in the child: the pty becomes its controlling terminal
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """The user's side of the pty: what was shown (ANSI removed) and typing."""
+
+    def __init__(self, master: int, process: trio.Process) -> None:
+        self.stream = trio.lowlevel.FdStream(master)
+        self.process = process
+        self.raw = b""
+        self.mark = 0
+
+    @property
+    def shown(self) -> str:
+        return _ANSI.sub("", self.raw.decode(errors="replace"))
+
+    async def expect(self, text: str) -> None:
+        """Wait until ``text`` is shown after the previous match."""
+        while (found := self.shown.find(text, self.mark)) < 0:
+            try:
+                chunk = await self.stream.receive_some(65536)
+            except (OSError, trio.BrokenResourceError):  # EIO: the chat exited
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"{text!r} never shown; the screen:\n{self.shown}")
+            self.raw += chunk
+        self.mark = found + len(text)
+
+    async def type(self, keys: str) -> None:
+        await self.stream.send_all(keys.encode())
+
+    async def exit_status(self) -> int:
+        while True:  # drain the screen so the chat is never blocked writing
+            try:
+                chunk = await self.stream.receive_some(65536)
+            except (OSError, trio.BrokenResourceError):
+                chunk = b""
+            if not chunk:
+                break
+            self.raw += chunk
+        return await self.process.wait()
+
+
+@asynccontextmanager
+async def chat_terminal(url: str, cwd: Path) -> AsyncIterator[Terminal]:
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "broker", "chat", "--url", url],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=str(cwd),
+        env=_chat_env(),
+        preexec_fn=_take_terminal,
+    )
+    os.close(slave)
+    terminal = Terminal(master, process)
+    try:
+        yield terminal
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            await terminal.stream.aclose()
+
+
+@asynccontextmanager
+async def chat_with_broker(tmp_path: Path, *, streaming: bool) -> AsyncIterator[Terminal]:
+    """A broker and a chat connected to it, the chat's banner already shown."""
+    config = fake_agent_config(
+        tmp_path, server={"streaming": streaming}, render={"edit_interval_ms": 100}
+    )
+    async with running_broker(config) as stack, chat_terminal(stack.server.url, tmp_path) as t:
+        await t.expect("connected to ws://127.0.0.1:")
+        yield t
+
+
+async def test_chat_shows_replies_and_ctrl_c_cancels_a_long_turn(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with chat_with_broker(tmp_path, streaming=True) as t:
+            await t.type("hello from the terminal\n")
+            await t.expect("You said: “hello from the terminal”")
+            await t.type("@tool Long job 60 execute\n")
+            await t.expect("Long job … running")
+            with trio.fail_after(15):  # the tool would run 60 s
+                await t.type("\x03")
+                await t.expect("cancelling the running turn")
+                await t.expect("🛑 Cancelled.")
+            await t.type("/status\n")
+            await t.expect("📊 ")
+            await t.type("\x04")  # Ctrl-D on an empty line: end of input
+            assert await t.exit_status() == 0
+
+
+async def test_two_ctrl_c_quit_the_chat(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with chat_with_broker(tmp_path, streaming=False) as t:
+            await t.type("@reply plain and simple\n")
+            await t.expect("plain and simple")
+            await t.type("\x03")
+            await t.expect("Ctrl-C again")
+            await t.type("\x03")
+            assert await t.exit_status() == 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_chat_without_a_broker_says_so_and_exits_69(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "broker", "chat", "--url", f"ws://127.0.0.1:{_closed_port()}"],
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=str(tmp_path),
+            env=_chat_env(),
+        )
+    assert result.returncode == 69
+    out = " ".join(result.stdout.decode().split())
+    assert "Could not reach the broker at ws://127.0.0.1:" in out
+    assert "Is it running? Start it with `agent-broker run`" in out
+
+
+async def test_chat_with_a_wrong_token_exits_77(tmp_path: Path) -> None:
+    config = fake_agent_config(tmp_path, server={"token": "s3cret"})
+    with trio.fail_after(30):
+        async with running_broker(config) as stack:
+            result = await trio.run_process(
+                [sys.executable, "-m", "broker", "chat", "--url", stack.server.url + "?token=no"],
+                capture_stdout=True,
+                check=False,
+                cwd=str(tmp_path),
+                env=_chat_env(),
+            )
+    assert result.returncode == 77
+    assert "refused the connection (HTTP 403)" in " ".join(result.stdout.decode().split())
+
+
+def test_the_ws_path_is_added_to_a_bare_server_url() -> None:
+    assert ws_url("ws://127.0.0.1:8765?token=a%20b") == "ws://127.0.0.1:8765/ws?token=a%20b"
+    assert ws_url("ws://[::1]:9001") == "ws://[::1]:9001/ws"
+    assert ws_url("ws://h:1/custom") == "ws://h:1/custom"
