@@ -230,6 +230,13 @@ def streaming_enabled(config: BrokerConfig, frontend: str) -> bool:
     return False
 
 
+def _leaf_name(exc: BaseException) -> str:
+    """The type name of the first real error in ``exc`` (nurseries wrap errors in groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return type(exc).__name__
+
+
 class Router:
     """Routes events to the pool and replies back; see the module docstring.
 
@@ -277,7 +284,7 @@ class Router:
             log.exception("handling %s from %s failed", event.event_id, channel.connection_id)
             if not replier.finished:
                 await replier.final(
-                    f"⚠️ Internal error while handling this message ({type(exc).__name__}). "
+                    f"⚠️ Internal error while handling this message ({_leaf_name(exc)}). "
                     "It was logged; please try again."
                 )
         finally:
