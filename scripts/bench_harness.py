@@ -7,8 +7,9 @@ Its agents are the fake agent, run through ``scripts/bench_agent.py`` so a
 scenario can give single agents a role (see that module).
 
 Profiling seam: with ``BENCH_PROFILE=DIR`` in the environment each broker runs
-under ``cProfile`` and writes ``DIR/<label>.prof`` when it exits (it exits
-normally on SIGTERM).
+under ``cProfile`` (scripts/bench_profile.py; ``BENCH_PROFILE_CLOCK=wall`` for
+elapsed instead of CPU time) and writes ``DIR/<label>.prof`` when it exits (it
+exits normally on SIGTERM).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 READY_TIMEOUT_SECS = 30.0
 PROFILE_ENV = "BENCH_PROFILE"
+PROFILE_CLOCK_ENV = "BENCH_PROFILE_CLOCK"  # cpu (default) or wall
 
 
 # -- statistics -------------------------------------------------------------------
@@ -66,14 +68,19 @@ def summary_ms(samples: Sequence[float]) -> dict[str, float]:
 # -- /proc ---------------------------------------------------------------------------
 
 
-def proc_cpu_secs(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (0.0 when it is gone)."""
+def proc_cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far; zeros when it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
+        return 0.0, 0.0
     fields = raw.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def proc_cpu_secs(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (0.0 when it is gone)."""
+    return sum(proc_cpu_times(pid))
 
 
 def proc_rss_bytes(pid: int) -> int:
@@ -240,6 +247,9 @@ class BrokerProcess:
     def cpu_secs(self) -> float:
         return proc_cpu_secs(self.pid)
 
+    def cpu_times(self) -> tuple[float, float]:
+        return proc_cpu_times(self.pid)
+
     def rss_bytes(self) -> int:
         return proc_rss_bytes(self.pid)
 
@@ -316,12 +326,14 @@ async def run_broker(
     config = root / f"{label}.toml"
     config.write_text(toml_text(sections))
     log_path = root / f"{label}.log"
-    argv = [sys.executable]
+    args = ["run", "--config", str(config)]
+    argv = [sys.executable, "-m", "broker", *args]
     profile_dir = os.environ.get(PROFILE_ENV)
     if profile_dir:
         Path(profile_dir).mkdir(parents=True, exist_ok=True)
-        argv += ["-m", "cProfile", "-o", str(Path(profile_dir) / f"{label}.prof")]
-    argv += ["-m", "broker", "run", "--config", str(config)]
+        out = str(Path(profile_dir) / f"{label}.prof")
+        clock = os.environ.get(PROFILE_CLOCK_ENV, "cpu")
+        argv = [sys.executable, str(SCRIPTS / "bench_profile.py"), out, clock, "--", *args]
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         process = await trio.lowlevel.open_process(
