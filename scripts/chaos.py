@@ -182,6 +182,7 @@ class Figures:
     agents_rows_after_stop: int = 0
     outbox_rows_at_end: int = 0
     gateway_drops: int = 0
+    pool_counters: Counter[str] = attrs.field(factory=Counter)
     gateway_violations: list[str] = attrs.field(factory=list)
 
 
@@ -355,22 +356,32 @@ class BrokerRunner:
     def elapsed(self) -> float:
         return trio.current_time() - self.t0
 
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """Status and body of ``GET path``; (0, b"") when the broker does not answer."""
+        data = b""
+        with trio.move_on_after(5):
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+            except OSError:
+                return 0, b""
+            async with stream:
+                await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"0"
+        return int(status) if status.isdigit() else 0, body
+
     async def healthy(self) -> bool:
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-        except OSError:
-            return False
-        async with stream:
-            with trio.move_on_after(5):
-                await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                head = await stream.receive_some(1024)
-                return head.startswith(b"HTTP/1.1 200")
-        return False
+        return (await self.get("/healthz"))[0] == 200
 
     async def stop(self) -> None:
         """SIGTERM; wait for the exit (bounded), then check what it left behind."""
         assert self.process is not None
         pid = self.process.pid
+        status, body = await self.get("/status")
+        if status == 200:
+            self.figures.pool_counters.update(json.loads(body)["counters"])
         self.state = "stopping"
         began = trio.current_time()
         self.process.send_signal(signal.SIGTERM)
@@ -765,6 +776,7 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
         "error_frames": figures.error_frames,
         "gateway_drops": figures.gateway_drops,
         "broker_runs": len(figures.rss),
+        "pool_counters": dict(sorted(figures.pool_counters.items())),
         "stops": figures.stops,
         "rss_mb_min": round(min(rss_all) / 1024, 1) if rss_all else None,
         "rss_mb_max": round(max(rss_all) / 1024, 1) if rss_all else None,
@@ -803,7 +815,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=600, help="seconds of chaos (600)")
     parser.add_argument("--clients", type=int, default=4, help="WebSocket chat clients (4)")
     parser.add_argument("--threads-per-client", type=int, default=4)
-    parser.add_argument("--max-sessions", type=int, default=4, help="[pool] max_sessions (4)")
+    parser.add_argument("--max-sessions", type=int, default=6, help="[pool] max_sessions (6)")
     parser.add_argument("--queue-depth", type=int, default=2, help="[pool] queue_depth (2)")
     parser.add_argument("--pause", type=float, default=0.5,
                         help="mean seconds between a client's actions (0.5)")
