@@ -4,6 +4,8 @@ talking to a real broker (pool of fake agents, router, WebSocket server)."""
 from __future__ import annotations
 
 import fcntl
+import functools
+import io
 import os
 import re
 import socket
@@ -16,8 +18,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+from rich.console import Console
 
-from broker.frontends.chat import ws_url
+from broker.frontends.chat import render_message, ws_url
+from broker.frontends.server import WebSocketServer, serve_websocket
+from broker.pool import open_pool
+from broker.router import Router
 from broker.testing.harness import fake_agent_config
 from tests.router.stack import running_broker
 
@@ -177,6 +183,30 @@ async def test_chat_with_a_wrong_token_exits_77(tmp_path: Path) -> None:
             )
     assert result.returncode == 77
     assert "refused the connection (HTTP 403)" in " ".join(result.stdout.decode().split())
+
+
+async def test_chat_says_so_and_exits_69_when_the_broker_goes_away(tmp_path: Path) -> None:
+    config = fake_agent_config(tmp_path)
+    with trio.fail_after(60):
+        async with open_pool(config) as pool, trio.open_nursery() as nursery:
+            server: WebSocketServer = await nursery.start(
+                functools.partial(serve_websocket, config.server, Router(pool, config))
+            )
+            async with chat_terminal(server.url, tmp_path) as t:
+                await t.expect("connected to")
+                nursery.cancel_scope.cancel()  # the server stops, closing every connection
+                await t.expect("The broker closed the connection")
+                assert await t.exit_status() == 69
+
+
+def test_code_blocks_are_highlighted_and_text_kept_as_written() -> None:
+    console = Console(
+        file=io.StringIO(), record=True, width=60, color_system="truecolor", force_terminal=True
+    )
+    console.print(render_message("Result:\n- one\n- two\n```python\nprint('hi')\n```\nDone."))
+    text = console.export_text(clear=False)
+    assert text.splitlines() == ["Result:", "- one", "- two", "print('hi')", "Done."]
+    assert "\x1b[" in console.export_text(styles=True)  # the code is coloured
 
 
 def test_the_ws_path_is_added_to_a_bare_server_url() -> None:
