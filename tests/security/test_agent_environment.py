@@ -6,6 +6,7 @@ of a real agent process started by the real pool.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import trio
 
 from broker.pool import open_pool
 from broker.reply import Prompt
+from broker.testing.fake_gateway import open_fake_gateway
 from broker.testing.harness import fake_agent_config
+from tests.security.test_tokens import chat_with_token, http_get
+from tests.service.broker_process import broker_process, free_port, grandchild_pid, write_config
 
 SERVER_TOKEN = "srv-4c1f9e2b7a0d"
 GATEWAY_TOKEN = "gw-93ab7f1e0c55"
@@ -62,3 +66,34 @@ async def test_agent_environment_holds_only_the_base_and_configured_variables_ne
     assert agent_env == {**base, "CONFIGURED": "yes", "HARMLESS": "fine"}
     assert grandchild_env == agent_env
     assert SERVER_TOKEN.encode() not in cmdline and GATEWAY_TOKEN.encode() not in cmdline
+
+
+async def test_a_running_brokers_agents_get_no_token_though_its_environment_has_them(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with open_fake_gateway(token=GATEWAY_TOKEN) as gateway:
+        config = write_config(
+            tmp_path,
+            port,
+            server={"token": SERVER_TOKEN},
+            gateway={"url": gateway.url, "token": GATEWAY_TOKEN},
+            agent={"env": {"CONFIGURED": "yes"}, "inherit_env": ["ALIAS_OF_TOKEN", "HARMLESS"]},
+        )
+        extra = {"ALIAS_OF_TOKEN": f"x{GATEWAY_TOKEN}x", "HARMLESS": "fine"}
+        async with broker_process(config, env=extra) as broker, chat_with_token(port, SERVER_TOKEN) as client:
+            with trio.fail_after(60):
+                await gateway.wait_connected()
+                text = await client.ask("@grandchild\n@reply up", "t1", "up")
+                code, body = await http_get(port, f"/status?token={SERVER_TOKEN}")
+                assert code == 200
+                pids = [s["pid"] for s in json.loads(body)["sessions"] if s["pid"]]
+                assert len(pids) == 1
+                agent_env = proc_environ(pids[0])
+                grandchild_env = proc_environ(grandchild_pid(text))
+            broker_env = Path(f"/proc/{broker.pid}/environ").read_bytes()
+            assert GATEWAY_TOKEN.encode() in broker_env  # the broker did have it...
+
+    base = {name: os.environ[name] for name in ("HOME", "PATH", "USER", "LANG") if name in os.environ}
+    assert agent_env == {**base, "CONFIGURED": "yes", "HARMLESS": "fine"}  # ...its agents do not
+    assert grandchild_env == agent_env

@@ -97,9 +97,9 @@ async def test_a_missing_or_wrong_token_is_refused_on_ws_and_status(tmp_path: Pa
 
 
 @asynccontextmanager
-async def chat_with_token(port: int) -> AsyncIterator[Chat]:
-    """A chat client on ``/ws?token=TOKEN``."""
-    url = f"ws://127.0.0.1:{port}/ws?token={TOKEN}"
+async def chat_with_token(port: int, token: str = TOKEN) -> AsyncIterator[Chat]:
+    """A chat client on ``/ws?token=...``."""
+    url = f"ws://127.0.0.1:{port}/ws?token={token}"
     async with trio_websocket.open_websocket_url(url) as ws, trio.open_nursery() as nursery:
         client = Chat(ws)
         nursery.start_soon(client.read)
