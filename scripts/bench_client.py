@@ -59,6 +59,7 @@ class Exchange:
     requests: int = 0
     edits: int = 0
     frame_times: list[float] = attrs.field(factory=list)
+    message_times: list[list[float]] = attrs.field(factory=list)  # per message: sent, edits
     first_frame_at: float | None = None
     first_marker_at: float | None = None
     done_at: float | None = None
@@ -68,6 +69,12 @@ class Exchange:
     @property
     def text(self) -> str:
         return "".join(self.messages)
+
+    def min_edit_gap(self) -> float | None:
+        """The shortest time between two consecutive versions (sent, then edits) of
+        any one message; None when no message was edited."""
+        gaps = [b - a for times in self.message_times for a, b in itertools.pairwise(times)]
+        return min(gaps) if gaps else None
 
     @property
     def latency(self) -> float | None:
@@ -181,6 +188,7 @@ class ChatClient:
                 return
             exchange, index = found
             exchange.messages[index] = text
+            exchange.message_times[index].append(now)
             exchange.edits += 1
             exchange._changed(now)
             return
@@ -192,6 +200,7 @@ class ChatClient:
             return
         exchange = exchange_or_none
         exchange.messages.append(text)
+        exchange.message_times.append([now])
         request_id = frame.get("request_id")
         if request_id:
             exchange.requests += 1
