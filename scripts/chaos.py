@@ -183,6 +183,7 @@ class Figures:
     outbox_rows_at_end: int = 0
     gateway_drops: int = 0
     pool_counters: Counter[str] = attrs.field(factory=Counter)
+    agents_seen_max: int = 0  # marked processes seen at once: the leftover scan sees them
     gateway_violations: list[str] = attrs.field(factory=list)
 
 
@@ -418,6 +419,8 @@ class BrokerRunner:
                 kb = rss_kb(process.pid)
                 if kb is not None:
                     self.figures.rss[-1].append((trio.current_time() - self.started_at, kb))
+                agents = len(marked_processes(self.marker))
+                self.figures.agents_seen_max = max(self.figures.agents_seen_max, agents)
                 seen = (seen + [zombie_children(process.pid)])[-ZOMBIE_SAMPLES:]
                 if len(seen) == ZOMBIE_SAMPLES:
                     self.figures.zombies |= set.intersection(*seen)
@@ -782,6 +785,7 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
         "rss_mb_max": round(max(rss_all) / 1024, 1) if rss_all else None,
         "rss_slope_kb_per_min": [round(s * 60, 1) for s in slopes],
         "rss_growth_mb_longest_run": round(growth_mb, 2),
+        "agents_seen_max": figures.agents_seen_max,
         "store_threads": len(figures.store_threads),
         "outbox_rows_at_end": figures.outbox_rows_at_end,
     }

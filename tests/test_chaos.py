@@ -51,3 +51,4 @@ async def test_chaos_soak_keeps_every_invariant(tmp_path: Path) -> None:
     assert figures["oversize_frames"] > 0 and figures["closed_1009"] == figures["oversize_frames"]
     assert figures["bad_frames"] > 0 and figures["error_frames"] >= figures["bad_frames"]
     assert figures["events_by_kind"].keys() >= {"normal", "crash", "cancel"}
+    assert figures["agents_seen_max"] > 0  # the leftover scan does see this run's agents
