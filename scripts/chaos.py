@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,8 @@ STOP_BUDGET_SECS = CANCEL_GRACE_SECS + STOP_GRACE_SECS + 5.0  # broker.service.s
 WARMUP_SECS = 10.0  # RSS samples of a run's first seconds are not fitted
 SAMPLE_SECS = 1.0
 ZOMBIE_SAMPLES = 3
+
+Body = Callable[[trio_websocket.WebSocketConnection, trio.Event], Awaitable[None]]
 
 # (weight, kind, text); {n} is a counter
 PROMPTS: list[tuple[int, str, str]] = [
@@ -494,41 +496,64 @@ class Chaos:
         )
         return event_id
 
-    async def read_replies(self, ws: trio_websocket.WebSocketConnection) -> None:
+    def take_frame(self, message: str | bytes) -> None:
+        if isinstance(message, str) and '"agent-broker.error.v1"' in message:
+            self.figures.error_frames += 1
+        else:
+            self.ledger.record_reply(str(message))
+
+    async def read_replies(self, ws: trio_websocket.WebSocketConnection, closed: trio.Event) -> None:
         try:
             while True:
-                message = await ws.get_message()
-                if isinstance(message, str) and '"agent-broker.error.v1"' in message:
-                    self.figures.error_frames += 1
-                else:
-                    self.ledger.record_reply(str(message))
+                self.take_frame(await ws.get_message())
         except trio_websocket.ConnectionClosed:
-            pass
+            closed.set()
 
-    async def client(self, index: int) -> None:
-        """One chat client: its own platform, a few threads, random actions."""
-        platform = f"chaos{index}"
-        channels = [f"t{n}" for n in range(self.args.threads_per_client)]
+    async def connected(self, platform: str, body: Body) -> None:
+        """Stay connected as a client of ``platform`` (reconnecting) until the
+        report; ``body`` runs on each connection and returns to reconnect."""
         while not self.done:
             try:
                 async with trio_websocket.open_websocket_url(
                     f"{self.url}?platforms={platform}", connect_timeout=5, disconnect_timeout=5
                 ) as ws, trio.open_nursery() as nursery:
                     self.figures.clients_connected += 1
-                    nursery.start_soon(self.read_replies, ws)
-                    await self.act(ws, platform, channels)
+                    closed = trio.Event()
+                    nursery.start_soon(self.read_replies, ws, closed)
+                    await body(ws, closed)
                     nursery.cancel_scope.cancel()
             except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
                 self.figures.connect_failures += 1
                 await trio.sleep(0.3)
 
+    async def client(self, index: int) -> None:
+        """One chat client: its own platform, a few threads, random actions."""
+        platform = f"chaos{index}"
+        channels = [f"t{n}" for n in range(self.args.threads_per_client)]
+
+        async def act(ws: trio_websocket.WebSocketConnection, closed: trio.Event) -> None:
+            await self.act(ws, closed, platform, channels)
+
+        await self.connected(platform, act)
+
+    async def listen(self, platform: str) -> None:
+        """A client that only takes replies: those of the abuse connections'
+        events that found their connection gone wait in the outbox for it."""
+
+        async def until_closed(ws: trio_websocket.WebSocketConnection, closed: trio.Event) -> None:
+            await closed.wait()
+
+        await self.connected(platform, until_closed)
+
     async def act(
-        self, ws: trio_websocket.WebSocketConnection, platform: str, channels: list[str]
+        self, ws: trio_websocket.WebSocketConnection, closed: trio.Event, platform: str,
+        channels: list[str],
     ) -> None:
         """Send random events until a disconnect is drawn or sending ends.
 
-        At the end of the run the connection stays open until the settle phase
-        is over, so final replies (and "restarting" ones) reach it."""
+        After the sending the connection stays open until the report (or until
+        the broker closes it: the caller reconnects), so the final replies, and
+        "restarting" ones, reach it."""
         weights = [w for w, _, _ in PROMPTS] + [DISCONNECT_WEIGHT]
         while self.sending:
             await trio.sleep(self.rng.expovariate(1 / self.args.pause))
@@ -537,12 +562,14 @@ class Chaos:
             pick = self.rng.choices(range(len(weights)), weights)[0]
             if pick == len(PROMPTS):
                 self.figures.disconnects += 1
+                await ws.aclose()
+                await trio.sleep(self.rng.uniform(0, 2))  # replies meanwhile go to the outbox
                 return
             _, kind, text = PROMPTS[pick]
             if await self.send_event(ws, platform, self.rng.choice(channels), kind,
                                      text.format(n=next(self.ids))) is None:
                 return
-        await trio.sleep_forever()
+        await closed.wait()
 
     async def abuse(self) -> None:
         """Oversize frames (expect close 1009, then a served connection) and
@@ -596,11 +623,7 @@ class Chaos:
         event_id = await self.send_event(ws, "abuse", channel, "normal", text)
         with trio.move_on_after(15):
             while event_id is not None and event_id not in self.ledger.replies:
-                message = await ws.get_message()
-                if isinstance(message, str) and '"agent-broker.error.v1"' in message:
-                    self.figures.error_frames += 1
-                else:
-                    self.ledger.record_reply(str(message))
+                self.take_frame(await ws.get_message())
         return event_id in self.ledger.replies
 
     async def gateway_chat(self, gateway: FakeGateway) -> None:
@@ -689,6 +712,7 @@ async def run_chaos(
             for index in range(args.clients):
                 nursery.start_soon(chaos.client, index)
             nursery.start_soon(chaos.abuse)
+            nursery.start_soon(chaos.listen, "abuse")
             await trio.sleep_until(now + args.duration)
             chaos.sending = False
             while runner.state != "up":  # a restart in progress finishes first
