@@ -174,3 +174,23 @@ async def test_oversize_attachments_get_a_clear_reply_and_the_rest_still_reaches
             assert "This message is too large" in text and "never" not in text
             assert len(client.replies[event_id]) == 1
         await stop(broker)
+
+
+async def test_a_stalled_or_oversized_request_head_is_cut_off_and_holds_up_no_one(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with broker_process(write_config(tmp_path, port)) as broker, chat(port) as client:
+        with trio.fail_after(60):
+            stalled = await trio.open_tcp_stream("127.0.0.1", port)
+            await stalled.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # and never the end
+            huge = await trio.open_tcp_stream("127.0.0.1", port)
+            await huge.send_all(b"GET /status HTTP/1.1\r\n" + b"X-Pad: " + b"a" * (64 * 1024))
+            assert "You said" in await client.ask("hello while they hang", "t1")
+            assert (await huge.receive_some(1024)).startswith(b"HTTP/1.1 431")
+            # the stalled one is answered 400 and closed after the head timeout (10 s)
+            answer = b""
+            while chunk := await stalled.receive_some(1024):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 400"), answer
+        await stop(broker)
