@@ -15,6 +15,7 @@ from bench_agent import claimed_pids, write_role
 from bench_client import Exchange, open_chat, open_direct, text_contains, text_is
 from bench_harness import (
     SEPARATE,
+    BrokerProcess,
     Context,
     Result,
     broker_sections,
@@ -338,12 +339,58 @@ async def churn(ctx: Context) -> Result:
 # -- 8. shutdown -----------------------------------------------------------------------------
 
 
-async def shutdown(ctx: Context) -> Result:
-    """SIGTERM with 100 live sessions, 10 of whose agents ignore SIGTERM (and stdin EOF)."""
-    result = Result("shutdown", SEPARATE)
-    sessions, deaf = ctx.size(100, 8), ctx.size(10, 2)
-    grace = 2.0
-    root = ctx.fresh("shutdown")
+@attrs.frozen
+class Stop:
+    """What one SIGTERM did: seconds until the broker exited and until every
+    process that was below it was reaped."""
+
+    live: int
+    deaf: int
+    processes: int
+    broker_exit: float
+    agents_reaped: float
+    exit_code: int | None
+    deaf_alive_after_1s: int | None
+
+    @property
+    def all_gone(self) -> float:
+        return max(self.broker_exit, self.agents_reaped)
+
+
+async def _sigterm(broker: BrokerProcess, live: int) -> Stop:
+    deaf_pids = claimed_pids(broker.roles)
+    pids = descendants(broker.pid)
+    signalled = wall()
+    broker.process.send_signal(signal.SIGTERM)
+    deaf_alive_1s: int | None = None
+    broker_exit: float | None = None
+    agents_gone: float | None = None
+    with trio.fail_after(60):
+        while broker_exit is None or agents_gone is None:
+            await trio.sleep(0.005)  # sampling /proc: nothing can notify us of a reap
+            now = wall() - signalled
+            if deaf_alive_1s is None and now >= 1.0:
+                deaf_alive_1s = sum(proc_exists(p) for p in deaf_pids)
+            if broker_exit is None and broker.process.returncode is not None:
+                broker_exit = now
+            if agents_gone is None and not any(proc_exists(p) for p in pids):
+                agents_gone = now
+    return Stop(
+        live,
+        len(deaf_pids),
+        len(pids),
+        broker_exit,
+        agents_gone,
+        broker.process.returncode,
+        deaf_alive_1s,
+    )
+
+
+async def _stop_with_sessions(
+    root: Path, sessions: int, deaf: int, grace: float, *, client_stays: bool
+) -> Stop:
+    """Start ``sessions`` sessions (``deaf`` of whose agents ignore SIGTERM and stdin
+    EOF), then SIGTERM the broker with the client still connected or gone."""
     sections = broker_sections(
         root,
         pool={"max_sessions": sessions + 5},
@@ -351,65 +398,71 @@ async def shutdown(ctx: Context) -> Result:
     )
     for i in range(deaf):
         write_role(root / "roles", f"deaf-{i}", ["--ignore-sigterm", "--ignore-stdin-eof"])
-    async with (
-        run_broker(root, sections, label="shutdown") as broker,
-        open_chat(broker.url) as client,
-    ):
-        async with trio.open_nursery() as nursery:
-            for i in range(sessions):
-                prompt, reply, _ = short_turn(f"s{i}")
-                nursery.start_soon(
-                    functools.partial(client.ask, f"sd{i}", prompt, 600, done_when=text_is(reply))
-                )
-        live = (await get_status(broker.port))["pool"]["active"]
-        deaf_pids = claimed_pids(broker.roles)
-        pids = descendants(broker.pid)
-        signalled = wall()
-        broker.process.send_signal(signal.SIGTERM)
-        deaf_alive_1s: int | None = None
-        broker_exit: float | None = None
-        agents_gone: float | None = None
-        with trio.fail_after(60):
-            while broker_exit is None or agents_gone is None:
-                await trio.sleep(0.005)  # sampling /proc: nothing can notify us of a reap
-                now = wall() - signalled
-                if deaf_alive_1s is None and now >= 1.0:
-                    deaf_alive_1s = sum(proc_exists(p) for p in deaf_pids)
-                if broker_exit is None and broker.process.returncode is not None:
-                    broker_exit = now
-                if agents_gone is None and not any(proc_exists(p) for p in pids):
-                    agents_gone = now
-        all_gone = max(broker_exit, agents_gone)
-        exit_code = broker.process.returncode
-    limit = grace + 1.0
-    result.metrics.update(
-        live_sessions=live,
-        deaf_agents=len(deaf_pids),
-        processes=len(pids),
-        stop_grace_secs=grace,
-        broker_exit_secs=round(broker_exit, 3),
-        agents_reaped_secs=round(agents_gone, 3),
-        all_gone_secs=round(all_gone, 3),
-        exit_code=exit_code,
-        deaf_agents_alive_after_1s=deaf_alive_1s,
+    async with run_broker(root, sections, label=root.name) as broker:
+        async with open_chat(broker.url) as client:
+            async with trio.open_nursery() as nursery:
+                for i in range(sessions):
+                    prompt, reply, _ = short_turn(f"s{i}")
+                    nursery.start_soon(
+                        functools.partial(
+                            client.ask, f"sd{i}", prompt, 600, done_when=text_is(reply)
+                        )
+                    )
+            live = (await get_status(broker.port))["pool"]["active"]
+            if client_stays:
+                return await _sigterm(broker, live)
+        return await _sigterm(broker, live)
+
+
+async def shutdown(ctx: Context) -> Result:
+    """SIGTERM with 100 live sessions, 10 of whose agents ignore SIGTERM (and stdin
+    EOF), the client still connected; again with the client gone first, for contrast."""
+    result = Result("shutdown", SEPARATE)
+    sessions, deaf = ctx.size(100, 8), ctx.size(10, 2)
+    grace = 2.0
+    stop = await _stop_with_sessions(
+        ctx.fresh("shutdown"), sessions, deaf, grace, client_stays=True
     )
+    alone = await _stop_with_sessions(
+        ctx.fresh("shutdown-no-client"), sessions, deaf, grace, client_stays=False
+    )
+    limit = grace + 1.0
+    for name, run in (("client_connected", stop), ("client_gone_first", alone)):
+        result.metrics[name] = {
+            "live_sessions": run.live,
+            "deaf_agents": run.deaf,
+            "processes": run.processes,
+            "broker_exit_secs": round(run.broker_exit, 3),
+            "agents_reaped_secs": round(run.agents_reaped, 3),
+            "all_gone_secs": round(run.all_gone, 3),
+            "exit_code": run.exit_code,
+            "deaf_agents_alive_after_1s": run.deaf_alive_after_1s,
+        }
+    result.metrics["stop_grace_secs"] = grace
     result.check(
         "every process gone after SIGTERM",
         f"<= {limit:g} s",
-        f"{all_gone:.2f} s (agents reaped {agents_gone:.2f} s, broker exit {broker_exit:.2f} s, "
-        f"code {exit_code})",
-        all_gone <= limit and exit_code == 0,
+        f"{stop.all_gone:.2f} s (agents reaped {stop.agents_reaped:.2f} s, broker exit "
+        f"{stop.broker_exit:.2f} s, code {stop.exit_code})",
+        stop.all_gone <= limit and stop.exit_code == 0,
+        "the client stays connected, as a gateway would",
+    )
+    result.check(
+        "the same with the client gone first",
+        "(contrast)",
+        f"{alone.all_gone:.2f} s (broker exit {alone.broker_exit:.2f} s, code {alone.exit_code})",
+        None,
     )
     result.check(
         "live sessions / deaf agents",
         f"{sessions} / {deaf}",
-        f"{live} / {len(deaf_pids)}",
-        live == sessions and len(deaf_pids) == deaf,
+        f"{stop.live} / {stop.deaf}",
+        stop.live == sessions and stop.deaf == deaf,
     )
     result.notes.append(
         "The deaf agents ignore SIGTERM and stdin EOF, so only the SIGKILL after the stop grace "
-        f"ends them; 'gone' means no /proc entry (reaped) for any of the {len(pids)} processes "
-        "that were below the broker."
+        f"ends them; 'gone' means no /proc entry (reaped) for any of the {stop.processes} "
+        "processes that were below the broker."
     )
     return result
 
