@@ -238,16 +238,24 @@ async def _short_turn_load(
     return latencies, failures
 
 
+async def _session(broker: BrokerProcess, thread: str) -> dict[str, Any] | None:
+    """The thread's session in the broker's /status document, if it has one."""
+    key = f"bench:{thread}"
+    for session in (await get_status(broker.port))["sessions"]:
+        if session["thread_key"] == key:
+            return dict(session)
+    return None
+
+
 async def _wait_session(
     broker: BrokerProcess, thread: str, states: set[str], timeout: float = 60
 ) -> dict[str, Any]:
     """Poll /status until the thread's session is in one of ``states``."""
-    key = f"bench:{thread}"
     with trio.fail_after(timeout):
         while True:
-            for session in (await get_status(broker.port))["sessions"]:
-                if session["thread_key"] == key and session["state"] in states:
-                    return dict(session)
+            session = await _session(broker, thread)
+            if session is not None and session["state"] in states:
+                return session
             await trio.sleep(0.05)
 
 
@@ -297,7 +305,8 @@ async def isolation(ctx: Context) -> Result:
         with trio.move_on_after(init_secs + 30):
             await slow.done.wait()
         slow_latency = slow.latency
-        still_busy = (await _wait_session(broker, "silent", {"busy"}))["state"] == "busy"
+        silent_session = await _session(broker, "silent")
+        still_busy = silent_session is not None and silent_session["state"] == "busy"
     q99, l99 = percentile(quiet, 0.99), percentile(loaded, 0.99)
     result.metrics.update(
         threads=len(threads),
@@ -401,12 +410,12 @@ async def crash(ctx: Context) -> Result:
 
 
 async def _until_tool(broker: BrokerProcess, thread: str) -> dict[str, Any]:
-    key = f"bench:{thread}"
+    """Poll /status until the thread's agent is inside a tool call (so: mid-turn)."""
     with trio.fail_after(60):
         while True:
-            for session in (await get_status(broker.port))["sessions"]:
-                if session["thread_key"] == key and session["current_tool"] and session["pid"]:
-                    return dict(session)
+            session = await _session(broker, thread)
+            if session is not None and session["current_tool"] and session["pid"]:
+                return session
             await trio.sleep(0.02)
 
 
