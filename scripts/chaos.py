@@ -61,6 +61,7 @@ import trio_websocket
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from broker.config import load_config
 from broker.frontends.wire import (
     Channel,
     Content,
@@ -70,6 +71,7 @@ from broker.frontends.wire import (
     encode_event,
     parse_reply,
 )
+from broker.service import stop_budget
 from broker.testing.fake_gateway import FakeGateway, open_fake_gateway
 
 MAX_FRAME_BYTES = 64 * 1024
@@ -78,7 +80,6 @@ GATEWAY_DROP_CHANCE = 0.05
 TURN_HARD_SECS = 3.0
 CANCEL_GRACE_SECS = 1.0
 STOP_GRACE_SECS = 1.0
-STOP_BUDGET_SECS = CANCEL_GRACE_SECS + STOP_GRACE_SECS + 5.0  # broker.service.stop_budget
 WARMUP_SECS = 10.0  # RSS samples of a run's first seconds are not fitted
 SAMPLE_SECS = 1.0
 ZOMBIE_SAMPLES = 3
@@ -154,6 +155,10 @@ class Ledger:
         self.replies.setdefault(reply.reply_to, []).append(reply.text)
         self.changed.set()
         self.changed = trio.Event()
+
+    def unsend(self, event_id: str) -> None:
+        """The send of ``event_id`` failed: the broker never got it."""
+        self.send_failed[self.sent.pop(event_id).kind] += 1
 
     def unanswered(self) -> list[str]:
         return [event_id for event_id in self.sent if event_id not in self.replies]
@@ -309,7 +314,8 @@ def read_store(path: Path) -> tuple[set[str], int, int]:
     """Threads with a session id, agents rows and outbox rows of a stopped broker's store."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        threads = {row[0] for row in db.execute("SELECT thread_key FROM threads WHERE session_id != ''")}
+        rows = db.execute("SELECT thread_key FROM threads WHERE session_id != ''")
+        threads = {row[0] for row in rows}
         agents = db.execute("SELECT COUNT(*) FROM agents").fetchone()[0]
         outbox = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
     finally:
@@ -334,6 +340,9 @@ class BrokerRunner:
         self.runs = 0
         self.started_at = 0.0
         self.t0 = trio.current_time()
+        config_values = load_config(config)
+        self.budget = stop_budget(config_values)
+        self.store_path = Path(config_values.state.path)
 
     async def start(self) -> None:
         self.runs += 1
@@ -388,7 +397,7 @@ class BrokerRunner:
         self.state = "stopping"
         began = trio.current_time()
         self.process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(STOP_BUDGET_SECS + 15):
+        with trio.move_on_after(self.budget + 15):
             await self.process.wait()
         took = trio.current_time() - began
         if self.process.returncode is None:
@@ -399,18 +408,21 @@ class BrokerRunner:
             while marked_processes(self.marker):
                 await trio.sleep(0.1)
         left = marked_processes(self.marker)
-        self.figures.leftovers += [f"{pid}: {_cmdline(pid)}" for pid in left]
         for leftover in left:
+            self.figures.leftovers.append(f"{leftover}: {_cmdline(leftover)}")
             _kill(leftover)
-        threads, agents, outbox = read_store(_store_path(self.config))
+        threads, agents, outbox = read_store(self.store_path)
         self.figures.store_threads |= threads
         self.figures.agents_rows_after_stop += agents
         self.figures.outbox_rows_at_end = outbox
-        self.figures.stops.append(
-            {"pid": pid, "at": round(began - self.t0, 2), "exit_code": self.process.returncode,
-             "secs": round(took, 2),
-             "leftovers": len(left), "agents_rows": agents}
-        )
+        self.figures.stops.append({
+            "pid": pid,
+            "at": round(began - self.t0, 2),
+            "exit_code": self.process.returncode,
+            "secs": round(took, 2),
+            "leftovers": len(left),
+            "agents_rows": agents,
+        })
 
     async def sample(self) -> None:
         """RSS and zombie children of the running broker, every SAMPLE_SECS."""
@@ -431,10 +443,6 @@ class BrokerRunner:
             await trio.sleep(SAMPLE_SECS)
 
 
-def _store_path(config: Path) -> Path:
-    return config.parent / "state" / "broker.sqlite3"
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
@@ -453,6 +461,8 @@ def _kill(pid: int) -> None:
 
 
 class Chaos:
+    """The clients, the abuse, the restarts and the ledger of one soak."""
+
     def __init__(self, args: argparse.Namespace, runner: BrokerRunner, figures: Figures):
         self.args = args
         self.runner = runner
@@ -485,16 +495,19 @@ class Chaos:
         text: str,
     ) -> str | None:
         event_id, frame = self.event(platform, channel, text)
-        state = self.runner.state
+        self.expect(event_id, platform, channel, kind)  # first: its reply may beat our wake-up
         try:
             await ws.send_message(frame)
         except trio_websocket.ConnectionClosed:
-            self.ledger.send_failed[kind] += 1
+            self.ledger.unsend(event_id)
             return None
-        self.ledger.sent[event_id] = Sent(
-            f"{platform}:{channel}", kind, round(self.runner.elapsed(), 2), state, self.runner.runs
-        )
         return event_id
+
+    def expect(self, event_id: str, platform: str, channel: str, kind: str) -> None:
+        self.ledger.sent[event_id] = Sent(
+            f"{platform}:{channel}", kind, round(self.runner.elapsed(), 2), self.runner.state,
+            self.runner.runs,
+        )
 
     def take_frame(self, message: str | bytes) -> None:
         if isinstance(message, str) and '"agent-broker.error.v1"' in message:
@@ -573,49 +586,56 @@ class Chaos:
 
     async def abuse(self) -> None:
         """Oversize frames (expect close 1009, then a served connection) and
-        malformed frames (expect one error frame each, connection kept)."""
+        malformed frames (expect one error frame each, connection kept).
+        A round that a broker restart cut into is not counted."""
         while self.sending:
             await trio.sleep(self.rng.uniform(2, 6))
+            run = self.runner.runs
             if self.runner.state != "up":
                 continue
             with trio.move_on_after(20):
                 try:
-                    await self.oversize_then_served()
-                    await self.malformed_frames()
+                    closed_1009, served = await self.oversize_then_served()
+                    errors_all, kept_serving = await self.malformed_frames()
                 except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
                     self.figures.connect_failures += 1
+                    continue
+                if self.runner.runs != run or self.runner.state != "up":
+                    continue
+                self.figures.oversize_sent += 1
+                self.figures.oversize_closed_1009 += closed_1009
+                self.figures.served_after_oversize += served
+                self.figures.bad_frames_sent += len(BAD_FRAMES)
+                self.figures.malformed_rounds += 1
+                self.figures.malformed_rounds_all_errors += errors_all and kept_serving
 
-    async def oversize_then_served(self) -> None:
+    async def oversize_then_served(self) -> tuple[bool, bool]:
+        """(closed with 1009, the next connection was answered)"""
         url = f"{self.url}?platforms=abuse-big"
+        closed_1009 = False
         async with trio_websocket.open_websocket_url(url, connect_timeout=5) as ws:
             _, frame = self.event("abuse", "big", "x" * (MAX_FRAME_BYTES + 1024))
-            self.figures.oversize_sent += 1
             try:
                 await ws.send_message(frame)
                 while True:
                     await ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
-                if exc.reason is not None and exc.reason.code == 1009:
-                    self.figures.oversize_closed_1009 += 1
+                closed_1009 = exc.reason is not None and exc.reason.code == 1009
         async with trio_websocket.open_websocket_url(
             f"{self.url}?platforms=abuse", connect_timeout=5
         ) as ws:
-            if await self.answered(ws, "after-big", "@reply served"):
-                self.figures.served_after_oversize += 1
+            return closed_1009, await self.answered(ws, "after-big", "@reply served")
 
-    async def malformed_frames(self) -> None:
+    async def malformed_frames(self) -> tuple[bool, bool]:
+        """(one error frame per bad frame, the connection answered an event after them)"""
         async with trio_websocket.open_websocket_url(
             f"{self.url}?platforms=abuse", connect_timeout=5
         ) as ws:
             for frame in BAD_FRAMES:
-                self.figures.bad_frames_sent += 1
                 await ws.send_message(frame)
             errors_before = self.figures.error_frames
-            if await self.answered(ws, "after-bad", "@reply still served"):
-                self.figures.malformed_rounds += 1
-                self.figures.malformed_rounds_all_errors += (
-                    self.figures.error_frames - errors_before == len(BAD_FRAMES)
-                )
+            served = await self.answered(ws, "after-bad", "@reply still served")
+            return self.figures.error_frames - errors_before == len(BAD_FRAMES), served
 
     async def answered(self, ws: trio_websocket.WebSocketConnection, channel: str,
                        text: str) -> bool:
@@ -641,15 +661,11 @@ class Chaos:
             _, kind, text = PROMPTS[self.rng.choices(range(len(PROMPTS)), weights)[0]]
             channel = f"g{self.rng.randrange(self.args.threads_per_client)}"
             event_id, frame = self.event("gw", channel, text.format(n=next(self.ids)))
-            state = self.runner.state
+            self.expect(event_id, "gw", channel, kind)
             try:
                 await gateway.send_raw(frame)
             except (RuntimeError, trio_websocket.ConnectionClosed):
-                self.ledger.send_failed[kind] += 1
-                continue
-            self.ledger.sent[event_id] = Sent(
-                f"gw:{channel}", kind, round(self.runner.elapsed(), 2), state, self.runner.runs
-            )
+                self.ledger.unsend(event_id)
 
     async def gateway_replies(self, gateway: FakeGateway) -> None:
         seen = 0
@@ -740,6 +756,9 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
     fitted = [p for p in longest if p[0] >= WARMUP_SECS]
     growth_mb = slope(fitted) * (fitted[-1][0] - fitted[0][0]) / 1024 if len(fitted) > 2 else 0.0
     unanswered_threads = figures.store_threads - ledger.answered_threads()
+    unclean_stops = [
+        s for s in figures.stops if s["exit_code"] != 0 or s["secs"] > chaos.runner.budget
+    ]
     by_kind = Counter(s.kind for s in ledger.sent.values())
     invariants = {
         "one_reply_per_event": _check(
@@ -760,8 +779,7 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
             f"never answered: {sorted(unanswered_threads)[:5]}",
         ),
         "clean_stops": _check(
-            all(s["exit_code"] == 0 and s["secs"] <= STOP_BUDGET_SECS for s in figures.stops),
-            f"{[s for s in figures.stops if s['exit_code'] != 0 or s['secs'] > STOP_BUDGET_SECS]}",
+            not unclean_stops, f"{unclean_stops} (budget {chaos.runner.budget:g} s)",
         ),
         "oversize_frames_closed_1009": _check(
             figures.oversize_closed_1009 == figures.oversize_sent
