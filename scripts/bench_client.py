@@ -6,12 +6,13 @@ it sends events and follows every event's reply: plain replies, streamed
 messages (it answers each ``request_id`` with a fresh ``message_id``) and
 their ``edit_message`` frames. What the chat shows for an event is
 :attr:`Exchange.text`, the concatenation of its messages' current texts. A
-scenario says when an exchange is *done* (``done=`` a predicate over the
-exchange, e.g. "the text equals the expected reply"); the client records
-when that first became true, when the first frame came and when the text
-first contained a given marker.
+scenario says when an exchange is *done* (``done_when``, a predicate over the
+exchange, e.g. :func:`text_is` the expected reply); the client records when
+that first became true, when the first frame came, when the text first
+contained a given marker, and every frame that came after it was done (a
+duplicate).
 
-:func:`direct_turns` is the baseline without the broker: the same fake agent
+:func:`open_direct` is the baseline without the broker: the same agent
 spawned with :func:`supervisor.process.run_child` and driven with
 :class:`broker.acp.AcpClient` in this process.
 """
@@ -55,6 +56,7 @@ class Exchange:
     done_when: Callable[[Exchange], bool] = never
     first_marker: str | None = None
     messages: list[str] = attrs.field(factory=list)
+    length: int = 0  # len(self.text), kept up to date so checks need not join the messages
     plain_frames: int = 0
     requests: int = 0
     edits: int = 0
@@ -84,7 +86,8 @@ class Exchange:
     def first_latency(self) -> float | None:
         return None if self.first_marker_at is None else self.first_marker_at - self.sent_at
 
-    def _changed(self, now: float) -> None:
+    def record_frame(self, now: float) -> None:
+        """A frame for this exchange arrived at ``now`` (after it was applied)."""
         self.frame_times.append(now)
         if self.first_frame_at is None:
             self.first_frame_at = now
@@ -103,7 +106,7 @@ class Exchange:
 
 
 def text_is(expected: str) -> Callable[[Exchange], bool]:
-    return lambda exchange: exchange.text == expected
+    return lambda exchange: exchange.length == len(expected) and exchange.text == expected
 
 
 def text_contains(marker: str) -> Callable[[Exchange], bool]:
@@ -187,10 +190,11 @@ class ChatClient:
                 self.unmatched.append(frame)
                 return
             exchange, index = found
+            exchange.length += len(text) - len(exchange.messages[index])
             exchange.messages[index] = text
             exchange.message_times[index].append(now)
             exchange.edits += 1
-            exchange._changed(now)
+            exchange.record_frame(now)
             return
         if command is not None:
             return  # reactions and topics: not used by the scenarios
@@ -200,13 +204,13 @@ class ChatClient:
             return
         exchange = exchange_or_none
         exchange.messages.append(text)
+        exchange.length += len(text)
         exchange.message_times.append([now])
         request_id = frame.get("request_id")
         if request_id:
             exchange.requests += 1
             message_id = f"m-{exchange.event_id}-{len(exchange.messages)}"
             self._by_message[message_id] = (exchange, len(exchange.messages) - 1)
-            exchange._changed(now)
             response = {
                 "schema": "openab.gateway.response.v1",
                 "request_id": request_id,
@@ -215,11 +219,12 @@ class ChatClient:
                 "message_id": message_id,
                 "error": None,
             }
-            async with self._send_lock:
+            async with self._send_lock:  # answer first: the broker waits for it
                 await self.ws.send_message(json.dumps(response))
+            exchange.record_frame(now)
         else:
             exchange.plain_frames += 1
-            exchange._changed(now)
+            exchange.record_frame(now)
 
 
 @asynccontextmanager
