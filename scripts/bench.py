@@ -116,7 +116,7 @@ def report(results: list[Result], argv: list[str], quick: bool) -> dict[str, Any
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "scenarios": {r.scenario: attrs.asdict(r) for r in results},
-        "all_met": all(c.met for r in results for c in r.checks),
+        "all_met": all(c.met is not False for r in results for c in r.checks),
     }
 
 
