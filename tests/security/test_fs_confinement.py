@@ -89,6 +89,7 @@ async def test_writes_outside_the_working_directory_are_refused_and_change_nothi
     target = tmp_path / "target.txt"
     target.write_text("original\n")
     (work / "link-to-target").symlink_to(target)
+    (work / "link-to-dir").symlink_to(tmp_path)
 
     answers = await agent_fs(
         config,
@@ -97,15 +98,17 @@ async def test_writes_outside_the_working_directory_are_refused_and_change_nothi
             write(str(target), "overwritten"),
             write("link-to-target", "overwritten"),
             write("../planted.txt", "planted"),
+            write("link-to-dir/planted.txt", "planted"),
+            write("link-to-dir/deeper/planted.txt", "planted"),
             write("new/inside.txt", "fine"),
         ],
     )
 
-    for answer in answers[:4]:
+    for answer in answers[:6]:
         assert_refused(answer)
-    assert answers[4] == {"result": {}}
+    assert answers[6] == {"result": {}}
     assert target.read_text() == "original\n"
-    assert not (tmp_path / "planted.txt").exists()
+    assert not (tmp_path / "planted.txt").exists() and not (tmp_path / "deeper").exists()
     assert (work / "new" / "inside.txt").read_text() == "fine"
 
 

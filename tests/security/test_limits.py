@@ -20,6 +20,7 @@ from broker.testing.fake_gateway import make_event
 from tests.security.conftest import RAW_AGENT
 from tests.service.broker_process import (
     BrokerProcess,
+    Chat,
     broker_process,
     chat,
     free_port,
@@ -149,30 +150,30 @@ async def test_oversize_attachments_get_a_clear_reply_and_the_rest_still_reaches
         tmp_path, port, prompt={"max_attachment_bytes": 10_000, "max_message_bytes": 50_000}
     )
 
-    def with_files(text: str, *sizes: int) -> str:
+    async def send_with_files(client: Chat, text: str, *sizes: int, kind: str = "text_file") -> str:
+        """Send ``text`` with attachments of ``sizes`` bytes; returns the reply."""
         files = tuple(
-            Attachment("text_file", base64.b64encode(b"a" * size).decode(), f"f{n}.txt")
+            Attachment(kind, base64.b64encode(b"a" * size).decode(), f"f{n}.txt")
             for n, size in enumerate(sizes)
         )
         event = make_event(text, channel_id="t1")
-        return encode_event(attrs.evolve(event, content=attrs.evolve(event.content,
-                                                                     attachments=files)))
+        event = attrs.evolve(event, content=attrs.evolve(event.content, attachments=files))
+        await client.ws.send_message(encode_event(event))
+        reply = await client.reply(event.event_id)
+        assert len(client.replies[event.event_id]) == 1
+        return reply
 
     async with broker_process(config) as broker, chat(port) as client:
         with trio.fail_after(60):
-            frame = with_files("@reply got it", 20_000, 100)
-            event_id = frame.split('"event_id":"', 1)[1].split('"', 1)[0]
-            await client.ws.send_message(frame)
-            text = await client.reply(event_id)
+            text = await send_with_files(client, "@reply got it", 20_000, 100)
             assert "got it" in text
             assert "f0.txt was not passed to the agent" in text and "over the limit" in text
 
-            frame = with_files("@reply never", *[9_000] * 6)
-            event_id = frame.split('"event_id":"', 1)[1].split('"', 1)[0]
-            await client.ws.send_message(frame)
-            text = await client.reply(event_id)
+            text = await send_with_files(client, "@reply no picture", 20_000, kind="image")
+            assert "no picture" in text and "f0.txt was not passed to the agent" in text
+
+            text = await send_with_files(client, "@reply never", *[9_000] * 6)
             assert "This message is too large" in text and "never" not in text
-            assert len(client.replies[event_id]) == 1
         await stop(broker)
 
 
