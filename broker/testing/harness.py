@@ -29,8 +29,12 @@ FAST_TIMEOUTS: Mapping[str, Any] = {
 def fake_agent_argv(root: Path, *agent_args: str) -> list[str]:
     """The fake agent's command line with its session files under ``root``."""
     return [
-        sys.executable, "-m", "broker.testing.fake_agent",
-        "--state-dir", str(root / "agent-sessions"), *agent_args,
+        sys.executable,
+        "-m",
+        "broker.testing.fake_agent",
+        "--state-dir",
+        str(root / "agent-sessions"),
+        *agent_args,
     ]
 
 
