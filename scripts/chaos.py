@@ -160,6 +160,10 @@ class Ledger:
         """The send of ``event_id`` failed: the broker never got it."""
         self.send_failed[self.sent.pop(event_id).kind] += 1
 
+    def owed(self, platform: str) -> bool:
+        """Whether an event of ``platform`` still waits for its reply."""
+        return any(self.sent[e].thread.startswith(f"{platform}:") for e in self.unanswered())
+
     def unanswered(self) -> list[str]:
         return [event_id for event_id in self.sent if event_id not in self.replies]
 
@@ -173,6 +177,7 @@ class Figures:
 
     clients_connected: int = 0
     disconnects: int = 0
+    abrupt_disconnects: int = 0
     connect_failures: int = 0
     oversize_sent: int = 0
     oversize_closed_1009: int = 0
@@ -575,6 +580,12 @@ class Chaos:
             pick = self.rng.choices(range(len(weights)), weights)[0]
             if pick == len(PROMPTS):
                 self.figures.disconnects += 1
+                # Abrupt (no close handshake, like a lost network) only when nothing is owed
+                # to this client: a reply already in its socket buffer would be lost, and the
+                # protocol has no acknowledgement to tell the broker.
+                if not self.ledger.owed(platform) and self.rng.random() < 0.5:
+                    self.figures.abrupt_disconnects += 1
+                    await ws._stream.aclose()
                 await ws.aclose()
                 await trio.sleep(self.rng.uniform(0, 2))  # replies meanwhile go to the outbox
                 return
@@ -814,6 +825,7 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
         "stray_replies": ledger.stray_replies,
         "connections": figures.clients_connected,
         "client_disconnects": figures.disconnects,
+        "abrupt_disconnects": figures.abrupt_disconnects,
         "connect_failures": figures.connect_failures,
         "oversize_frames": figures.oversize_sent,
         "closed_1009": figures.oversize_closed_1009,
