@@ -42,6 +42,36 @@ def _take_terminal() -> None:  # runs in the child: the pty becomes its controll
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+_TOKEN = re.compile(
+    r"\x1b\[([0-9;?]*)([A-Za-z])|\x1b[()][0-9A-B]|\x1b\][^\x07]*\x07|(.)", re.DOTALL
+)
+
+
+def screen_lines(raw: str) -> list[str]:
+    """What a terminal would show after ``raw`` (the escapes the chat uses:
+    cursor up, erase below, erase line; colours ignored; no scrolling limit)."""
+    lines, row, col = [""], 0, 0
+    for match in _TOKEN.finditer(raw):
+        args, code, char = match.groups()
+        if code == "A":
+            row = max(0, row - int(args or 1))
+        elif code == "J":
+            lines[row] = lines[row][:col]
+            del lines[row + 1 :]
+        elif code == "K":
+            lines[row] = "" if args == "2" else lines[row][:col]
+        elif char == "\r":
+            col = 0
+        elif char == "\n":
+            row += 1
+            lines.extend([""] * (row + 1 - len(lines)))
+        elif char is not None and char.isprintable():
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + char + line[col + 1 :]
+            col += 1
+    return [line.rstrip() for line in lines]
+
+
 class Terminal:
     """The user's side of the pty: what was shown (ANSI removed) and typing."""
 
@@ -123,6 +153,7 @@ async def test_chat_shows_replies_and_ctrl_c_cancels_a_long_turn(tmp_path: Path)
         async with chat_with_broker(tmp_path, streaming=True) as t:
             await t.type("hello from the terminal\n")
             await t.expect("You said: “hello from the terminal”")
+            await t.expect("docs/fake-agent.md).")  # the end of the reply
             await t.type("@tool Long job 60 execute\n")
             await t.expect("Long job … running")
             with trio.fail_after(15):  # the tool would run 60 s
@@ -133,12 +164,20 @@ async def test_chat_shows_replies_and_ctrl_c_cancels_a_long_turn(tmp_path: Path)
             await t.expect("📊 ")
             await t.type("\x04")  # Ctrl-D on an empty line: end of input
             assert await t.exit_status() == 0
+    # the screen reads as a transcript: each line once, no stale progress
+    screen = screen_lines(t.raw.decode())
+    assert screen.count("you › hello from the terminal") == 1
+    assert sum("You said: “hello from the terminal”" in line for line in screen) == 1
+    assert screen.count("⏹️ Long job (unfinished)") == 1
+    assert not any("Starting…" in line or "… running" in line for line in screen)
+    assert screen.index("you › /status") > screen.index("🛑 Cancelled.")
 
 
 async def test_two_ctrl_c_quit_the_chat(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with chat_with_broker(tmp_path, streaming=False) as t:
             await t.type("@reply plain and simple\n")
+            await t.expect("you › @reply plain and simple")
             await t.expect("plain and simple")
             await t.type("\x03")
             await t.expect("Ctrl-C again")

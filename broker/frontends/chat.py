@@ -33,13 +33,13 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import trio
 import trio_websocket
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
 from rich.syntax import Syntax
 from rich.text import Text
 
@@ -159,27 +159,32 @@ def _code(fence: Fence, lines: list[str]) -> Syntax:
 class ChatView:
     """The terminal side.
 
-    Streamed replies are shown in one live area at the bottom, each updated
-    in place as its edits arrive. A reply that has not changed for
-    ``hold_secs`` is printed for good above the live area and leaves it; an
-    edit that comes later for it (a tool that ran for minutes) shows it
-    again in the live area. Plain replies and notes are printed above the
-    live area at once.
+    Streamed replies are drawn in a live area at the bottom of the screen and
+    redrawn in place as their edits arrive (on a terminal; elsewhere they are
+    printed once settled). Plain replies and notes are printed above the live
+    area. The live area is settled — printed for good — when the user sends a
+    line (which is then shown as ``you › ...`` below it), when a reply in it
+    has not changed for ``hold_secs``, and at exit; an edit that arrives later
+    for a settled reply (a tool that ran for minutes) shows it again.
     """
 
-    def __init__(self, console: Console, *, hold_secs: float = LIVE_HOLD_SECS) -> None:
+    def __init__(
+        self, console: Console, *, echo: bool = True, hold_secs: float = LIVE_HOLD_SECS
+    ) -> None:
         self.console = console
+        self.interactive = console.is_terminal
+        self.echo = echo  # the terminal echoes what the user types
         self.hold_secs = hold_secs
-        self._live: Live | None = None
+        self._height = 0  # lines of the live area on screen; the cursor is below it
         self._active: dict[str, float] = {}  # event id -> last change, in the live area
         self._owner: dict[str, str] = {}  # message id -> event id, of every streamed message
         self._texts: dict[str, str] = {}  # message id -> text
 
     def note(self, text: str, style: str = "dim") -> None:
-        self.console.print(Text(text, style=style))
+        self._above(Text(text, style=style))
 
     def plain(self, reply: OutboundReply) -> None:
-        self.console.print(HEADER, render_message(reply.text))
+        self._above(HEADER, render_message(reply.text))
 
     def streamed(self, reply: OutboundReply, message_id: str) -> None:
         """A new message of a streamed reply (the first, or a continuation)."""
@@ -193,34 +198,64 @@ class ChatView:
             self._texts[reply.reply_to] = reply.text
             self._touch(event_id)
 
+    def user_line(self, line: str) -> None:
+        """The user sent ``line``: settle the live area and show the line below it."""
+        typed = 0
+        if self.echo and self.interactive:
+            typed = 1 + len(line) // max(self.console.width, 1)
+        self._erase(typed)
+        self._print_settled(list(self._active))
+        self.console.print(Text.assemble(("you › ", "bold green"), line))
+
     def settle(self) -> None:
-        """Leave every streamed reply on screen as it is and stop updating."""
-        if self._live is not None:
-            self._live.stop()
-        self._live = None
-        self._active.clear()
+        """Print every reply of the live area for good and empty it."""
+        self._erase()
+        self._print_settled(list(self._active))
 
     def _reply(self, event_id: str) -> RenderableType:
         texts = [t for m, t in self._texts.items() if self._owner[m] == event_id]
         return Group(HEADER, *(render_message(t) for t in texts))
 
+    def _print_settled(self, event_ids: list[str]) -> None:
+        for event_id in event_ids:
+            del self._active[event_id]
+            self.console.print(self._reply(event_id))
+
     def _touch(self, event_id: str) -> None:
         now = time.monotonic()
         self._active.pop(event_id, None)
         self._active[event_id] = now
-        for old, changed in list(self._active.items()):
-            if now - changed > self.hold_secs:
-                del self._active[old]
-                self.console.print(self._reply(old))
-        if self._live is None:
-            self._live = Live(
-                console=self.console,
-                auto_refresh=False,
-                redirect_stdout=False,
-                redirect_stderr=False,
-            )
-            self._live.start()
-        self._live.update(Group(*(self._reply(e) for e in self._active)), refresh=True)
+        self._erase()
+        self._print_settled([e for e, at in self._active.items() if now - at > self.hold_secs])
+        self._draw()
+
+    def _above(self, *renderables: RenderableType) -> None:
+        self._erase()
+        self.console.print(*renderables)
+        self._draw()
+
+    def _write(self, text: str) -> None:
+        self.console.file.write(text)
+        self.console.file.flush()
+
+    def _erase(self, extra_lines: int = 0) -> None:
+        """Clear the live area (and ``extra_lines`` below it); the cursor goes to its top."""
+        up = self._height + extra_lines
+        if self.interactive and up:
+            self._write(f"\r\x1b[{up}A\x1b[J")
+        self._height = 0
+
+    def _draw(self) -> None:
+        if not self.interactive or not self._active:
+            return
+        with self.console.capture() as capture:
+            self.console.print(*(self._reply(e) for e in self._active))
+        lines = capture.get().split("\n")[:-1]
+        room = max(self.console.height - 2, 3)
+        if len(lines) > room:  # the top scrolls away; it is printed in full when settled
+            lines = ["…", *lines[-(room - 1) :]]
+        self._write("".join(line + "\n" for line in lines))
+        self._height = len(lines)
 
 
 # --- the session ----------------------------------------------------------------------------
@@ -260,6 +295,19 @@ class ChatSession:
             await self.ws.send_message(encode_event(self.event(text)))
         except trio_websocket.ConnectionClosed:
             pass
+
+    async def run(self, signals: AsyncIterator[int]) -> str | None:
+        """Chat until the user quits (None) or the connection closes (its reason)."""
+        closed = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.read_input, nursery.cancel_scope)
+            nursery.start_soon(self.on_interrupts, signals, nursery.cancel_scope)
+            try:
+                await self.read_frames()
+            except trio_websocket.ConnectionClosed as exc:
+                closed = str(exc.reason)
+            nursery.cancel_scope.cancel()
+        return closed
 
     async def read_frames(self) -> None:
         """Show every frame; returns when the connection closes."""
@@ -311,32 +359,29 @@ class ChatSession:
                 return
             text = line.rstrip("\n")
             if text.strip():
+                self.view.user_line(text)
                 await self.send_text(text)
 
-    async def on_interrupts(self, done: trio.CancelScope) -> None:
+    async def on_interrupts(self, signals: AsyncIterator[int], done: trio.CancelScope) -> None:
         """Ctrl-C: send /cancel; a second one within the quit window quits."""
-        with trio.open_signal_receiver(signal.SIGINT) as signals:
-            async for _ in signals:
-                now = trio.current_time()
-                if (
-                    self._last_interrupt is not None
-                    and now - self._last_interrupt < QUIT_WINDOW_SECS
-                ):
-                    self.quit = True
-                    done.cancel()
-                    return
-                self._last_interrupt = now
-                self.view.note(
-                    f"^C — cancelling the running turn (Ctrl-C again within "
-                    f"{QUIT_WINDOW_SECS:g} s to quit)"
-                )
-                await self.send_text("/cancel")
+        async for _ in signals:
+            now = trio.current_time()
+            if self._last_interrupt is not None and now - self._last_interrupt < QUIT_WINDOW_SECS:
+                self.quit = True
+                done.cancel()
+                return
+            self._last_interrupt = now
+            self.view.note(
+                f"^C — cancelling the running turn (Ctrl-C again within "
+                f"{QUIT_WINDOW_SECS:g} s to quit)"
+            )
+            await self.send_text("/cancel")
 
 
 async def run_chat(url: str, platform: str, console: Console) -> int:
     """Connect, chat until the user quits or the broker goes; the exit status."""
     identity = Identity.local(platform)
-    view = ChatView(console)
+    view = ChatView(console, echo=sys.stdin.isatty())
     session: ChatSession | None = None
     closed: str | None = None
     try:
@@ -344,21 +389,16 @@ async def run_chat(url: str, platform: str, console: Console) -> int:
             url, connect_timeout=CONNECT_TIMEOUT_SECS
         ) as ws:
             session = ChatSession(ws, view, identity)
-            console.print(
-                Text.assemble(
-                    ("agent-broker chat", "bold"),
-                    f" — connected to {_redacted(url)} as {identity.thread_key}\n",
-                    (HELLO, "dim"),
+            # Ctrl-C is ours from before the banner, which tells the user we are ready.
+            with trio.open_signal_receiver(signal.SIGINT) as signals:
+                console.print(
+                    Text.assemble(
+                        ("agent-broker chat", "bold"),
+                        f" — connected to {_redacted(url)} as {identity.thread_key}\n",
+                        (HELLO, "dim"),
+                    )
                 )
-            )
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(session.read_input, nursery.cancel_scope)
-                nursery.start_soon(session.on_interrupts, nursery.cancel_scope)
-                try:
-                    await session.read_frames()
-                except trio_websocket.ConnectionClosed as exc:
-                    closed = str(exc.reason)
-                nursery.cancel_scope.cancel()
+                closed = await session.run(signals)
     except trio_websocket.ConnectionRejected as exc:
         view.note(_rejected(url, exc.status_code), "bold red")
         return EX_NOPERM if exc.status_code in (401, 403) else EX_UNAVAILABLE
