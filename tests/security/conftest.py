@@ -14,8 +14,7 @@ import pytest
 
 from broker.config import BrokerConfig
 from broker.testing.harness import fake_agent_config
-
-RAW_AGENT = Path(__file__).with_name("raw_agent.py")
+from tests.security.clients import RAW_AGENT
 
 
 @pytest.fixture

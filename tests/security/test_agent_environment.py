@@ -17,7 +17,7 @@ from broker.pool import open_pool
 from broker.reply import Prompt
 from broker.testing.fake_gateway import open_fake_gateway
 from broker.testing.harness import fake_agent_config
-from tests.security.test_tokens import chat_with_token, http_get
+from tests.security.clients import chat_with_token, http_get
 from tests.service.broker_process import broker_process, free_port, grandchild_pid, write_config
 
 SERVER_TOKEN = "srv-4c1f9e2b7a0d"
@@ -81,7 +81,10 @@ async def test_a_running_brokers_agents_get_no_token_though_its_environment_has_
             agent={"env": {"CONFIGURED": "yes"}, "inherit_env": ["ALIAS_OF_TOKEN", "HARMLESS"]},
         )
         extra = {"ALIAS_OF_TOKEN": f"x{GATEWAY_TOKEN}x", "HARMLESS": "fine"}
-        async with broker_process(config, env=extra) as broker, chat_with_token(port, SERVER_TOKEN) as client:
+        async with (
+            broker_process(config, env=extra) as broker,
+            chat_with_token(port, SERVER_TOKEN) as client,
+        ):
             with trio.fail_after(60):
                 await gateway.wait_connected()
                 text = await client.ask("@grandchild\n@reply up", "t1", "up")

@@ -7,7 +7,6 @@ VmRSS) and asserted as a bound on the growth, never as a timing.
 from __future__ import annotations
 
 import base64
-import signal
 import sys
 from pathlib import Path
 
@@ -17,9 +16,8 @@ import trio_websocket
 
 from broker.frontends.wire import Attachment, encode_event
 from broker.testing.fake_gateway import make_event
-from tests.security.conftest import RAW_AGENT
+from tests.security.clients import RAW_AGENT, rss_bytes, stop, turns_submitted
 from tests.service.broker_process import (
-    BrokerProcess,
     Chat,
     broker_process,
     chat,
@@ -28,19 +26,6 @@ from tests.service.broker_process import (
 )
 
 MB = 1024 * 1024
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-async def stop(broker: BrokerProcess) -> None:
-    broker.signal(signal.SIGTERM)
-    with trio.fail_after(30):
-        assert await broker.wait() == 0, broker.log()
 
 
 async def test_a_huge_frame_closes_with_1009_and_the_next_connection_is_served(
@@ -194,4 +179,23 @@ async def test_a_stalled_or_oversized_request_head_is_cut_off_and_holds_up_no_on
             while chunk := await stalled.receive_some(1024):
                 answer += chunk
             assert answer.startswith(b"HTTP/1.1 400"), answer
+        await stop(broker)
+
+
+async def test_a_client_that_never_reads_holds_up_no_other_client(tmp_path: Path) -> None:
+    port = free_port()
+    flood = 20_000
+    async with broker_process(write_config(tmp_path, port)) as broker, chat(port) as client:
+        with trio.fail_after(120):
+            url = f"ws://127.0.0.1:{port}/ws"
+            async with trio_websocket.open_websocket_url(url, message_queue_size=0) as deaf:
+                await deaf.send_message(encode_event(make_event("@delay 60", channel_id="d")))
+                for n in range(flood):  # each is refused at once: megabytes of replies unread
+                    await deaf.send_message(encode_event(make_event(f"m{n}", channel_id="d")))
+                while await turns_submitted(port) < flood + 1:  # all read: replies are stuck
+                    await trio.sleep(0.1)
+                before = rss_bytes(broker.pid)
+                assert "You said" in await client.ask("hello beside a deaf client", "t1")
+                growth = rss_bytes(broker.pid) - before
+                assert growth < 64 * MB, f"RSS grew by {growth / MB:.1f} MB"
         await stop(broker)

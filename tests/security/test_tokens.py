@@ -7,29 +7,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 import trio_websocket
 
-from tests.service.broker_process import Chat, broker_process, free_port, write_config
+from tests.security.clients import chat_with_token, http_get
+from tests.service.broker_process import broker_process, free_port, write_config
 
 TOKEN = "tok-5d1e8a7c93f2"
 REFUSAL = "is reachable from other machines and [server] token is empty"
-
-
-async def http_get(port: int, target: str, headers: str = "") -> tuple[int, bytes]:
-    """Status code and body of ``GET target`` on loopback."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
-        data = b""
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 async def ws_status(port: int, target: str) -> int:
@@ -89,19 +76,9 @@ async def test_a_missing_or_wrong_token_is_refused_on_ws_and_status(tmp_path: Pa
             code, metrics = await http_get(port, "/metrics", f"Authorization: Bearer {TOKEN}\r\n")
             assert code == 200
             assert await ws_status(port, f"/status?token={TOKEN}") == 101
-            async with chat_with_token(port) as ok:
+            async with chat_with_token(port, TOKEN) as ok:
                 assert "You said" in await ok.ask("hello", "t1")
             code, body = await http_get(port, f"/status?token={TOKEN}")
             assert TOKEN.encode() not in body + metrics
         assert TOKEN not in broker.log()
 
-
-@asynccontextmanager
-async def chat_with_token(port: int, token: str = TOKEN) -> AsyncIterator[Chat]:
-    """A chat client on ``/ws?token=...``."""
-    url = f"ws://127.0.0.1:{port}/ws?token={token}"
-    async with trio_websocket.open_websocket_url(url) as ws, trio.open_nursery() as nursery:
-        client = Chat(ws)
-        nursery.start_soon(client.read)
-        yield client
-        nursery.cancel_scope.cancel()
