@@ -96,6 +96,7 @@ async def test_a_running_brokers_agents_get_no_token_though_its_environment_has_
                 grandchild_env = proc_environ(grandchild_pid(text))
             broker_env = Path(f"/proc/{broker.pid}/environ").read_bytes()
             assert GATEWAY_TOKEN.encode() in broker_env  # the broker did have it...
+            assert GATEWAY_TOKEN not in broker.log() and SERVER_TOKEN not in broker.log()
 
     base = {name: os.environ[name] for name in ("HOME", "PATH", "USER", "LANG") if name in os.environ}
     assert agent_env == {**base, "CONFIGURED": "yes", "HARMLESS": "fine"}  # ...its agents do not
