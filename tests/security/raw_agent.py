@@ -10,6 +10,7 @@ what the prompt text asks:
 * ``endless-line BYTES``: starts a ``session/update`` line and writes ``x``
   without ever ending the line, up to ``BYTES`` bytes (the client is expected
   to give up long before), then waits for stdin to close;
+* ``close-stdout``: closes its stdout and lives on until stdin closes;
 * anything else: replies ``pong: TEXT``.
 
 Run as ``python raw_agent.py``; it exits when stdin closes.
@@ -18,6 +19,7 @@ Run as ``python raw_agent.py``; it exits when stdin closes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -86,6 +88,11 @@ def prompt(request_id: Any, params: dict[str, Any]) -> None:
         chunk(session_id, json.dumps(answers))
     elif word == "endless-line":
         endless_line(session_id, int(rest))
+    elif word == "close-stdout":
+        os.close(1)
+        while read() is not None:
+            pass
+        sys.exit(0)
     else:
         chunk(session_id, f"pong: {text}")
     send({"jsonrpc": "2.0", "id": request_id, "result": {"stopReason": "end_turn"}})

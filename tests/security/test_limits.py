@@ -127,6 +127,18 @@ async def test_after_an_endless_agent_line_the_threads_next_message_gets_a_fresh
         await stop(broker)
 
 
+async def test_an_agent_that_closes_its_output_but_lives_on_is_replaced_for_the_next_message(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with broker_process(raw_agent_broker(tmp_path, port)) as broker, chat(port) as client:
+        with trio.fail_after(60):
+            await client.reply(await client.send("close-stdout", "t1"))
+            again = await client.reply(await client.send("again", "t1"))
+            assert "pong: again" in again, again
+        await stop(broker)
+
+
 async def test_oversize_attachments_get_a_clear_reply_and_the_rest_still_reaches_the_agent(
     tmp_path: Path,
 ) -> None:
