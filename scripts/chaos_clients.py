@@ -42,6 +42,8 @@ PROMPTS: list[tuple[int, str, str]] = [
     (3, "normal", "@flood 300\n@reply flooded {n}"),
     (3, "malformed", "@malformed\n@reply after noise {n}"),
     (3, "grandchild", "@grandchild\n@reply with a grandchild {n}"),
+    (3, "permission", "@permission execute\n@delay 0.5\n@reply allowed {n}"),
+    (2, "command", "/status"),
     (6, "crash", "@say partial {n}\n@crash 3"),
     (5, "hang", "@say waiting {n}\n@hang"),
     (4, "hang-hard", "@hang-hard"),
