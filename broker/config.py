@@ -15,6 +15,7 @@ errors (with line and column). Nothing here raises anything else for bad input.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -482,8 +483,37 @@ def _value_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
                 yield key, f"expected {expected}, got {_describe(bad)}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is only reachable from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(host: str, token: str) -> str | None:
+    """Why listening on ``host`` with ``token`` is refused, or None if it is fine."""
+    if token or is_loopback(host):
+        return None
+    return (
+        f"[server] listen on {host!r} is reachable from other machines and [server] token is "
+        "empty: set a token (clients then send ?token= or Authorization: Bearer) or listen on "
+        "127.0.0.1"
+    )
+
+
 def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
     """Checks that involve two keys."""
+    if config.server.enabled:
+        try:
+            host = parse_listen(config.server.listen)[0]
+        except ValueError:
+            host = None  # reported as a bad server.listen already
+        problem = exposure_problem(host, config.server.token) if host else None
+        if problem:
+            yield ("server.token", problem)
     pool = config.pool
     if pool.warm_spares > pool.max_sessions:
         yield (

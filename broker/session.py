@@ -172,6 +172,7 @@ class Session:
         self._start_delay = start_delay
         self._context_reset_pending = False
         self._must_restart = False
+        self._reader_gone = False
         self._assigned = trio.Event() if key is None else None
         self._stop_event = trio.Event()
         self._wakeup = trio.Event()
@@ -327,6 +328,12 @@ class Session:
         assert self.client is not None and self.acp_session_id is not None
         with self.client.watch(self.acp_session_id, self._on_update):
             await self._serve_turns()
+        if self._reader_gone and self.exit_status is None:
+            with trio.move_on_after(_EXIT_AFTER_EOF_SECS):
+                await self._agent_gone.wait()
+            if self.exit_status is None:  # alive but unreadable: replace it, not a crash
+                self._must_restart = True
+                self.log.warning("the agent's output cannot be read; stopping it")
         await self._stop_agent()
 
     def _stop_budget(self) -> float:
@@ -371,7 +378,7 @@ class Session:
         self._observer.agent_started(self, self.child)
         client = AcpClient(self.child.send, self.settings.client_options)
         self.client = client
-        nursery.start_soon(client.serve, self.child.stdout_lines(), self.child.stderr_tail)
+        nursery.start_soon(self._read_agent, client)
         step = "initialize"
         try:
             with trio.CancelScope() as self._start_scope:
@@ -400,6 +407,16 @@ class Session:
         how = "resumed" if self.acp_session_id == self.saved_session_id else "started"
         self.log.info("%s ACP session %s", how, self.acp_session_id)
         self._observer.session_established(self)
+
+    async def _read_agent(self, client: AcpClient) -> None:
+        """The one reader of the agent's stdout; when it ends (EOF, or output
+        that cannot be read such as an endless line) the session is woken."""
+        assert self.child is not None
+        await client.serve(self.child.stdout_lines(), self.child.stderr_tail)
+        self._reader_gone = True
+        self._poke()
+        if self.current is not None:
+            self.current.poke()
 
     async def _wait_for_assignment(self) -> None:
         assert self._assigned is not None
@@ -439,7 +456,7 @@ class Session:
             target.handle.push(event)
 
     async def _serve_turns(self) -> None:
-        while self.stop_requested is None and self.exit_status is None:
+        while self.stop_requested is None and self.exit_status is None and not self._reader_gone:
             if self.queue:
                 await self._run_turn(self.queue.popleft())
                 if self._must_restart:
@@ -565,8 +582,16 @@ class Session:
         if self.exit_status is not None or isinstance(turn.error, PeerClosed):
             if self.stop_requested is not None:
                 return TurnEnd(Outcome.SHUTDOWN, text, None, SHUTDOWN_SENTENCE)
-            how = self.exit_status.describe() if self.exit_status else "closed its output"
-            return TurnEnd(Outcome.AGENT_DIED, text, None, agent_died_reason(how), tail)
+            if self.exit_status is not None:
+                reason = agent_died_reason(self.exit_status.describe())
+            else:
+                self._must_restart = True
+                unreadable = turn.error.reason if isinstance(turn.error, PeerClosed) else "closed"
+                reason = (
+                    f"The agent's output could not be read ({unreadable}), so it was stopped."
+                    " Your next message starts it again."
+                )
+            return TurnEnd(Outcome.AGENT_DIED, text, None, reason, tail)
         if isinstance(turn.error, RpcError):
             detail = "" if turn.error.data is None else str(turn.error.data)
             return TurnEnd(Outcome.ERROR, text, None, error_reason(turn.error.message), detail)

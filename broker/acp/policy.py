@@ -105,6 +105,8 @@ class FsAccess:
 
     def confine(self, path: str) -> str:
         """The real path of ``path`` if inside the root; raises RpcError -32602."""
+        if "\0" in path:
+            raise RpcError(INVALID_PARAMS, "path contains a NUL byte", {"path": path})
         root = os.path.realpath(self.root)
         real = os.path.realpath(os.path.join(root, path))
         if os.path.commonpath([root, real]) != root:

@@ -9,13 +9,13 @@ read replayed in front of the stream) and plain ``GET`` requests such as
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
 
+from broker.config import exposure_problem
 from broker.frontends.base import FrontendError
 
 MAX_HEAD_BYTES = 16 * 1024
@@ -171,20 +171,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_exposure(host: str, token: str) -> None:
     """Refuse to listen beyond loopback without a token."""
-    if not token and not is_loopback(host):
-        raise FrontendError(
-            f"[server] listen on {host!r} is reachable from other machines and [server] token is "
-            "empty: set a token (clients then send ?token= or Authorization: Bearer) or listen on "
-            "127.0.0.1"
-        )
+    problem = exposure_problem(host, token)
+    if problem:
+        raise FrontendError(problem)

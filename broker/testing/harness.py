@@ -9,12 +9,13 @@ broker.toml, and go through the real config validation.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from broker.config import BrokerConfig, structure_config
+from broker.config import BrokerConfig, config_to_dict, structure_config
 
 FAST_TIMEOUTS: Mapping[str, Any] = {
     "initialize_secs": 20,
@@ -53,3 +54,33 @@ def fake_agent_config(
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     return structure_config(data, file="<test config>")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        pairs = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + pairs + "}"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def toml_text(data: Mapping[str, Mapping[str, Any]]) -> str:
+    """broker.toml text for sections of keys (as from ``config_to_dict``)."""
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def config_toml(config: BrokerConfig) -> str:
+    """broker.toml text with every key of ``config`` written out."""
+    return toml_text(config_to_dict(config))

@@ -25,11 +25,11 @@ from typing import Any
 import trio
 import trio_websocket
 
-from broker.config import BrokerConfig, config_to_dict
+from broker.config import config_to_dict
 from broker.frontends.wire import GatewayResponse, encode_event, encode_response, parse_reply
 from broker.service import CONFIG_PATH_ENV
 from broker.testing.fake_gateway import make_event
-from broker.testing.harness import fake_agent_config
+from broker.testing.harness import fake_agent_config, toml_text
 
 ROOT = Path(__file__).resolve().parents[2]
 Document = dict[str, Any]
@@ -43,32 +43,6 @@ def free_port() -> int:
         return port
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return (
-            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-        )
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def to_toml(config: BrokerConfig) -> str:
-    """broker.toml text for ``config`` (every key written out)."""
-    lines = []
-    for section, values in config_to_dict(config).items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 def write_config(
     root: Path, port: int, *, agent_args: tuple[str, ...] = (), **sections: Mapping[str, Any]
 ) -> Path:
@@ -76,9 +50,14 @@ def write_config(
     short timeouts, listening on ``port``, streaming off (one final reply per
     message); ``sections`` override keys as in broker.toml."""
     server = {"listen": f"127.0.0.1:{port}", "streaming": False, **sections.pop("server", {})}
-    config = fake_agent_config(root, agent_args=agent_args, server=server, **sections)
+    # validated on loopback; the file may still ask for another address (to test refusals)
+    config = fake_agent_config(
+        root, agent_args=agent_args, server={**server, "listen": f"127.0.0.1:{port}"}, **sections
+    )
+    data = config_to_dict(config)
+    data["server"]["listen"] = server["listen"]
     path = root / "broker.toml"
-    path.write_text(to_toml(config))
+    path.write_text(toml_text(data))
     return path
 
 

@@ -132,7 +132,9 @@ def test_a_front_end_that_cannot_start_is_one_log_line_and_an_exit_code(
     with taken_port() as busy:
         if listen == "taken":
             listen = f"127.0.0.1:{busy.getsockname()[1]}"
-        config = fake_agent_config(tmp_path, server={"listen": listen})
+        base = fake_agent_config(tmp_path)
+        # built in code, as an embedding program may: the service checks it again
+        config = attrs.evolve(base, server=attrs.evolve(base.server, listen=listen))
         assert run(config) == expected
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith("cannot start: ")
