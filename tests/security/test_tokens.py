@@ -44,6 +44,7 @@ async def test_a_broker_listening_beyond_loopback_without_a_token_refuses_to_run
         code, output = await run_cli("run", "--config", str(config))
     assert code == 78, output
     assert REFUSAL in output and "set a token" in output, output
+    assert not (tmp_path / "state").exists()  # refused before it opened anything
 
 
 async def test_check_config_refuses_a_listen_address_beyond_loopback_without_a_token(
