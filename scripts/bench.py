@@ -109,12 +109,15 @@ def markdown(results: list[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(results: list[Result], argv: list[str], quick: bool) -> dict[str, Any]:
+def report(
+    results: list[Result], argv: list[str], quick: bool, host: dict[str, Any]
+) -> dict[str, Any]:
+    """The JSON document: the command, the machine as it was at the start, every result."""
     return {
         "command": "python scripts/bench.py " + shlex.join(argv),
         "quick": quick,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": host,
         "scenarios": {r.scenario: attrs.asdict(r) for r in results},
         "all_met": all(c.met is not False for r in results for c in r.checks),
     }
@@ -147,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     names = args.scenarios or list(SCENARIOS)
     console = Console(width=max(120, Console().width))
+    host = machine() | {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="broker-bench-") as temp:
         root = args.keep or Path(temp)
         root.mkdir(parents=True, exist_ok=True)
         ctx = Context(root.resolve(), args.quick)
         results = trio.run(run_all, names, ctx, console)
-    data = report(results, args_list, args.quick)
+    data = report(results, args_list, args.quick, host)
     console.rule("results")
     console.print(table(results))
     for result in results:

@@ -138,7 +138,7 @@ def descendants(root: int) -> list[int]:
 
 
 def machine() -> dict[str, Any]:
-    """The machine the numbers were taken on."""
+    """The machine the numbers are taken on, and its load average now."""
     model = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):

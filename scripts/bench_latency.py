@@ -260,8 +260,8 @@ async def _wait_session(
 
 
 async def isolation(ctx: Context) -> Result:
-    """50 threads of short turns, with and without one 60 s silent tool call and
-    one agent taking 20 s to initialize; /status polled all along."""
+    """50 threads of short turns without, with, and again without one 60 s silent
+    tool call and one agent taking 20 s to initialize; /status polled all along."""
     result = Result("isolation", SEPARATE)
     threads = [f"iso{i}" for i in range(ctx.size(50, 8))]
     silent_secs = ctx.secs(60, 8)
@@ -271,7 +271,7 @@ async def isolation(ctx: Context) -> Result:
     sections = broker_sections(
         root, pool={"max_sessions": len(threads) + 5}, timeouts={"drain_ms": 0}
     )
-    status: dict[str, list[float]] = {"quiet": [], "slow": []}
+    status: dict[str, list[float]] = {"quiet": [], "slow": [], "after": []}
     async with (
         run_broker(root, sections, label="isolation") as broker,
         open_chat(broker.url) as client,
@@ -307,7 +307,21 @@ async def isolation(ctx: Context) -> Result:
         slow_latency = slow.latency
         silent_session = await _session(broker, "silent")
         still_busy = silent_session is not None and silent_session["state"] == "busy"
-    q99, l99 = percentile(quiet, 0.99), percentile(loaded, 0.99)
+        # The same load once more without the slow ones, so drift in the machine's
+        # load during the run weighs on both sides of the comparison.
+        await client.ask("silent", "/cancel", 60)
+        with trio.fail_after(60):
+            await silent.done.wait()
+        with trio.fail_after(60):  # idle again, or suspended: nothing of it runs
+            while (session := await _session(broker, "silent")) is not None and session[
+                "state"
+            ] != "idle":
+                await trio.sleep(0.05)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_probe_status, broker.port, phase_secs, status["after"])
+            after, after_failed = await _short_turn_load(client, threads, phase_secs, "after")
+    baseline = quiet + after
+    q99, l99 = percentile(baseline, 0.99), percentile(loaded, 0.99)
     result.metrics.update(
         threads=len(threads),
         phase_secs=phase_secs,
@@ -315,12 +329,13 @@ async def isolation(ctx: Context) -> Result:
         init_delay_secs=init_secs,
         drain_ms=0,
         think_secs=THINK_SECS,
-        without_slow=summary_ms(quiet),
+        without_slow_before=summary_ms(quiet),
         with_slow=summary_ms(loaded),
+        without_slow_after=summary_ms(after),
         broker_cpu_share_without_slow=round(quiet_cpu, 3),
         broker_cpu_share_with_slow=round(loaded_cpu, 3),
-        failed_turns=quiet_failed + loaded_failed,
-        status_without_slow=summary_ms(status["quiet"]),
+        failed_turns=quiet_failed + loaded_failed + after_failed,
+        status_without_slow=summary_ms(status["quiet"] + status["after"]),
         status_with_slow=summary_ms(status["slow"]),
         slow_thread_first_reply_secs=None if slow_latency is None else round(slow_latency, 2),
         slow_thread_started_to_reply_secs=None
@@ -334,18 +349,20 @@ async def isolation(ctx: Context) -> Result:
         f"{l99 / q99:.2f}x ({fmt_ms(l99)} vs {fmt_ms(q99)})",
         l99 <= 1.2 * q99,
     )
-    status_all = status["quiet"] + status["slow"]
+    status_all = status["quiet"] + status["slow"] + status["after"]
     s99 = percentile(status_all, 0.99)
     result.check(
         "/status p99 throughout", "< 10 ms", fmt_ms(s99), s99 < 0.010, f"{len(status_all)} requests"
     )
     result.check("slow ones overlapped the load", "yes", "yes" if overlapped else "no", overlapped)
-    failed = quiet_failed + loaded_failed
+    failed = quiet_failed + loaded_failed + after_failed
     result.check("short turns failed", "0", str(failed), failed == 0)
     result.notes.append(
         "drain_ms = 0 so the comparison is of the broker's work, not of a fixed 200 ms wait; "
         f"each phase runs {phase_secs:g} s of short turns on every thread, each "
-        f"{THINK_SECS:g} s after the thread's previous reply."
+        f"{THINK_SECS:g} s after the thread's previous reply. The phase with the slow ones is "
+        "compared with the phases before and after it taken together (the silent call is "
+        "cancelled with /cancel and the slow agent has answered before the last one)."
     )
     return result
 
