@@ -199,6 +199,9 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
         ),
         "unanswered": len(missing),
         "unanswered_sent_during_a_stop": len(lost_in_stop),
+        "unanswered_sent_during_a_stop_detail": {
+            e: attrs.asdict(ledger.sent[e]) for e in lost_in_stop[:5]
+        },
         "answered_more_than_once": len(duplicates),
         "send_failed": sum(ledger.send_failed.values()),
         "stray_replies": ledger.stray_replies,
