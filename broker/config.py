@@ -514,6 +514,14 @@ def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
         problem = exposure_problem(host, config.server.token) if host else None
         if problem:
             yield ("server.token", problem)
+    if any(secret in arg for secret in config.secret_values() for arg in config.agent.args):
+        yield (
+            "agent.args",
+            (
+                "holds the server or gateway token; an agent's command line is readable by every"
+                " local user, and the broker's secrets never reach an agent"
+            ),
+        )
     pool = config.pool
     if pool.warm_spares > pool.max_sessions:
         yield (

@@ -24,6 +24,7 @@ from broker.config import (
     parse_listen,
     resolve_command,
     server_url,
+    structure_config,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -345,3 +346,10 @@ def test_more_warm_spares_than_sessions_is_impossible(tmp_path: Path) -> None:
         f"{tmp_path / 'broker.toml'}: pool.warm_spares: "
         "expected an integer <= pool.max_sessions (2), got 3"
     )
+
+
+def test_a_broker_token_in_the_agents_arguments_is_refused() -> None:
+    data = {"server": {"token": "s3cret-token"}, "agent": {"args": ["--key=s3cret-token"]}}
+    with pytest.raises(ConfigError) as caught:
+        structure_config(data, file="broker.toml", environ={})
+    assert str(caught.value).startswith("broker.toml: agent.args: holds the server or gateway token")
