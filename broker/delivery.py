@@ -199,6 +199,7 @@ async def _stream(
         decision = throttle.decide(trio.current_time(), seen, text, final=final)
         if isinstance(decision, SendNow):
             await messages.show(decision.text, final=decision.final)
+            throttle.sent(trio.current_time())
         elif isinstance(decision, WaitUntil):
             await trio.sleep_until(decision.when)
         elif isinstance(decision, NothingChanged) and not throttle.finished:

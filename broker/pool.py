@@ -406,7 +406,8 @@ class Pool:
             )
             self._nursery.start_soon(session.run)
         self._sessions[thread_key] = session
-        self._replenish_spares()
+        # a taken spare is replaced once a session goes idle (session_changed), so
+        # the replacement's spawn does not compete with this thread's first turn
         return session
 
     def _suspend(self, session: Session, reason: StopReason) -> None:
@@ -471,6 +472,8 @@ class Pool:
     def session_changed(self, session: Session) -> None:
         if session.state is SessionState.SPARE:
             self._spare_delay = 0.0
+        elif session.state is SessionState.IDLE:
+            self._replenish_spares()
         self._bump()
 
     def turn_ended(self, session: Session, turn: Turn, end: TurnEnd) -> None:

@@ -161,6 +161,13 @@ class EditThrottle:
         self.finished = final
         return SendNow(text, final)
 
+    def sent(self, now: float) -> None:
+        """The last :class:`SendNow` finished showing at ``now``: the interval
+        runs from here, so a send that took longer than the interval (a long
+        reply creating its continuation messages) is not edited again at once."""
+        if self._sent_at is not None:
+            self._sent_at = max(self._sent_at, now)
+
 
 @attrs.frozen
 class MessageUpdate:

@@ -224,3 +224,14 @@ def test_reaction_change_removes_the_old_emoji_before_adding_the_new() -> None:
     assert reaction_changes("🔥", None) == [ReactionCommand(ReactionAction.REMOVE, "🔥")]
     assert reaction_changes("🔥", "🔥") == []
     assert ReactionAction.ADD.value == "add_reaction"
+
+
+def test_the_interval_runs_from_when_a_slow_send_finished() -> None:
+    throttle = EditThrottle(1.5)
+    assert isinstance(throttle.decide(0.0, 1, "a"), SendNow)
+    throttle.sent(4.0)  # showing it took 4 s (many continuation messages)
+    decision = throttle.decide(4.1, 2, "ab")
+    assert decision == WaitUntil(5.5)
+    throttle.sent(1.0)  # a clock reading from before cannot shorten the interval
+    assert throttle.decide(5.0, 2, "ab") == WaitUntil(5.5)
+    assert isinstance(throttle.decide(5.5, 2, "ab"), SendNow)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sized
 from typing import NoReturn
 
@@ -49,6 +50,8 @@ from broker.frontends.link import (
 from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode_error, encode_reply
 
 log = logging.getLogger(__name__)
+
+STOP_CLOSE_SECS = 0.1  # closing a client while the server stops
 
 WS_PATH = "/ws"
 PUBLIC_PATHS = frozenset({"/healthz"})
@@ -227,7 +230,10 @@ class WebSocketServer:
             if self._clients.get(connection_id) is client:
                 del self._clients[connection_id]
             log.info("%s disconnected (%s)", connection_id, ws.closed)
-            with trio.move_on_after(CLOSE_GRACE_SECS) as scope:
+            # when the server is stopping, the task that would read the peer's close
+            # answer is cancelled already: send the close frame, do not wait for it
+            stopping = trio.current_effective_deadline() == -math.inf
+            with trio.move_on_after(STOP_CLOSE_SECS if stopping else CLOSE_GRACE_SECS) as scope:
                 scope.shield = True
                 await ws.aclose()
 
