@@ -504,6 +504,12 @@ def exposure_problem(host: str, token: str) -> str | None:
     )
 
 
+def _holds(arg: str, secret: str) -> bool:
+    """Whether a command-line argument carries ``secret`` (a short token only as a
+    whole value, so a one-letter test token does not match every word)."""
+    return arg == secret or arg.endswith("=" + secret) or (len(secret) >= 8 and secret in arg)
+
+
 def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
     """Checks that involve two keys."""
     if config.server.enabled:
@@ -514,7 +520,7 @@ def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
         problem = exposure_problem(host, config.server.token) if host else None
         if problem:
             yield ("server.token", problem)
-    if any(secret in arg for secret in config.secret_values() for arg in config.agent.args):
+    if any(_holds(arg, secret) for secret in config.secret_values() for arg in config.agent.args):
         yield (
             "agent.args",
             (

@@ -353,3 +353,11 @@ def test_a_broker_token_in_the_agents_arguments_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         structure_config(data, file="broker.toml", environ={})
     assert str(caught.value).startswith("broker.toml: agent.args: holds the server or gateway token")
+
+
+def test_a_short_token_is_matched_in_agent_arguments_only_as_a_whole_value() -> None:
+    ok = {"server": {"token": "t"}, "agent": {"args": ["-m", "broker.testing.fake_agent"]}}
+    assert structure_config(ok, file="broker.toml", environ={}).server.token == "t"
+    bad = {"server": {"token": "t"}, "agent": {"args": ["--token=t"]}}
+    with pytest.raises(ConfigError, match="agent.args: holds the server or gateway token"):
+        structure_config(bad, file="broker.toml", environ={})
