@@ -642,7 +642,7 @@ def agent_environment(
     env.update(agent.env)
     env.update({name: environ[name] for name in agent.inherit_env if name in environ})
     for name in sorted(env):
-        if any(secret in env[name] for secret in secrets):
+        if any(_holds(env[name], secret) for secret in secrets):
             log.warning("not passing %s to the agent: it holds a broker token", name)
             del env[name]
     return env
