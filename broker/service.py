@@ -59,7 +59,6 @@ EX_UNAVAILABLE = 69  # a front-end could not start (port in use, ...)
 EX_CONFIG = 78
 
 #: Read when :func:`run` is not told the file, so SIGHUP can still reload it.
-CONFIG_PATH_ENV = "AGENT_BROKER_CONFIG"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_MARGIN_SECS = 5.0  # beyond cancel + stop grace: late replies, the store, sockets
 REPLY_FLUSH_SECS = 3.0  # for the router to write the last replies after the pool closed
@@ -521,13 +520,12 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def run(config: BrokerConfig, *, config_path: str | None = None) -> int:
     """``agent-broker run``: serve until SIGTERM/SIGINT; returns the exit code.
 
-    ``config_path`` is the file SIGHUP rereads (default: ``$AGENT_BROKER_CONFIG``,
-    else none). A front-end that cannot start is one logged line and exit 78
+    ``config_path`` is the file SIGHUP rereads (None: reloads keep the running
+    config). A front-end that cannot start is one logged line and exit 78
     (a configuration problem) or 69 (e.g. the port is in use).
     """
-    path = config_path if config_path is not None else os.environ.get(CONFIG_PATH_ENV) or None
     try:
-        return trio.run(functools.partial(serve, config, config_path=path))
+        return trio.run(functools.partial(serve, config, config_path=config_path))
     except (FrontendError, OSError, BaseExceptionGroup) as exc:
         leaves = _leaves(exc)
         if not all(isinstance(leaf, FrontendError | OSError) for leaf in leaves):

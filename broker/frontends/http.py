@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from broker import config
 from broker.config import exposure_problem
 from broker.frontends.base import FrontendError
 
@@ -161,14 +162,15 @@ class StreamWithPrefix(trio.abc.Stream):
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:8765"`` / ``"[::1]:8765"`` / ``"0.0.0.0:0"`` -> (host, port)."""
-    host, colon, port_text = listen.rpartition(":")
-    host = host.strip("[]")
-    if not colon or not host or not port_text.isdigit() or int(port_text) > 65535:
+    """``"127.0.0.1:8765"`` / ``"[::1]:8765"`` / ``"0.0.0.0:0"`` -> (host, port).
+
+    The config's parser, with its error as a FrontendError."""
+    try:
+        return config.parse_listen(listen)
+    except ValueError:
         raise FrontendError(
             f"[server] listen = {listen!r}: expected host:port, e.g. 127.0.0.1:8765"
-        )
-    return host, int(port_text)
+        ) from None
 
 
 def check_exposure(host: str, token: str) -> None:

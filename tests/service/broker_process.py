@@ -27,7 +27,6 @@ import trio_websocket
 
 from broker.config import config_to_dict
 from broker.frontends.wire import GatewayResponse, encode_event, encode_response, parse_reply
-from broker.service import CONFIG_PATH_ENV
 from broker.testing.fake_gateway import make_event
 from broker.testing.harness import fake_agent_config, toml_text
 
@@ -202,7 +201,7 @@ async def broker_process(
     notify = NotifySocket()
     log_path = config_path.parent / f"{name}.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-    environ.update({"NOTIFY_SOCKET": notify.path, CONFIG_PATH_ENV: str(config_path), **(env or {})})
+    environ.update({"NOTIFY_SOCKET": notify.path, **(env or {})})
     async with trio.open_nursery() as nursery:
         await nursery.start(notify.run)
         with log_path.open("wb") as log_file:
