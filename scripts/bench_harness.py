@@ -19,7 +19,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -29,6 +28,9 @@ from typing import Any
 
 import attrs
 import trio
+
+from broker.testing import harness
+from broker.testing.harness import free_port
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
@@ -172,11 +174,6 @@ def toml_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def broker_sections(
@@ -273,19 +270,9 @@ class BrokerProcess:
 
 
 async def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    """A one-shot ``GET path`` on loopback: (status code, body)."""
+    """A one-shot ``GET path`` on loopback: (status code, body), bounded by ``timeout``."""
     with trio.fail_after(timeout):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
-            )
-            data = bytearray()
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, body
+        return await harness.http_get(port, path)
 
 
 async def get_status(port: int, timeout: float = 10.0) -> dict[str, Any]:

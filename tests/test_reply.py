@@ -1,4 +1,5 @@
 import trio
+import trio.lowlevel
 
 from broker.reply import (
     Outcome,
@@ -41,7 +42,7 @@ def test_transcript_version_changes_only_on_visible_change() -> None:
 
 async def test_trio_mode_runs_async_tests() -> None:
     with trio.fail_after(1):
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
 
 
 async def test_turn_handle_push_never_waits_and_iteration_ends_at_turn_end() -> None:
@@ -59,7 +60,7 @@ async def test_turn_handle_push_never_waits_and_iteration_ends_at_turn_end() -> 
             nursery.start_soon(consume)
             for i in range(1000):
                 handle.push(TextChunk(str(i % 10)))
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             handle.push(TurnEnd(Outcome.COMPLETED, text="x"))
             handle.push(TextChunk("after the end is ignored"))
     assert len(received) == 1001

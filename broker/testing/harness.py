@@ -10,10 +10,13 @@ broker.toml, and go through the real config validation.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from broker.config import BrokerConfig, config_to_dict, structure_config
 
@@ -84,3 +87,25 @@ def toml_text(data: Mapping[str, Mapping[str, Any]]) -> str:
 def config_toml(config: BrokerConfig) -> str:
     """broker.toml text with every key of ``config`` written out."""
     return toml_text(config_to_dict(config))
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (bound to port 0, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def http_get(port: int, target: str, headers: str = "") -> tuple[int, bytes]:
+    """Status code and body of one ``GET target`` on loopback, the connection
+    closed after it (``headers``: extra CRLF-ended lines)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n"
+        await stream.send_all(request.encode())
+        data = bytearray()
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body

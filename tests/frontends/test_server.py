@@ -23,6 +23,7 @@ from broker.frontends.wire import (
     encode_response,
 )
 from broker.testing.fake_gateway import make_event
+from broker.testing.harness import http_get
 from tests.frontends.echo import EchoSink
 
 TOKEN = "s3cret"
@@ -46,17 +47,6 @@ async def receive_json(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]
     assert isinstance(message, str)
     frame: dict[str, Any] = json.loads(message)
     return frame
-
-
-async def http_get(port: int, path: str, headers: str = "") -> tuple[int, bytes]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
-        data = b""
-        while chunk := await stream.receive_some(4096):
-            data += chunk
-    status_line, _, rest = data.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
 
 
 async def test_missing_or_wrong_token_is_refused_at_the_handshake() -> None:

@@ -11,21 +11,10 @@ from pathlib import Path
 import trio
 import trio_websocket
 
+from broker.testing.harness import http_get
 from tests.service.broker_process import BrokerProcess, Chat
 
 RAW_AGENT = Path(__file__).with_name("raw_agent.py")
-
-
-async def http_get(port: int, target: str, headers: str = "") -> tuple[int, bytes]:
-    """Status code and body of ``GET target`` on loopback (``headers``: CRLF-ended lines)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
-        data = b""
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 @asynccontextmanager

@@ -16,9 +16,9 @@ import trio
 from broker.pool import open_pool
 from broker.reply import Prompt
 from broker.testing.fake_gateway import open_fake_gateway
-from broker.testing.harness import fake_agent_config
+from broker.testing.harness import fake_agent_config, free_port
 from tests.security.clients import chat_with_token, http_get
-from tests.service.broker_process import broker_process, free_port, grandchild_pid, write_config
+from tests.service.broker_process import broker_process, grandchild_pid, write_config
 
 SERVER_TOKEN = "srv-4c1f9e2b7a0d"
 GATEWAY_TOKEN = "gw-93ab7f1e0c55"
@@ -62,7 +62,9 @@ async def test_agent_environment_holds_only_the_base_and_configured_variables_ne
             grandchild = int(end.text.rsplit("pid ", 1)[1].rstrip("."))
             grandchild_env = proc_environ(grandchild)
 
-    base = {name: os.environ[name] for name in ("HOME", "PATH", "USER", "LANG") if name in os.environ}
+    base = {
+        name: os.environ[name] for name in ("HOME", "PATH", "USER", "LANG") if name in os.environ
+    }
     assert agent_env == {**base, "CONFIGURED": "yes", "HARMLESS": "fine"}
     assert grandchild_env == agent_env
     assert SERVER_TOKEN.encode() not in cmdline and GATEWAY_TOKEN.encode() not in cmdline
@@ -98,6 +100,8 @@ async def test_a_running_brokers_agents_get_no_token_though_its_environment_has_
             assert GATEWAY_TOKEN.encode() in broker_env  # the broker did have it...
             assert GATEWAY_TOKEN not in broker.log() and SERVER_TOKEN not in broker.log()
 
-    base = {name: os.environ[name] for name in ("HOME", "PATH", "USER", "LANG") if name in os.environ}
+    base = {
+        name: os.environ[name] for name in ("HOME", "PATH", "USER", "LANG") if name in os.environ
+    }
     assert agent_env == {**base, "CONFIGURED": "yes", "HARMLESS": "fine"}  # ...its agents do not
     assert grandchild_env == agent_env

@@ -16,12 +16,12 @@ import trio_websocket
 
 from broker.frontends.wire import Attachment, encode_event
 from broker.testing.fake_gateway import make_event
+from broker.testing.harness import free_port
 from tests.security.clients import RAW_AGENT, rss_bytes, stop, turns_submitted
 from tests.service.broker_process import (
     Chat,
     broker_process,
     chat,
-    free_port,
     write_config,
 )
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import trio
 import trio_websocket
 
+from broker.testing.harness import free_port
 from tests.security.clients import chat_with_token, http_get
-from tests.service.broker_process import broker_process, free_port, write_config
+from tests.service.broker_process import broker_process, write_config
 
 TOKEN = "tok-5d1e8a7c93f2"
 REFUSAL = "is reachable from other machines and [server] token is empty"
@@ -30,7 +31,9 @@ async def ws_status(port: int, target: str) -> int:
 
 async def run_cli(*args: str) -> tuple[int, str]:
     done = await trio.run_process(
-        [sys.executable, "-m", "broker", *args], capture_stdout=True, capture_stderr=True,
+        [sys.executable, "-m", "broker", *args],
+        capture_stdout=True,
+        capture_stderr=True,
         check=False,
     )
     return done.returncode, (done.stdout + done.stderr).decode()
@@ -82,4 +85,3 @@ async def test_a_missing_or_wrong_token_is_refused_on_ws_and_status(tmp_path: Pa
             code, body = await http_get(port, f"/status?token={TOKEN}")
             assert TOKEN.encode() not in body + metrics
         assert TOKEN not in broker.log()
-

@@ -34,14 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 Document = dict[str, Any]
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (bound to port 0, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def write_config(
     root: Path, port: int, *, agent_args: tuple[str, ...] = (), **sections: Mapping[str, Any]
 ) -> Path:

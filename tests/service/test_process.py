@@ -8,13 +8,13 @@ from pathlib import Path
 import trio
 
 from broker.store import open_store
+from broker.testing.harness import free_port
 from tests.service.broker_process import (
     Document,
     agent_pids,
     alive,
     broker_process,
     chat,
-    free_port,
     grandchild_pid,
     status_until,
     wait_gone,

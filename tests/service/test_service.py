@@ -28,8 +28,8 @@ from broker.service import (
 )
 from broker.store import OutboxItem, open_store
 from broker.testing.fake_gateway import open_fake_gateway
-from broker.testing.harness import fake_agent_config
-from tests.service.broker_process import alive, chat, free_port, write_config
+from broker.testing.harness import fake_agent_config, free_port
+from tests.service.broker_process import alive, chat, write_config
 
 
 async def until(pool: Pool, predicate: Callable[[PoolSnapshot], bool]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -58,14 +57,6 @@ async def status_server(
         endpoints.server_snapshot = server.snapshot
         yield server
         nursery.cancel_scope.cancel()
-
-
-def unused_port() -> int:
-    """A loopback port nobody listens on (just released by the kernel)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def base_url(server: WebSocketServer) -> str:

@@ -24,7 +24,8 @@ from broker.dashboard import follow, render_dashboard, shown_url, status_url
 from broker.pool import open_pool
 from broker.reply import Prompt
 from broker.status import status_document
-from tests.status.conftest import base_url, started, status_server, unused_port
+from broker.testing.harness import free_port
+from tests.status.conftest import base_url, started, status_server
 from tests.status.samples import GATEWAY, SERVER, busy_session, pool_snapshot
 
 NOW = 1_700_000_100.0
@@ -114,7 +115,7 @@ def test_broker_down_message_keeps_the_last_known_state() -> None:
 
 
 async def test_feed_says_when_the_broker_is_down_without_showing_the_token() -> None:
-    port = unused_port()
+    port = free_port()
     shown: list[tuple[Any, str | None]] = []
     reported = trio.Event()
 
@@ -209,7 +210,7 @@ class Terminal:
 async def test_dashboard_in_a_terminal_waits_for_the_broker_shows_its_threads_and_quits_on_ctrl_c(
     make_config: Callable[..., BrokerConfig], tmp_path: Path
 ) -> None:
-    port = unused_port()
+    port = free_port()
     terminal = Terminal()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "140", "LINES": "40"}
     argv = [sys.executable, "-m", "broker", "dashboard", "--url", f"ws://127.0.0.1:{port}"]
@@ -268,7 +269,7 @@ async def test_status_command_prints_json_or_a_table_of_the_live_broker(
 
 
 async def test_status_command_exits_69_when_the_broker_is_down(tmp_path: Path) -> None:
-    port = unused_port()
+    port = free_port()
     with trio.fail_after(30):
         result = await run_cli("status", "--url", f"ws://127.0.0.1:{port}?token=x", cwd=tmp_path)
     assert result.returncode == 69
