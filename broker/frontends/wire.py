@@ -141,13 +141,36 @@ class ReplyChannelRef:
     thread_id: str | None = None
 
 
+class ButtonStyle(enum.Enum):
+    PRIMARY = "primary"
+    SUCCESS = "success"
+    DANGER = "danger"
+    SECONDARY = "secondary"
+
+
+@attrs.frozen
+class Button:
+    """A button under a message, on front-ends that can show one.
+
+    A click comes back as an :class:`InboundEvent` with ``event_type`` ``"button"``
+    whose text is ``command``, from the user who clicked: the router handles it
+    as if that user had typed ``command``.
+    """
+
+    label: str
+    command: str
+    style: ButtonStyle = ButtonStyle.SECONDARY
+
+
 @attrs.frozen
 class OutboundReply:
     """``openab.gateway.reply.v1``: one frame from the broker to the chat.
 
     ``reply_to`` is the event_id for a plain reply, the platform message_id
     for ``edit_message`` and reactions. ``text`` is the message text, the
-    emoji of a reaction or the title of a topic.
+    emoji of a reaction or the title of a topic. ``buttons`` are shown by the
+    front-ends that can; protocol v1 has none, so ``text`` always says how to
+    answer by typing.
     """
 
     reply_to: str
@@ -156,6 +179,7 @@ class OutboundReply:
     text: str
     command: Command | None = None
     request_id: str | None = None
+    buttons: tuple[Button, ...] = ()
 
     @classmethod
     def to_event(cls, event: InboundEvent, text: str) -> OutboundReply:
