@@ -1,6 +1,6 @@
 """Logging setup: one handler on the root logger, three line formats, secrets masked.
 
-- ``format = "text"`` on a terminal or a file: ``2026-11-23 08:00:00,123 INFO broker.pool: ...``
+- ``format = "text"`` on a terminal or a file: ``2026-11-23 08:00:00,123 INFO broker.sessions.pool: ...``
 - ``format = "text"`` under journald (``JOURNAL_STREAM`` names our stream): no timestamp
   (the journal has one) and a ``<N>`` syslog priority prefix so the journal files
   the line under the right priority.
@@ -170,7 +170,9 @@ class SessionLogger(logging.LoggerAdapter[logging.Logger]):
 
 
 def session_logger(
-    thread_key: str, pid: int | None = None, logger: logging.Logger | str = "broker.session"
+    thread_key: str,
+    pid: int | None = None,
+    logger: logging.Logger | str = "broker.sessions.session",
 ) -> SessionLogger:
     """A logger for lines about the session of ``thread_key`` whose agent is ``pid``.
 

@@ -4,7 +4,7 @@ A turn (one prompt sent to one agent for one thread) produces a stream of
 :data:`ReplyEvent` values and always ends with exactly one :class:`TurnEnd`.
 Nothing here knows ACP or any chat platform: the session translates ACP
 ``session/update`` notifications into these events, and front-ends render
-them (see :mod:`broker.turn`).
+them (see :mod:`broker.chat.present`).
 
 :class:`Transcript` folds events into the state a renderer shows: the tool
 lines in the order they started, the plan, and the text so far. Folding is
@@ -156,6 +156,8 @@ class Transcript:
     context_reset: bool = False
     notes: tuple[str, ...] = ()
     end: TurnEnd | None = None
+    late_text: str = ""  # what the agent sent for this turn after its end
+    closed: bool = False  # no more late text will come
     version: int = 0  # bumped on every visible change, for "edit only if changed"
 
     @property
@@ -215,6 +217,10 @@ class TurnHandle:
     each event once, ending after the :class:`TurnEnd`) or watch
     :attr:`transcript` with :meth:`wait_changed` to render coalesced state.
     Events pushed after the :class:`TurnEnd` are ignored: a turn ends once.
+
+    Text the agent sends for this turn after its end arrives with
+    :meth:`push_late` (in ``transcript.late_text``) until the session calls
+    :meth:`close`: then nothing more belongs to this turn.
     """
 
     def __init__(self, thread_key: str) -> None:
@@ -236,6 +242,27 @@ class TurnHandle:
             return
         self._pending.append(event)
         self.transcript.apply(event)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def push_late(self, text: str) -> None:
+        """Add ``text`` the agent sent for this turn after its :class:`TurnEnd`.
+        Ignored before the end and after :meth:`close`."""
+        transcript = self.transcript
+        if transcript.end is None or transcript.closed or not text:
+            return
+        transcript.late_text += text
+        self._bump()
+
+    def close(self) -> None:
+        """No more text belongs to this turn (the next prompt went out, or the
+        session ended). Idempotent."""
+        if not self.transcript.closed:
+            self.transcript.closed = True
+            self._bump()
+
+    def _bump(self) -> None:
+        self.transcript.version += 1
         self._changed.set()
         self._changed = trio.Event()
 

@@ -259,7 +259,7 @@ async def _spawn(spec: ChildSpec) -> Child:
             stdout=stdout_w,
             stderr=stderr_w,
             start_new_session=True,
-            preexec_fn=hook,  # noqa: PLW1509 - only calls prctl/getppid/kill
+            preexec_fn=hook,
             close_fds=True,
         )
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import trio
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
-EXIT_OK, EXIT_MISSED = 0, 1  # scripts/bench.py: 3 means a scenario raised, 2 a usage error
+EXIT_OK, EXIT_MISSED = 0, 1  # python -m bench: 3 means a scenario raised, 2 a usage error
 
 
 async def run_bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[bytes], Any]:
@@ -24,7 +23,8 @@ async def run_bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedPro
         done = await trio.run_process(
             [
                 sys.executable,
-                str(SCRIPT),
+                "-m",
+                "bench",
                 *args,
                 "--quick",
                 "--json",
@@ -48,7 +48,7 @@ async def test_overhead_scenario_runs_end_to_end_and_reports_every_figure(
     assert done.returncode in (EXIT_OK, EXIT_MISSED), output
     assert report is not None, output
 
-    assert report["command"].startswith("python scripts/bench.py overhead")
+    assert report["command"].startswith("python -m bench overhead")
     assert {"nproc", "cpu_model", "memory_gib", "python"} <= report["machine"].keys()
     overhead = report["scenarios"]["overhead"]
     assert overhead["failed"] is False

@@ -1,4 +1,4 @@
-"""A short chaos soak of a real broker process: scripts/chaos.py and its invariants.
+"""A short chaos soak of a real broker process: python -m chaos and its invariants.
 
 The run lasts ``CHAOS_SECS`` seconds (default 60, what CI runs); set it lower
 to try it during development, e.g. ``CHAOS_SECS=15``.
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import trio
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "chaos.py"
 SECS = float(os.environ.get("CHAOS_SECS", "60"))
 INVARIANTS = {
     "one_reply_per_event",
@@ -30,14 +29,23 @@ INVARIANTS = {
 
 
 async def test_chaos_soak_keeps_every_invariant(tmp_path: Path) -> None:
-    argv = [sys.executable, str(SCRIPT), "--duration", str(SECS), "--json",
-            "--workdir", str(tmp_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "chaos",
+        "--duration",
+        str(SECS),
+        "--json",
+        "--workdir",
+        str(tmp_path),
+    ]
     with trio.fail_after(SECS + 240):  # the soak, the settling, two broker starts and stops
         done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
     assert done.stdout, done.stderr.decode()[-3000:]
     report = json.loads(done.stdout)
-    failed = {name: check["detail"] for name, check in report["invariants"].items()
-              if not check["ok"]}
+    failed = {
+        name: check["detail"] for name, check in report["invariants"].items() if not check["ok"]
+    }
     assert not failed, (failed, report["figures"])
     assert set(report["invariants"]) == INVARIANTS
     assert done.returncode == 0 and report["ok"]

@@ -20,10 +20,10 @@ from pathlib import Path
 import trio
 from rich.console import Console
 
-from broker.frontends.chat import render_message, ws_url
+from broker.chat.router import Router
 from broker.frontends.server import WebSocketServer, serve_websocket
-from broker.pool import open_pool
-from broker.router import Router
+from broker.ops.chat_client import render_message, ws_url
+from broker.sessions.pool import open_pool
 from broker.testing.harness import fake_agent_config
 from tests.router.stack import running_broker
 

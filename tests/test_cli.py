@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 import broker
-from broker import cli
 from broker.config import default_config, load_config
+from broker.ops import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIT = ROOT / "scripts" / "agent-broker.service"
-INSTALL = ROOT / "scripts" / "install-service.sh"
+UNIT = ROOT / "deploy" / "agent-broker.service"
+INSTALL = ROOT / "deploy" / "install-service.sh"
 
 
 def agent_broker(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -352,7 +352,9 @@ def test_a_broker_token_in_the_agents_arguments_is_refused() -> None:
     data = {"server": {"token": "s3cret-token"}, "agent": {"args": ["--key=s3cret-token"]}}
     with pytest.raises(ConfigError) as caught:
         structure_config(data, file="broker.toml", environ={})
-    assert str(caught.value).startswith("broker.toml: agent.args: holds the server or gateway token")
+    assert str(caught.value).startswith(
+        "broker.toml: agent.args: holds the server or gateway token"
+    )
 
 
 def test_a_short_token_is_matched_in_agent_arguments_only_as_a_whole_value() -> None:

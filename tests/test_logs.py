@@ -34,12 +34,12 @@ def stream() -> Iterator[io.StringIO]:
 def test_json_lines_carry_session_fields(stream: io.StringIO) -> None:
     setup_logging(LogConfig(format="json"), stream, environ={})
     session_logger("telegram:1001", 4242).warning("agent exited: %s", "code 3")
-    logging.getLogger("broker.pool").info("pool full (%d busy sessions)", 20)
+    logging.getLogger("broker.sessions.pool").info("pool full (%d busy sessions)", 20)
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", first.pop("ts"))
     assert first == {
         "level": "warning",
-        "logger": "broker.session",
+        "logger": "broker.sessions.session",
         "msg": "agent exited: code 3",
         "thread_key": "telegram:1001",
         "pid": 4242,
@@ -47,7 +47,7 @@ def test_json_lines_carry_session_fields(stream: io.StringIO) -> None:
     second.pop("ts")
     assert second == {
         "level": "info",
-        "logger": "broker.pool",
+        "logger": "broker.sessions.pool",
         "msg": "pool full (20 busy sessions)",
     }
 
@@ -59,8 +59,10 @@ def test_text_lines_have_time_and_session_prefix(stream: io.StringIO) -> None:
     log.with_pid(77).info("initialized")
     lines = stream.getvalue().splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
-    assert re.fullmatch(stamp + r" DEBUG broker\.session: \[cli:t1\] spawning", lines[0])
-    assert re.fullmatch(stamp + r" INFO broker\.session: \[cli:t1 pid=77\] initialized", lines[1])
+    assert re.fullmatch(stamp + r" DEBUG broker\.sessions\.session: \[cli:t1\] spawning", lines[0])
+    assert re.fullmatch(
+        stamp + r" INFO broker\.sessions\.session: \[cli:t1 pid=77\] initialized", lines[1]
+    )
 
 
 def test_level_filters_and_setup_twice_does_not_double_lines(stream: io.StringIO) -> None:
@@ -95,7 +97,7 @@ from broker.config import LogConfig
 from broker.logs import session_logger, setup_logging
 setup_logging(LogConfig(), sys.stderr, secrets=["s3cret"])
 session_logger("discord:9", 123).info("turn started with s3cret")
-logging.getLogger("broker.pool").warning("pool full")
+logging.getLogger("broker.sessions.pool").warning("pool full")
 """
 
 
@@ -117,14 +119,14 @@ def run_child_logging(tmp_path: Path, journal_stream: str | None) -> str:
 
 def test_under_journald_lines_are_plain_with_priority_and_no_time(tmp_path: Path) -> None:
     assert run_child_logging(tmp_path, "match").splitlines() == [
-        "<6>broker.session: [discord:9 pid=123] turn started with ***",
-        "<4>broker.pool: pool full",
+        "<6>broker.sessions.session: [discord:9 pid=123] turn started with ***",
+        "<4>broker.sessions.pool: pool full",
     ]
 
 
 def test_journal_stream_of_another_file_keeps_timestamps(tmp_path: Path) -> None:
     lines = run_child_logging(tmp_path, "1:2").splitlines()
     assert re.fullmatch(
-        r"\d{4}-\S+ \S+ INFO broker\.session: \[discord:9 pid=123\] turn started with \*\*\*",
+        r"\d{4}-\S+ \S+ INFO broker\.sessions\.session: \[discord:9 pid=123\] turn started with \*\*\*",
         lines[0],
     )

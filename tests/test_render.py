@@ -1,6 +1,6 @@
 import pytest
 
-from broker.render import (
+from broker.chat.render import (
     agent_died_reason,
     busy_reason,
     duration_phrase,

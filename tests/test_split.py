@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from broker.split import (
+from broker.chat.split import (
     MessagePart,
     close_open_fence,
     fence_after,

@@ -3,18 +3,7 @@ import random
 
 import pytest
 
-from broker.reply import (
-    Outcome,
-    Queued,
-    ReplyEvent,
-    TextChunk,
-    ToolStatus,
-    ToolUpdate,
-    Transcript,
-    TurnEnd,
-    TurnStarted,
-)
-from broker.turn import (
+from broker.chat.present import (
     CLEARED_PART,
     EditThrottle,
     MessageUpdate,
@@ -29,6 +18,17 @@ from broker.turn import (
     render,
     render_end,
     split_message,
+)
+from broker.reply import (
+    Outcome,
+    Queued,
+    ReplyEvent,
+    TextChunk,
+    ToolStatus,
+    ToolUpdate,
+    Transcript,
+    TurnEnd,
+    TurnStarted,
 )
 
 

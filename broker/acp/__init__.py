@@ -8,6 +8,15 @@ from .jsonrpc import JsonRpcPeer, PeerClosed, RequestTimeout, RpcError
 from .policy import FsAccess, PermissionPolicy
 
 __all__ = [
-    "AcpClient", "AcpError", "ClientOptions", "FsAccess", "JsonRpcPeer", "LoadedSession",
-    "PeerClosed", "PermissionPolicy", "RequestTimeout", "RpcError", "SessionState",
+    "AcpClient",
+    "AcpError",
+    "ClientOptions",
+    "FsAccess",
+    "JsonRpcPeer",
+    "LoadedSession",
+    "PeerClosed",
+    "PermissionPolicy",
+    "RequestTimeout",
+    "RpcError",
+    "SessionState",
 ]

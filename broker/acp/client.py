@@ -143,8 +143,12 @@ class AcpClient:
     def __init__(self, send: SendFn, options: ClientOptions = ClientOptions()) -> None:
         self.options = options
         self.fs = FsAccess(os.path.abspath(options.cwd), options.fs_read, options.fs_write)
-        self.peer = JsonRpcPeer(send, on_request=self._on_request,
-                                on_notification=self._on_notification, name=options.name)
+        self.peer = JsonRpcPeer(
+            send,
+            on_request=self._on_request,
+            on_notification=self._on_notification,
+            name=options.name,
+        )
         self.init_result: InitializeResult | None = None
         self._sessions: dict[str, SessionState] = {}
         self.foreign_updates = 0  # updates for sessions this client never used
@@ -170,19 +174,27 @@ class AcpClient:
     async def initialize(self, timeout: float | None = None) -> InitializeResult:
         """Advertises fs only as enabled, no terminal. Raises AcpError if the
         agent answers with a protocol version other than 1."""
-        result = await self.peer.request("initialize", {
-            "protocolVersion": PROTOCOL_VERSION,
-            "clientCapabilities": {
-                "fs": {"readTextFile": self.options.fs_read,
-                       "writeTextFile": self.options.fs_write},
-                "terminal": False,
+        result = await self.peer.request(
+            "initialize",
+            {
+                "protocolVersion": PROTOCOL_VERSION,
+                "clientCapabilities": {
+                    "fs": {
+                        "readTextFile": self.options.fs_read,
+                        "writeTextFile": self.options.fs_write,
+                    },
+                    "terminal": False,
+                },
+                "clientInfo": {"name": self.options.name, "version": self.options.version},
             },
-            "clientInfo": {"name": self.options.name, "version": self.options.version},
-        }, timeout=timeout)
+            timeout=timeout,
+        )
         init = _parse(result, InitializeResult)
         if init.protocol_version != PROTOCOL_VERSION:
-            raise AcpError(f"agent speaks ACP protocol version {init.protocol_version}, "
-                           f"this broker speaks {PROTOCOL_VERSION}")
+            raise AcpError(
+                f"agent speaks ACP protocol version {init.protocol_version}, "
+                f"this broker speaks {PROTOCOL_VERSION}"
+            )
         self.init_result = init
         return init
 
@@ -191,11 +203,13 @@ class AcpClient:
 
     async def new_session(self, cwd: str, timeout: float | None = None) -> SessionSetup:
         result = await self.peer.request(
-            "session/new", {"cwd": os.path.abspath(cwd), "mcpServers": []}, timeout=timeout)
+            "session/new", {"cwd": _absolute(cwd), "mcpServers": []}, timeout=timeout
+        )
         return self._setup(_parse(result, SessionSetup), None)
 
-    async def load_session(self, session_id: str, cwd: str,
-                           timeout: float | None = None) -> LoadedSession:
+    async def load_session(
+        self, session_id: str, cwd: str, timeout: float | None = None
+    ) -> LoadedSession:
         """``session/load``. The history the agent replays before answering is
         returned in ``replayed`` and counted in the session's
         ``replayed_count``; no prompt consumer or watcher sees it."""
@@ -205,22 +219,28 @@ class AcpClient:
         replay: list[SessionUpdate] = []
         state.replay = replay
         try:
-            result = await self.peer.request("session/load", {
-                "sessionId": session_id, "cwd": os.path.abspath(cwd), "mcpServers": []},
-                timeout=timeout)
+            result = await self.peer.request(
+                "session/load",
+                {"sessionId": session_id, "cwd": _absolute(cwd), "mcpServers": []},
+                timeout=timeout,
+            )
         finally:
             state.replay = None
-        return LoadedSession(self._setup(_parse(result or {}, SessionSetup), session_id),
-                             tuple(replay))
+        return LoadedSession(
+            self._setup(_parse(result or {}, SessionSetup), session_id), tuple(replay)
+        )
 
-    async def resume_session(self, session_id: str, cwd: str,
-                             timeout: float | None = None) -> SessionSetup:
+    async def resume_session(
+        self, session_id: str, cwd: str, timeout: float | None = None
+    ) -> SessionSetup:
         """``session/resume`` (no replay); needs sessionCapabilities.resume."""
         if not self.agent_capabilities.session_capabilities.resume:
             raise AcpError("the agent does not advertise sessionCapabilities.resume")
-        result = await self.peer.request("session/resume", {
-            "sessionId": session_id, "cwd": os.path.abspath(cwd), "mcpServers": []},
-            timeout=timeout)
+        result = await self.peer.request(
+            "session/resume",
+            {"sessionId": session_id, "cwd": _absolute(cwd), "mcpServers": []},
+            timeout=timeout,
+        )
         return self._setup(_parse(result or {}, SessionSetup), session_id)
 
     def _setup(self, setup: SessionSetup, session_id: str | None) -> SessionSetup:
@@ -236,8 +256,13 @@ class AcpClient:
             state.current_mode_id = setup.modes.current_mode_id
         return setup
 
-    async def prompt(self, session_id: str, blocks: Sequence[ContentBlock],
-                     on_update: UpdateConsumer, timeout: float | None = None) -> str:
+    async def prompt(
+        self,
+        session_id: str,
+        blocks: Sequence[ContentBlock],
+        on_update: UpdateConsumer,
+        timeout: float | None = None,
+    ) -> str:
         """Send ``session/prompt`` and return the stop reason.
 
         While it runs, this session's updates are passed to ``on_update``
@@ -251,15 +276,18 @@ class AcpClient:
             raise AcpError(f"a prompt is already running in session {session_id}")
         state.prompting, state.cancelling, state.consumer = True, False, on_update
         try:
-            result = await self.peer.request("session/prompt", {
-                "sessionId": session_id, "prompt": [content_to_wire(b) for b in blocks]},
-                timeout=timeout)
+            result = await self.peer.request(
+                "session/prompt",
+                {"sessionId": session_id, "prompt": [content_to_wire(b) for b in blocks]},
+                timeout=timeout,
+            )
         finally:
             state.prompting, state.cancelling, state.consumer = False, False, None
         stop = result.get("stopReason") if isinstance(result, dict) else None
         if not isinstance(stop, str):
-            log.warning("session %s: prompt answered without a stopReason: %.200r",
-                        session_id, result)
+            log.warning(
+                "session %s: prompt answered without a stopReason: %.200r", session_id, result
+            )
             return "end_turn"
         return stop
 
@@ -285,18 +313,23 @@ class AcpClient:
         finally:
             state.watcher = previous
 
-    async def set_config_option(self, session_id: str, config_id: str, value: str | bool,
-                                timeout: float | None = None) -> list[ConfigOption]:
+    async def set_config_option(
+        self, session_id: str, config_id: str, value: str | bool, timeout: float | None = None
+    ) -> list[ConfigOption]:
         """Returns the full set of options the agent answers with."""
-        result = await self.peer.request("session/set_config_option", {
-            "sessionId": session_id, "configId": config_id, "value": value}, timeout=timeout)
+        result = await self.peer.request(
+            "session/set_config_option",
+            {"sessionId": session_id, "configId": config_id, "value": value},
+            timeout=timeout,
+        )
         options = _parse(result or {}, ConfigOptionUpdate).config_options
         self.session(session_id).config_options = options
         return options
 
     async def set_mode(self, session_id: str, mode_id: str, timeout: float | None = None) -> None:
-        await self.peer.request("session/set_mode", {"sessionId": session_id, "modeId": mode_id},
-                                timeout=timeout)
+        await self.peer.request(
+            "session/set_mode", {"sessionId": session_id, "modeId": mode_id}, timeout=timeout
+        )
         self.session(session_id).current_mode_id = mode_id
 
     async def close_session(self, session_id: str, timeout: float | None = None) -> None:
@@ -354,3 +387,8 @@ class AcpClient:
         if scope.cancelled_caught:
             return selected_outcome(None)
         return selected_outcome(choice)
+
+
+def _absolute(path: str) -> str:
+    """ACP wants absolute paths; the pool passes them already, a caller may not."""
+    return os.path.abspath(path)

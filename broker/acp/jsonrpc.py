@@ -188,8 +188,9 @@ class JsonRpcPeer:
                 raise PeerClosed(self._stdin_broken, "agent stdin closed") from exc
             if scope.cancelled_caught:
                 self._stdin_broken = f"a write blocked for {self.write_timeout:g} s"
-                log.error("%s: %s; the agent is not reading its stdin", self.name,
-                          self._stdin_broken)
+                log.error(
+                    "%s: %s; the agent is not reading its stdin", self.name, self._stdin_broken
+                )
                 raise PeerClosed(self._stdin_broken, "agent stdin unusable")
 
     async def notify(self, method: str, params: Any = None) -> None:
@@ -200,7 +201,9 @@ class JsonRpcPeer:
             message["params"] = params
         await self._write(message)
 
-    async def request(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
+    async def request(
+        self, method: str, params: Any = None, *, timeout: float | None = None
+    ) -> Any:
         """Send a request and wait for its response; return its ``result``.
 
         Raises :class:`RpcError` if the agent answers with an error,
@@ -278,12 +281,16 @@ class JsonRpcPeer:
             if not isinstance(method, str):
                 self._malformed(line, "method is not a string")
                 if has_id:
-                    nursery.start_soon(self._answer_error, message["id"], RpcError(
-                        INVALID_REQUEST, "Invalid request: method must be a string"))
+                    nursery.start_soon(
+                        self._answer_error,
+                        message["id"],
+                        RpcError(INVALID_REQUEST, "Invalid request: method must be a string"),
+                    )
                 return
             if has_id:
-                nursery.start_soon(self._handle_request, message["id"], method,
-                                   message.get("params"))
+                nursery.start_soon(
+                    self._handle_request, message["id"], method, message.get("params")
+                )
             else:
                 self._handle_notification(method, message.get("params"))
         elif "result" in message or "error" in message:
@@ -317,11 +324,13 @@ class JsonRpcPeer:
             return
         if isinstance(error, dict):
             code = error.get("code")
-            pending.resolve(error=RpcError(
-                code if isinstance(code, int) else INTERNAL_ERROR,
-                str(error.get("message") or "error without message"),
-                error.get("data"),
-            ))
+            pending.resolve(
+                error=RpcError(
+                    code if isinstance(code, int) else INTERNAL_ERROR,
+                    str(error.get("message") or "error without message"),
+                    error.get("data"),
+                )
+            )
         else:
             pending.resolve(error=RpcError(INTERNAL_ERROR, f"malformed error: {error!r}"))
 
@@ -333,7 +342,9 @@ class JsonRpcPeer:
             return
         except Exception as exc:
             log.exception("%s: handler for %s failed", self.name, method)
-            await self._answer_error(request_id, RpcError(INTERNAL_ERROR, "Internal error", str(exc)))
+            await self._answer_error(
+                request_id, RpcError(INTERNAL_ERROR, "Internal error", str(exc))
+            )
             return
         await self._answer(request_id, {"result": result})
 

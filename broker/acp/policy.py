@@ -51,8 +51,10 @@ class PermissionPolicy:
     def _check_by_kind(self, _: Any, value: Mapping[str, str]) -> None:
         for kind, mode in value.items():
             if mode not in PERMISSION_MODES:
-                raise ValueError(f"permission mode {mode!r} for tool kind {kind!r} "
-                                 f"is not one of {PERMISSION_MODES}")
+                raise ValueError(
+                    f"permission mode {mode!r} for tool kind {kind!r} "
+                    f"is not one of {PERMISSION_MODES}"
+                )
 
     def mode_for(self, tool_kind: str | None) -> str:
         return self.by_kind.get(tool_kind or "", self.default)
@@ -110,15 +112,19 @@ class FsAccess:
         root = os.path.realpath(self.root)
         real = os.path.realpath(os.path.join(root, path))
         if os.path.commonpath([root, real]) != root:
-            raise RpcError(INVALID_PARAMS, f"path is outside the working directory {root}",
-                           {"path": path})
+            raise RpcError(
+                INVALID_PARAMS, f"path is outside the working directory {root}", {"path": path}
+            )
         return real
 
     async def read_text_file(self, params: Any) -> dict[str, Any]:
         """``{path, line?, limit?}`` -> ``{content}``; ``line`` is 1-based."""
         if not self.read:
-            raise RpcError(METHOD_NOT_FOUND, "fs/read_text_file is disabled (agent.fs_read = false)",
-                           {"method": "fs/read_text_file"})
+            raise RpcError(
+                METHOD_NOT_FOUND,
+                "fs/read_text_file is disabled (agent.fs_read = false)",
+                {"method": "fs/read_text_file"},
+            )
         path = self.confine(_param(params, "path", str))
         line = _param(params, "line", int, required=False)
         limit = _param(params, "limit", int, required=False)
@@ -128,14 +134,17 @@ class FsAccess:
         if line is not None or limit is not None:
             lines = text.splitlines(keepends=True)
             start = (line or 1) - 1
-            text = "".join(lines[start:] if limit is None else lines[start:start + limit])
+            text = "".join(lines[start:] if limit is None else lines[start : start + limit])
         return {"content": text}
 
     def _read(self, path: str) -> str:
         try:
             if os.path.getsize(path) > self.max_read_bytes:
-                raise RpcError(INVALID_PARAMS, f"file is larger than {self.max_read_bytes} bytes",
-                               {"path": path})
+                raise RpcError(
+                    INVALID_PARAMS,
+                    f"file is larger than {self.max_read_bytes} bytes",
+                    {"path": path},
+                )
             with open(path, encoding="utf-8", errors="replace") as f:
                 return f.read()
         except FileNotFoundError:
@@ -147,9 +156,11 @@ class FsAccess:
         """``{path, content}`` -> ``{}``. Creates missing parent directories
         (inside the root: the path was confined first)."""
         if not self.write:
-            raise RpcError(METHOD_NOT_FOUND,
-                           "fs/write_text_file is disabled (agent.fs_write = false)",
-                           {"method": "fs/write_text_file"})
+            raise RpcError(
+                METHOD_NOT_FOUND,
+                "fs/write_text_file is disabled (agent.fs_write = false)",
+                {"method": "fs/write_text_file"},
+            )
         path = self.confine(_param(params, "path", str))
         content = _param(params, "content", str)
         await trio.to_thread.run_sync(self._write, path, content)
@@ -161,4 +172,6 @@ class FsAccess:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(content)
         except (IsADirectoryError, PermissionError, NotADirectoryError) as exc:
-            raise RpcError(INVALID_PARAMS, f"cannot write: {exc.strerror}", {"path": path}) from None
+            raise RpcError(
+                INVALID_PARAMS, f"cannot write: {exc.strerror}", {"path": path}
+            ) from None

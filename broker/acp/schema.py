@@ -86,7 +86,9 @@ class UnknownContent:
 
 ContentBlock = TextContent | ImageContent | EmbeddedResource | ResourceLink | UnknownContent
 _CONTENT_TYPES: dict[str, type[Any]] = {
-    "text": TextContent, "image": ImageContent, "resource": EmbeddedResource,
+    "text": TextContent,
+    "image": ImageContent,
+    "resource": EmbeddedResource,
     "resource_link": ResourceLink,
 }
 
@@ -229,17 +231,31 @@ class UnknownUpdate:
 
 
 SessionUpdate = (
-    AgentMessageChunk | AgentThoughtChunk | UserMessageChunk | ToolCallStart | ToolCallUpdate
-    | PlanUpdate | AvailableCommandsUpdate | CurrentModeUpdate | ConfigOptionUpdate
-    | SessionInfoUpdate | UsageUpdate | UnknownUpdate
+    AgentMessageChunk
+    | AgentThoughtChunk
+    | UserMessageChunk
+    | ToolCallStart
+    | ToolCallUpdate
+    | PlanUpdate
+    | AvailableCommandsUpdate
+    | CurrentModeUpdate
+    | ConfigOptionUpdate
+    | SessionInfoUpdate
+    | UsageUpdate
+    | UnknownUpdate
 )
 _UPDATE_KINDS: dict[str, type[Any]] = {
-    "agent_message_chunk": AgentMessageChunk, "agent_thought_chunk": AgentThoughtChunk,
-    "user_message_chunk": UserMessageChunk, "tool_call": ToolCallStart,
-    "tool_call_update": ToolCallUpdate, "plan": PlanUpdate,
+    "agent_message_chunk": AgentMessageChunk,
+    "agent_thought_chunk": AgentThoughtChunk,
+    "user_message_chunk": UserMessageChunk,
+    "tool_call": ToolCallStart,
+    "tool_call_update": ToolCallUpdate,
+    "plan": PlanUpdate,
     "available_commands_update": AvailableCommandsUpdate,
-    "current_mode_update": CurrentModeUpdate, "config_option_update": ConfigOptionUpdate,
-    "session_info_update": SessionInfoUpdate, "usage_update": UsageUpdate,
+    "current_mode_update": CurrentModeUpdate,
+    "config_option_update": ConfigOptionUpdate,
+    "session_info_update": SessionInfoUpdate,
+    "usage_update": UsageUpdate,
 }
 
 
@@ -368,17 +384,23 @@ def _structure_config_option(value: Any, _: Any) -> ConfigOption:
     for item in value.get("options") or ():
         if isinstance(item, Mapping) and isinstance(item.get("options"), list):
             group = str(item.get("group") or item.get("name") or "")
-            values += [attrs.evolve(converter.structure(v, ConfigOptionValue), group=group)
-                       for v in item["options"]]
+            values += [
+                attrs.evolve(converter.structure(v, ConfigOptionValue), group=group)
+                for v in item["options"]
+            ]
         else:
             values.append(converter.structure(item, ConfigOptionValue))
     current = value.get("currentValue")
     category = value.get("category")
     return ConfigOption(
-        id=str(value.get("id") or ""), name=str(value.get("name") or ""),
+        id=str(value.get("id") or ""),
+        name=str(value.get("name") or ""),
         type=str(value.get("type") or "select"),
-        current_value=current if isinstance(current, bool | str) or current is None else str(current),
-        options=values, description=value.get("description"),
+        current_value=current
+        if isinstance(current, bool | str) or current is None
+        else str(current),
+        options=values,
+        description=value.get("description"),
         category=category if isinstance(category, str) else None,
     )
 
@@ -426,8 +448,7 @@ def _camel_unstructurer(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
     fn = _unstructurers.get(cls)
     if fn is None:
         renames = {a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)}
-        fn = _unstructurers[cls] = make_dict_unstructure_fn(
-            cls, converter, **renames)  # type: ignore[arg-type]
+        fn = _unstructurers[cls] = make_dict_unstructure_fn(cls, converter, **renames)  # type: ignore[arg-type]
     return fn
 
 

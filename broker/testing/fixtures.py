@@ -5,7 +5,7 @@ Load them with ``pytest_plugins = ["broker.testing.fixtures"]`` in a conftest.py
 
 - ``make_config(agent_args=(), **sections)`` -> a :class:`~broker.config.BrokerConfig`
   running the fake agent under the test's tmp_path with short timeouts;
-- ``pool`` -> an open :class:`~broker.pool.Pool` on the default of ``make_config``,
+- ``pool`` -> an open :class:`~broker.sessions.pool.Pool` on the default of ``make_config``,
   closed (every agent stopped) when the test ends.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from broker.config import BrokerConfig
-from broker.pool import Pool, open_pool
 from broker.reply import Prompt, TurnEnd
+from broker.sessions.pool import Pool, open_pool
 from broker.testing.harness import fake_agent_config
 
 ConfigFactory = Callable[..., BrokerConfig]

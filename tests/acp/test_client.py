@@ -102,8 +102,10 @@ async def test_initialize_advertises_only_enabled_capabilities(nursery: trio.Nur
             await agent.respond(request, INIT_RESULT)
     assert request["params"] == {
         "protocolVersion": 1,
-        "clientCapabilities": {"fs": {"readTextFile": True, "writeTextFile": False},
-                               "terminal": False},
+        "clientCapabilities": {
+            "fs": {"readTextFile": True, "writeTextFile": False},
+            "terminal": False,
+        },
         "clientInfo": {"name": "b", "version": "9"},
     }
     caps = client.agent_capabilities
@@ -126,13 +128,19 @@ async def test_prompt_delivers_updates_sent_before_the_response(nursery: trio.Nu
 
             inner.start_soon(run)
             request = await agent.receive_method("session/prompt")
-            assert request["params"] == {"sessionId": "s1",
-                                         "prompt": [{"type": "text", "text": "hello"}]}
-            lines = [b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1",'
-                     b'"update":{"sessionUpdate":"agent_message_chunk","content":'
-                     b'{"type":"text","text":"%d "}}}}' % i for i in range(200)]
-            lines.append(b'{"jsonrpc":"2.0","id":%d,"result":{"stopReason":"end_turn"}}'
-                         % request["id"])
+            assert request["params"] == {
+                "sessionId": "s1",
+                "prompt": [{"type": "text", "text": "hello"}],
+            }
+            lines = [
+                b'{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1",'
+                b'"update":{"sessionUpdate":"agent_message_chunk","content":'
+                b'{"type":"text","text":"%d "}}}}' % i
+                for i in range(200)
+            ]
+            lines.append(
+                b'{"jsonrpc":"2.0","id":%d,"result":{"stopReason":"end_turn"}}' % request["id"]
+            )
             await agent.stream.send_all(b"\n".join(lines) + b"\n")
     assert stop == ["end_turn"]
     assert seen == [f"{i} " for i in range(200)]
@@ -162,8 +170,13 @@ async def test_load_session_replay_is_not_delivered_to_a_prompt(nursery: trio.Nu
             inner.start_soon(load)
             request = await agent.receive_method("session/load")
             assert request["params"]["sessionId"] == "s1" and request["params"]["mcpServers"] == []
-            await agent.update("s1", {"sessionUpdate": "user_message_chunk",
-                                      "content": {"type": "text", "text": "old question"}})
+            await agent.update(
+                "s1",
+                {
+                    "sessionUpdate": "user_message_chunk",
+                    "content": {"type": "text", "text": "old question"},
+                },
+            )
             await agent.update("s1", chunk("old answer"))
             await agent.respond(request, {"configOptions": None, "modes": None})
         async with prompting(client, agent, seen):
@@ -180,15 +193,22 @@ async def test_unadvertised_session_methods_raise_before_sending(nursery: trio.N
 
 
 async def test_permission_policy_answers_per_tool_kind(nursery: trio.Nursery) -> None:
-    policy = PermissionPolicy(default="allow_once",
-                              by_kind={"execute": "reject", "read": "allow_always"})
+    policy = PermissionPolicy(
+        default="allow_once", by_kind={"execute": "reject", "read": "allow_always"}
+    )
     _, agent = await connect(nursery, ClientOptions(permissions=policy))
     outcomes = {}
     with trio.fail_after(5):
         for kind in ("execute", "read", "edit", None):
-            answer = await request_from_agent(agent, "session/request_permission", {
-                "sessionId": "s1", "toolCall": {"toolCallId": "t", "kind": kind},
-                "options": PERMISSION_OPTIONS})
+            answer = await request_from_agent(
+                agent,
+                "session/request_permission",
+                {
+                    "sessionId": "s1",
+                    "toolCall": {"toolCallId": "t", "kind": kind},
+                    "options": PERMISSION_OPTIONS,
+                },
+            )
             outcomes[kind] = answer["result"]["outcome"]
     assert outcomes == {
         "execute": {"outcome": "selected", "optionId": "no"},
@@ -218,9 +238,17 @@ async def test_cancel_answers_pending_permission_and_prompt_ends_cancelled(
 
             inner.start_soon(run)
             prompt = await agent.receive_method("session/prompt")
-            await agent.send({"id": "perm-1", "method": "session/request_permission", "params": {
-                "sessionId": "s1", "toolCall": {"toolCallId": "t1", "kind": "execute"},
-                "options": PERMISSION_OPTIONS}})
+            await agent.send(
+                {
+                    "id": "perm-1",
+                    "method": "session/request_permission",
+                    "params": {
+                        "sessionId": "s1",
+                        "toolCall": {"toolCallId": "t1", "kind": "execute"},
+                        "options": PERMISSION_OPTIONS,
+                    },
+                }
+            )
             await asked.wait()
             await client.cancel("s1")  # while the prompt streams
             got = [await agent.receive(), await agent.receive()]
@@ -229,8 +257,15 @@ async def test_cancel_answers_pending_permission_and_prompt_ends_cancelled(
             assert by_kind["answer"]["id"] == "perm-1"
             assert by_kind["answer"]["result"] == {"outcome": {"outcome": "cancelled"}}
             # A permission request arriving after the cancel is answered cancelled too.
-            late = await request_from_agent(agent, "session/request_permission", {
-                "sessionId": "s1", "toolCall": {"toolCallId": "t2"}, "options": PERMISSION_OPTIONS})
+            late = await request_from_agent(
+                agent,
+                "session/request_permission",
+                {
+                    "sessionId": "s1",
+                    "toolCall": {"toolCallId": "t2"},
+                    "options": PERMISSION_OPTIONS,
+                },
+            )
             assert late["result"] == {"outcome": {"outcome": "cancelled"}}
             await agent.respond(prompt, {"stopReason": "cancelled"})
     assert stop == ["cancelled"]
@@ -244,8 +279,12 @@ async def test_unsupported_agent_requests_answer_method_not_found_and_turn_goes_
     with trio.fail_after(5):
         async with prompting(client, agent, seen):
             codes = []
-            for method in ("terminal/create", "elicitation/create", "_vendor/thing",
-                           "fs/read_text_file"):
+            for method in (
+                "terminal/create",
+                "elicitation/create",
+                "_vendor/thing",
+                "fs/read_text_file",
+            ):
                 answer = await request_from_agent(agent, method, {"sessionId": "s1", "path": "x"})
                 codes.append(answer["error"]["code"])
             await agent.update("s1", chunk("still here"))
@@ -260,9 +299,17 @@ async def test_lenient_updates_reach_the_prompt(nursery: trio.Nursery) -> None:
         async with prompting(client, agent, seen):
             await agent.update("s1", {"sessionUpdate": "usage_update", "used": None, "size": 9})
             await agent.update("s1", {"sessionUpdate": "shiny_new_kind", "x": 1})
-            await agent.update("s1", {"sessionUpdate": "tool_call", "toolCallId": "t1",
-                                      "title": None, "kind": "execute", "status": "pending",
-                                      "extra": {"ignored": True}})
+            await agent.update(
+                "s1",
+                {
+                    "sessionUpdate": "tool_call",
+                    "toolCallId": "t1",
+                    "title": None,
+                    "kind": "execute",
+                    "status": "pending",
+                    "extra": {"ignored": True},
+                },
+            )
     assert seen[0] == UsageUpdate(used=None, size=9)
     assert isinstance(seen[1], UnknownUpdate) and seen[1].kind == "shiny_new_kind"
     assert isinstance(seen[2], ToolCallStart) and seen[2].tool_call_id == "t1"
@@ -281,8 +328,9 @@ async def test_late_chunks_after_the_response_reach_a_watcher(nursery: trio.Nurs
     with trio.fail_after(5):
         with client.watch("s1", on_late):
             async with trio.open_nursery() as inner:
-                inner.start_soon(client.prompt, "s1", [TextContent("hi")],
-                                 lambda u: seen.append(text(u)))
+                inner.start_soon(
+                    client.prompt, "s1", [TextContent("hi")], lambda u: seen.append(text(u))
+                )
                 prompt = await agent.receive_method("session/prompt")
                 await agent.update("s1", chunk("a"))
                 await agent.respond(prompt, {"stopReason": "end_turn"})
@@ -293,21 +341,42 @@ async def test_late_chunks_after_the_response_reach_a_watcher(nursery: trio.Nurs
 
 async def test_session_setup_and_config_options_are_tracked(nursery: trio.Nursery) -> None:
     client, agent = await connect(nursery)
-    options = [{"id": "model", "name": "Model", "type": "select", "currentValue": "fast",
-                "options": [{"value": "fast", "name": "Fast"}, {"value": "deep", "name": "Deep"}]}]
+    options = [
+        {
+            "id": "model",
+            "name": "Model",
+            "type": "select",
+            "currentValue": "fast",
+            "options": [{"value": "fast", "name": "Fast"}, {"value": "deep", "name": "Deep"}],
+        }
+    ]
     with trio.fail_after(5):
         async with trio.open_nursery() as inner:
             inner.start_soon(client.new_session, "/tmp")
             request = await agent.receive_method("session/new")
-            await agent.respond(request, {"sessionId": "s9", "configOptions": options, "modes": {
-                "currentModeId": "ask", "availableModes": [{"id": "ask", "name": "Ask"}]}})
+            await agent.respond(
+                request,
+                {
+                    "sessionId": "s9",
+                    "configOptions": options,
+                    "modes": {
+                        "currentModeId": "ask",
+                        "availableModes": [{"id": "ask", "name": "Ask"}],
+                    },
+                },
+            )
         async with trio.open_nursery() as inner:
             inner.start_soon(client.set_config_option, "s9", "model", "deep")
             request = await agent.receive_method("session/set_config_option")
             assert request["params"] == {"sessionId": "s9", "configId": "model", "value": "deep"}
             options[0]["currentValue"] = "deep"
-            await agent.update("s9", {"sessionUpdate": "available_commands_update",
-                                      "availableCommands": [{"name": "review", "input": None}]})
+            await agent.update(
+                "s9",
+                {
+                    "sessionUpdate": "available_commands_update",
+                    "availableCommands": [{"name": "review", "input": None}],
+                },
+            )
             await agent.respond(request, {"configOptions": options})
     state = client.session("s9")
     assert state.current_mode_id == "ask"
@@ -334,8 +403,12 @@ async def test_fs_is_confined_to_the_working_directory(
     with trio.fail_after(10):
         ok = await call("fs/read_text_file", path=str(root / "notes.txt"), line=2, limit=1)
         assert ok["result"] == {"content": "two\n"}
-        for bad in ("../secret.txt", str(tmp_path / "secret.txt"), "escape",
-                    "dir-escape/secret.txt"):
+        for bad in (
+            "../secret.txt",
+            str(tmp_path / "secret.txt"),
+            "escape",
+            "dir-escape/secret.txt",
+        ):
             answer = await call("fs/read_text_file", path=bad)
             assert answer["error"]["code"] == -32602, bad
             assert "outside the working directory" in answer["error"]["message"]
@@ -353,10 +426,12 @@ async def test_disabled_fs_answers_method_not_found(nursery: trio.Nursery, tmp_p
     (tmp_path / "a.txt").write_text("x")
     _, agent = await connect(nursery, ClientOptions(cwd=str(tmp_path)))
     with trio.fail_after(5):
-        read = await request_from_agent(agent, "fs/read_text_file",
-                                        {"sessionId": "s1", "path": str(tmp_path / "a.txt")})
-        write = await request_from_agent(agent, "fs/write_text_file",
-                                         {"sessionId": "s1", "path": "b.txt", "content": "x"})
+        read = await request_from_agent(
+            agent, "fs/read_text_file", {"sessionId": "s1", "path": str(tmp_path / "a.txt")}
+        )
+        write = await request_from_agent(
+            agent, "fs/write_text_file", {"sessionId": "s1", "path": "b.txt", "content": "x"}
+        )
     assert read["error"]["code"] == write["error"]["code"] == -32601
     assert "fs_read = false" in read["error"]["message"]
     assert not (tmp_path / "b.txt").exists()

@@ -28,25 +28,41 @@ PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def reply_text(updates: list[SessionUpdate]) -> str:
-    return "".join(u.content.text for u in updates
-                   if isinstance(u, AgentMessageChunk) and isinstance(u.content, TextContent))
+    return "".join(
+        u.content.text
+        for u in updates
+        if isinstance(u, AgentMessageChunk) and isinstance(u.content, TextContent)
+    )
 
 
 @asynccontextmanager
-async def fake_agent(tmp_path: Path, options: ClientOptions | None = None,
-                     max_line_bytes: int = 8 * 1024 * 1024) -> AsyncIterator[AcpClient]:
+async def fake_agent(
+    tmp_path: Path, options: ClientOptions | None = None, max_line_bytes: int = 8 * 1024 * 1024
+) -> AsyncIterator[AcpClient]:
     """A fake agent process (state under ``tmp_path``) and an initialized
     client serving its stdout. Leaving stops the process."""
     spec = ChildSpec(
-        argv=(sys.executable, "-m", "broker.testing.fake_agent", "--state-dir",
-              str(tmp_path / "agent-state")),
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
-             "PYTHONPATH": PROJECT_ROOT, "LANG": "C.UTF-8"},
-        cwd=str(tmp_path), name="fake-agent", max_line_bytes=max_line_bytes,
+        argv=(
+            sys.executable,
+            "-m",
+            "broker.testing.fake_agent",
+            "--state-dir",
+            str(tmp_path / "agent-state"),
+        ),
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path),
+            "PYTHONPATH": PROJECT_ROOT,
+            "LANG": "C.UTF-8",
+        },
+        cwd=str(tmp_path),
+        name="fake-agent",
+        max_line_bytes=max_line_bytes,
     )
     async with trio.open_nursery() as nursery:
-        child = await nursery.start(lambda task_status: run_child(
-            spec, stop_grace=2, task_status=task_status))
+        child = await nursery.start(
+            lambda task_status: run_child(spec, stop_grace=2, task_status=task_status)
+        )
         client = AcpClient(child.send, options or ClientOptions(cwd=str(tmp_path)))
         nursery.start_soon(client.serve, child.stdout_lines(), child.stderr_tail)
         with trio.fail_after(30):
@@ -60,9 +76,11 @@ async def test_prompt_streams_the_reply_of_a_real_agent_process(tmp_path: Path) 
         seen: list[SessionUpdate] = []
         with trio.fail_after(30):
             setup = await client.new_session(str(tmp_path), timeout=30)
-            stop = await client.prompt(setup.session_id, [
-                TextContent("@tool Reading files 0.05 read\n@reply hello from the agent")],
-                seen.append)
+            stop = await client.prompt(
+                setup.session_id,
+                [TextContent("@tool Reading files 0.05 read\n@reply hello from the agent")],
+                seen.append,
+            )
     assert stop == "end_turn"
     assert reply_text(seen) == "hello from the agent"
     assert any(isinstance(u, ToolCallStart) and u.kind == "read" for u in seen)
@@ -85,9 +103,13 @@ async def test_cancel_answers_a_pending_permission_of_a_real_agent(tmp_path: Pat
             setup = await client.new_session(str(tmp_path), timeout=30)
 
             async def run() -> None:
-                stop.append(await client.prompt(
-                    setup.session_id, [TextContent("@permission execute rm -rf build")],
-                    seen.append))
+                stop.append(
+                    await client.prompt(
+                        setup.session_id,
+                        [TextContent("@permission execute rm -rf build")],
+                        seen.append,
+                    )
+                )
 
             async with trio.open_nursery() as inner:
                 inner.start_soon(run)
@@ -99,15 +121,22 @@ async def test_cancel_answers_a_pending_permission_of_a_real_agent(tmp_path: Pat
 
 
 async def test_permission_policy_decides_for_a_real_agent(tmp_path: Path) -> None:
-    options = ClientOptions(cwd=str(tmp_path),
-                            permissions=PermissionPolicy(by_kind={"execute": "reject"}))
+    options = ClientOptions(
+        cwd=str(tmp_path), permissions=PermissionPolicy(by_kind={"execute": "reject"})
+    )
     async with fake_agent(tmp_path, options) as client:
         seen: list[SessionUpdate] = []
         with trio.fail_after(30):
             setup = await client.new_session(str(tmp_path), timeout=30)
-            stop = await client.prompt(setup.session_id, [TextContent(
-                "@permission edit notes.txt\n@permission execute make clean\n@reply done")],
-                seen.append)
+            stop = await client.prompt(
+                setup.session_id,
+                [
+                    TextContent(
+                        "@permission edit notes.txt\n@permission execute make clean\n@reply done"
+                    )
+                ],
+                seen.append,
+            )
     statuses = [u.status for u in seen if isinstance(u, ToolCallUpdate)]
     assert stop == "end_turn" and statuses == ["completed", "failed"]
     assert "selected allow_once" in reply_text(seen) and "selected reject_once" in reply_text(seen)
@@ -146,8 +175,9 @@ async def test_overlong_line_fails_the_prompt_at_once(tmp_path: Path) -> None:
         with trio.fail_after(30):
             session_id = (await client.new_session(str(tmp_path), timeout=30)).session_id
             try:
-                await client.prompt(session_id, [TextContent("@longline 200000\n@hang")],
-                                    lambda u: None)
+                await client.prompt(
+                    session_id, [TextContent("@longline 200000\n@hang")], lambda u: None
+                )
             except PeerClosed as exc:
                 error = exc
             else:

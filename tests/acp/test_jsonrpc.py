@@ -220,11 +220,22 @@ async def test_error_response_raises_typed_rpc_error_with_data(nursery: trio.Nur
     with trio.fail_after(5):
         async with in_flight(peer, "session/prompt") as errors:
             request = await agent.receive()
-            await agent.send({"id": request["id"], "error": {
-                "code": -32603, "message": "Internal error", "data": {"details": "quota"}}})
+            await agent.send(
+                {
+                    "id": request["id"],
+                    "error": {
+                        "code": -32603,
+                        "message": "Internal error",
+                        "data": {"details": "quota"},
+                    },
+                }
+            )
     assert len(errors) == 1
     assert (errors[0].code, errors[0].message, errors[0].data) == (
-        -32603, "Internal error", {"details": "quota"})
+        -32603,
+        "Internal error",
+        {"details": "quota"},
+    )
 
 
 async def test_handler_error_is_answered_and_reader_goes_on(nursery: trio.Nursery) -> None:
@@ -239,7 +250,11 @@ async def test_handler_error_is_answered_and_reader_goes_on(nursery: trio.Nurser
         first = await agent.receive()
         await agent.send({"id": 2, "method": "crash"})
         second = await agent.receive()
-    assert first["error"] == {"code": -32602, "message": "Invalid params", "data": {"why": "no path"}}
+    assert first["error"] == {
+        "code": -32602,
+        "message": "Invalid params",
+        "data": {"why": "no path"},
+    }
     assert second["error"]["code"] == -32603 and "boom" in second["error"]["data"]
 
 

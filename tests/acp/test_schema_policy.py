@@ -26,18 +26,21 @@ from broker.acp.schema import (
 
 
 def test_initialize_result_tolerates_nulls_and_extra_fields() -> None:
-    result = structure({
-        "protocolVersion": 1,
-        "agentCapabilities": {
-            "loadSession": None,
-            "promptCapabilities": {"image": True, "audio": None},
-            "sessionCapabilities": {"resume": None, "close": {}, "list": {}, "fork": {}},
-            "mcpCapabilities": {"http": True},
+    result = structure(
+        {
+            "protocolVersion": 1,
+            "agentCapabilities": {
+                "loadSession": None,
+                "promptCapabilities": {"image": True, "audio": None},
+                "sessionCapabilities": {"resume": None, "close": {}, "list": {}, "fork": {}},
+                "mcpCapabilities": {"http": True},
+            },
+            "authMethods": None,
+            "agentInfo": {"name": "codex-acp", "version": "0.9", "title": None},
+            "_meta": {"vendor": 1},
         },
-        "authMethods": None,
-        "agentInfo": {"name": "codex-acp", "version": "0.9", "title": None},
-        "_meta": {"vendor": 1},
-    }, InitializeResult)
+        InitializeResult,
+    )
     caps = result.agent_capabilities
     assert not caps.load_session and caps.prompt_capabilities.image
     assert not caps.session_capabilities.resume
@@ -48,44 +51,73 @@ def test_initialize_result_tolerates_nulls_and_extra_fields() -> None:
 
 def test_missing_capabilities_mean_unsupported() -> None:
     caps = structure({"protocolVersion": 1}, InitializeResult).agent_capabilities
-    assert not (caps.load_session or caps.prompt_capabilities.image
-                or caps.session_capabilities.resume)
+    assert not (
+        caps.load_session or caps.prompt_capabilities.image or caps.session_capabilities.resume
+    )
 
 
 def test_null_required_field_falls_back_to_default() -> None:
-    assert parse_update({"sessionUpdate": "usage_update", "used": None, "size": 200000}) == \
-        UsageUpdate(used=None, size=200000)
-    update = parse_update({"sessionUpdate": "tool_call_update", "toolCallId": "t", "title": None,
-                           "status": "completed", "content": None})
+    assert parse_update(
+        {"sessionUpdate": "usage_update", "used": None, "size": 200000}
+    ) == UsageUpdate(used=None, size=200000)
+    update = parse_update(
+        {
+            "sessionUpdate": "tool_call_update",
+            "toolCallId": "t",
+            "title": None,
+            "status": "completed",
+            "content": None,
+        }
+    )
     assert update == ToolCallUpdate(tool_call_id="t", status="completed")
 
 
 def test_unknown_update_kind_and_content_type_are_kept_raw() -> None:
     raw = {"sessionUpdate": "plan_update", "items": [1]}
     assert parse_update(raw) == UnknownUpdate("plan_update", raw)
-    chunk = parse_update({"sessionUpdate": "agent_message_chunk",
-                          "content": {"type": "audio", "data": "AA", "mimeType": "audio/wav"}})
+    chunk = parse_update(
+        {
+            "sessionUpdate": "agent_message_chunk",
+            "content": {"type": "audio", "data": "AA", "mimeType": "audio/wav"},
+        }
+    )
     assert isinstance(chunk, AgentMessageChunk)
     assert chunk.content == UnknownContent(
-        "audio", {"type": "audio", "data": "AA", "mimeType": "audio/wav"})
+        "audio", {"type": "audio", "data": "AA", "mimeType": "audio/wav"}
+    )
 
 
 def test_known_kind_with_wrong_shape_is_kept_raw_with_the_reason() -> None:
     update = parse_update({"sessionUpdate": "plan", "entries": "not a list of entries"})
     assert isinstance(update, UnknownUpdate) and update.kind == "plan" and update.error
     assert isinstance(parse_update(None), UnknownUpdate)
-    assert parse_update({"sessionUpdate": "plan", "entries": [
-        {"content": "step", "priority": "high", "status": "in_progress"}]}) == PlanUpdate(
-        entries=[PlanEntry(content="step", priority="high", status="in_progress")])
+    assert parse_update(
+        {
+            "sessionUpdate": "plan",
+            "entries": [{"content": "step", "priority": "high", "status": "in_progress"}],
+        }
+    ) == PlanUpdate(entries=[PlanEntry(content="step", priority="high", status="in_progress")])
 
 
 def test_grouped_config_option_values_are_flattened() -> None:
-    update = parse_update({"sessionUpdate": "config_option_update", "configOptions": [
-        {"id": "model", "name": "Model", "type": "select", "currentValue": "b", "options": [
-            {"group": "fast", "name": "Fast", "options": [{"value": "a", "name": "A"}]},
-            {"group": "deep", "name": "Deep", "options": [{"value": "b", "name": "B"}]}]},
-        {"id": "think", "name": "Thinking", "type": "boolean", "currentValue": False},
-    ]})
+    update = parse_update(
+        {
+            "sessionUpdate": "config_option_update",
+            "configOptions": [
+                {
+                    "id": "model",
+                    "name": "Model",
+                    "type": "select",
+                    "currentValue": "b",
+                    "options": [
+                        {"group": "fast", "name": "Fast", "options": [{"value": "a", "name": "A"}]},
+                        {"group": "deep", "name": "Deep", "options": [{"value": "b", "name": "B"}]},
+                    ],
+                },
+                {"id": "think", "name": "Thinking", "type": "boolean", "currentValue": False},
+            ],
+        }
+    )
     assert isinstance(update, ConfigOptionUpdate)
     model, think = update.config_options
     assert [(v.value, v.group) for v in model.options] == [("a", "fast"), ("b", "deep")]
@@ -95,9 +127,15 @@ def test_grouped_config_option_values_are_flattened() -> None:
 def test_content_blocks_serialise_camel_case_without_nulls() -> None:
     assert content_to_wire(TextContent("hi")) == {"type": "text", "text": "hi"}
     assert content_to_wire(ImageContent(data="QUJD", mime_type="image/png")) == {
-        "type": "image", "data": "QUJD", "mimeType": "image/png"}
+        "type": "image",
+        "data": "QUJD",
+        "mimeType": "image/png",
+    }
     assert content_to_wire(ResourceLink(uri="file:///w/a.py", name="a.py")) == {
-        "type": "resource_link", "uri": "file:///w/a.py", "name": "a.py"}
+        "type": "resource_link",
+        "uri": "file:///w/a.py",
+        "name": "a.py",
+    }
 
 
 OPTIONS = [
@@ -108,16 +146,19 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("mode", "options", "expected"), [
-    ("allow_always", OPTIONS, "1"),
-    ("allow_once", OPTIONS, "2"),
-    ("reject", OPTIONS, "3"),
-    ("allow_once", [OPTIONS[0], OPTIONS[3]], "1"),  # no allow_once: the other allow kind
-    ("reject", [OPTIONS[0], OPTIONS[3]], "4"),  # no reject_once: reject_always
-    ("allow_once", [OPTIONS[2]], "3"),  # nothing to allow with: reject
-    ("reject", [OPTIONS[0], OPTIONS[1]], None),  # never allow on reject: cancelled
-    ("allow_always", [], None),
-])
+@pytest.mark.parametrize(
+    ("mode", "options", "expected"),
+    [
+        ("allow_always", OPTIONS, "1"),
+        ("allow_once", OPTIONS, "2"),
+        ("reject", OPTIONS, "3"),
+        ("allow_once", [OPTIONS[0], OPTIONS[3]], "1"),  # no allow_once: the other allow kind
+        ("reject", [OPTIONS[0], OPTIONS[3]], "4"),  # no reject_once: reject_always
+        ("allow_once", [OPTIONS[2]], "3"),  # nothing to allow with: reject
+        ("reject", [OPTIONS[0], OPTIONS[1]], None),  # never allow on reject: cancelled
+        ("allow_always", [], None),
+    ],
+)
 def test_permission_choice_falls_back_sensibly(
     mode: str, options: list[PermissionOption], expected: str | None
 ) -> None:

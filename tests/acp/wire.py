@@ -57,8 +57,9 @@ class AgentEnd:
         await self.send({"id": request["id"], "result": result})
 
     async def update(self, session_id: str, update: dict[str, Any]) -> None:
-        await self.send({"method": "session/update",
-                         "params": {"sessionId": session_id, "update": update}})
+        await self.send(
+            {"method": "session/update", "params": {"sessionId": session_id, "update": update}}
+        )
 
     async def close(self) -> None:
         await self.stream.aclose()

@@ -67,7 +67,7 @@ class ScriptedModel:
         if marker == "[slow]":
             return ModelReply(blocks=(Text("z" * 3000),), chunk_size=5, chunk_delay=0.05)
         if marker == "[say]":
-            return text_reply(text[text.rfind("[say]") + 5:].strip())
+            return text_reply(text[text.rfind("[say]") + 5 :].strip())
         if marker == "[hello]" and marker in text:
             return text_reply(HELLO, chunk_size=8)
         raise AssertionError(f"the script has no reply for {text[-200:]!r}")
@@ -91,8 +91,12 @@ class Claude:
     entry: Path
 
     def spec(self) -> ChildSpec:
-        return ChildSpec(argv=("node", str(self.entry)), env=self.env(), cwd=str(self.cwd),
-                         name="claude-agent-acp")
+        return ChildSpec(
+            argv=("node", str(self.entry)),
+            env=self.env(),
+            cwd=str(self.cwd),
+            name="claude-agent-acp",
+        )
 
     def options(self, **kwargs: Any) -> ClientOptions:
         return ClientOptions(cwd=str(self.cwd), **kwargs)
@@ -128,8 +132,12 @@ class Claude:
 
         There is no event for a file append, so this re-reads every 10 ms.
         """
+
         def saved() -> bool:
-            return any(e.get("type") == "assistant" and text in json.dumps(e.get("message"))
-                       for e in self.transcript(session_id))
+            return any(
+                e.get("type") == "assistant" and text in json.dumps(e.get("message"))
+                for e in self.transcript(session_id)
+            )
+
         while not saved():
             await trio.sleep(0.01)

@@ -20,7 +20,8 @@ CLAUDE_AGENT_VERSION = "0.23.1"
 
 NODE_MISSING = (
     "!!! NODE IS NOT ON PATH: the interop tests against the real claude-agent-acp are SKIPPED. "
-    "Install Node.js 20+ with npm, run scripts/install-interop-agents.sh, then run them again.")
+    "Install Node.js 20+ with npm, run scripts/install-interop-agents.sh, then run them again."
+)
 
 
 def node_available() -> bool:
@@ -37,13 +38,18 @@ def claude_agent_entry() -> Path:
     package_dir = INTEROP_PREFIX / "node_modules" / CLAUDE_AGENT_PACKAGE
     manifest = package_dir / "package.json"
     if not manifest.is_file():
-        pytest.fail(f"{CLAUDE_AGENT_PACKAGE} is not installed in {INTEROP_PREFIX}: "
-                    "run scripts/install-interop-agents.sh", pytrace=False)
+        pytest.fail(
+            f"{CLAUDE_AGENT_PACKAGE} is not installed in {INTEROP_PREFIX}: "
+            "run scripts/install-interop-agents.sh",
+            pytrace=False,
+        )
     package = json.loads(manifest.read_text())
     if package.get("version") != CLAUDE_AGENT_VERSION:
-        pytest.fail(f"{CLAUDE_AGENT_PACKAGE} in {INTEROP_PREFIX} is at {package.get('version')}, "
-                    f"the tests need {CLAUDE_AGENT_VERSION}: run scripts/install-interop-agents.sh",
-                    pytrace=False)
+        pytest.fail(
+            f"{CLAUDE_AGENT_PACKAGE} in {INTEROP_PREFIX} is at {package.get('version')}, "
+            f"the tests need {CLAUDE_AGENT_VERSION}: run scripts/install-interop-agents.sh",
+            pytrace=False,
+        )
     bin_field = package["bin"]
     relative = bin_field if isinstance(bin_field, str) else bin_field["claude-agent-acp"]
     return (package_dir / relative).resolve()

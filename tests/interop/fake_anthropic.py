@@ -213,19 +213,29 @@ class FakeAnthropic:
             await _send_json(conn, stream, 200, {"input_tokens": tokens})
         elif request.method == "HEAD" and path == "/":
             # claude-agent-acp probes the base URL this way at session/new.
-            await _send(conn, stream, h11.Response(status_code=200,
-                                                   headers=[(b"content-length", b"0")]))
+            await _send(
+                conn, stream, h11.Response(status_code=200, headers=[(b"content-length", b"0")])
+            )
             await _send(conn, stream, h11.EndOfMessage())
         elif request.method == "GET" and path == "/v1/models":
-            model = {"type": "model", "id": MODEL, "display_name": "Claude Sonnet 4.5",
-                     "created_at": "2025-09-29T00:00:00Z"}
-            await _send_json(conn, stream, 200, {"data": [model], "has_more": False,
-                                                 "first_id": MODEL, "last_id": MODEL})
+            model = {
+                "type": "model",
+                "id": MODEL,
+                "display_name": "Claude Sonnet 4.5",
+                "created_at": "2025-09-29T00:00:00Z",
+            }
+            await _send_json(
+                conn,
+                stream,
+                200,
+                {"data": [model], "has_more": False, "first_id": MODEL, "last_id": MODEL},
+            )
         else:
             log.warning("fake anthropic: unknown request %s %s", request.method, request.path)
             self.unknown.append(request)
-            await _send_json(conn, stream, 404, _api_error("not_found_error",
-                                                           f"no such endpoint: {path}"))
+            await _send_json(
+                conn, stream, 404, _api_error("not_found_error", f"no such endpoint: {path}")
+            )
 
     async def _messages(
         self, conn: h11.Connection, stream: trio.SocketStream, request: RecordedRequest
@@ -291,8 +301,12 @@ def _api_error(kind: str, message: str) -> dict[str, Any]:
 
 
 def _usage(output_tokens: int) -> dict[str, int]:
-    return {"input_tokens": 10, "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    return {
+        "input_tokens": 10,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
 
 
 def _message_id() -> str:
@@ -308,23 +322,36 @@ def _block_json(block: Block) -> dict[str, Any]:
 
 
 def _whole_message(reply: ModelReply, request: dict[str, Any]) -> dict[str, Any]:
-    return {"id": _message_id(), "type": "message", "role": "assistant",
-            "model": request.get("model", MODEL),
-            "content": [_block_json(b) for b in reply.blocks],
-            "stop_reason": reply.stop_reason, "stop_sequence": None, "usage": _usage(5)}
+    return {
+        "id": _message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": request.get("model", MODEL),
+        "content": [_block_json(b) for b in reply.blocks],
+        "stop_reason": reply.stop_reason,
+        "stop_sequence": None,
+        "usage": _usage(5),
+    }
 
 
 def _pieces(text: str, size: int) -> Sequence[str]:
-    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 def _sse_events(
     reply: ModelReply, request: dict[str, Any]
 ) -> list[tuple[str, dict[str, Any], float]]:
     """The SSE frames of one streamed reply: (event name, data, delay before it)."""
-    start = {"id": _message_id(), "type": "message", "role": "assistant",
-             "model": request.get("model", MODEL), "content": [], "stop_reason": None,
-             "stop_sequence": None, "usage": _usage(1)}
+    start = {
+        "id": _message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": request.get("model", MODEL),
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": _usage(1),
+    }
     events: list[tuple[str, dict[str, Any], float]] = [
         ("message_start", {"type": "message_start", "message": start}, 0.0),
         ("ping", {"type": "ping"}, 0.0),
@@ -332,25 +359,49 @@ def _sse_events(
     for index, block in enumerate(reply.blocks):
         if isinstance(block, Text):
             opening: dict[str, Any] = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": p} for p in _pieces(block.text, reply.chunk_size)]
+            deltas = [
+                {"type": "text_delta", "text": p} for p in _pieces(block.text, reply.chunk_size)
+            ]
         elif isinstance(block, Thinking):
             opening = {"type": "thinking", "thinking": "", "signature": ""}
-            deltas = [{"type": "thinking_delta", "thinking": p}
-                      for p in _pieces(block.thinking, reply.chunk_size)]
+            deltas = [
+                {"type": "thinking_delta", "thinking": p}
+                for p in _pieces(block.thinking, reply.chunk_size)
+            ]
             deltas.append({"type": "signature_delta", "signature": block.signature})
         else:
             opening = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
             raw = json.dumps(block.input)
-            deltas = [{"type": "input_json_delta", "partial_json": p}
-                      for p in _pieces(raw, reply.chunk_size)]
-        events.append(("content_block_start", {"type": "content_block_start", "index": index,
-                                               "content_block": opening}, 0.0))
-        events += [("content_block_delta", {"type": "content_block_delta", "index": index,
-                                            "delta": d}, reply.chunk_delay) for d in deltas]
+            deltas = [
+                {"type": "input_json_delta", "partial_json": p}
+                for p in _pieces(raw, reply.chunk_size)
+            ]
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": opening},
+                0.0,
+            )
+        )
+        events += [
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": d},
+                reply.chunk_delay,
+            )
+            for d in deltas
+        ]
         events.append(("content_block_stop", {"type": "content_block_stop", "index": index}, 0.0))
-    events.append(("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": reply.stop_reason,
-                                               "stop_sequence": None},
-                                     "usage": {"output_tokens": 5}}, 0.0))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": 5},
+            },
+            0.0,
+        )
+    )
     events.append(("message_stop", {"type": "message_stop"}, 0.0))
     return events

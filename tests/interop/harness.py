@@ -44,11 +44,16 @@ def exact_env(**extra: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **extra}
 
 
-def texts(updates: Sequence[SessionUpdate],
-          kind: type[AgentMessageChunk | AgentThoughtChunk | UserMessageChunk]) -> list[str]:
+def texts(
+    updates: Sequence[SessionUpdate],
+    kind: type[AgentMessageChunk | AgentThoughtChunk | UserMessageChunk],
+) -> list[str]:
     """The text of each update of ``kind`` (message chunks), in order."""
-    return [u.content.text for u in updates
-            if isinstance(u, kind) and isinstance(u.content, TextContent)]
+    return [
+        u.content.text
+        for u in updates
+        if isinstance(u, kind) and isinstance(u.content, TextContent)
+    ]
 
 
 @attrs.define(eq=False)
@@ -113,7 +118,8 @@ async def running_agent(spec: ChildSpec, options: ClientOptions) -> AsyncIterato
     """Run ``spec`` with an :class:`AcpClient` attached; stop both on exit."""
     async with trio.open_nursery() as nursery:
         child: Child = await nursery.start(
-            functools.partial(run_child, spec, stop_grace=STOP_GRACE_SECS))
+            functools.partial(run_child, spec, stop_grace=STOP_GRACE_SECS)
+        )
         client = AcpClient(child.send, options)
         nursery.start_soon(client.serve, child.stdout_lines(), child.stderr_tail)
         try:
@@ -128,8 +134,9 @@ async def open_session(client: AcpClient, cwd: str) -> str:
     return (await client.new_session(cwd)).session_id
 
 
-async def prompt_and_cancel(client: AcpClient, session_id: str, blocks: list[ContentBlock],
-                            turn: Turn, when: trio.Event) -> str:
+async def prompt_and_cancel(
+    client: AcpClient, session_id: str, blocks: list[ContentBlock], turn: Turn, when: trio.Event
+) -> str:
     """Run a prompt, send ``session/cancel`` once ``when`` is set, return the stop reason.
 
     Unbounded: wrap it in ``trio.fail_after``.

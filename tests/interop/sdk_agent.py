@@ -113,15 +113,21 @@ SLOW_LIMIT_SECS = 60.0
 def _differences(sent: Any, kept: Any, path: str) -> list[str]:
     """Where ``kept`` (the validated model dumped back) differs from ``sent``."""
     if isinstance(sent, dict) and isinstance(kept, dict):
-        out = [f"{path}.{k}: not a field of the schema (or its value was dropped)"
-               for k in sent if k not in kept]
+        out = [
+            f"{path}.{k}: not a field of the schema (or its value was dropped)"
+            for k in sent
+            if k not in kept
+        ]
         out += [f"{path}.{k}: added by validation" for k in kept if k not in sent]
         for key in sent.keys() & kept.keys():
             out += _differences(sent[key], kept[key], f"{path}.{key}")
         return out
     if isinstance(sent, list) and isinstance(kept, list) and len(sent) == len(kept):
-        return [p for i, (s, k) in enumerate(zip(sent, kept))
-                for p in _differences(s, k, f"{path}[{i}]")]
+        return [
+            p
+            for i, (s, k) in enumerate(zip(sent, kept))
+            for p in _differences(s, k, f"{path}[{i}]")
+        ]
     if sent != kept or type(sent) is not type(kept):
         return [f"{path}: sent {sent!r}, the schema reads it as {kept!r}"]
     return []
@@ -144,8 +150,9 @@ def envelope_problems(message: Any) -> list[str]:
     problems = []
     if message.get("jsonrpc") != "2.0":
         problems.append(f"jsonrpc must be '2.0', got {message.get('jsonrpc')!r}")
-    if "id" in message and (isinstance(message["id"], bool)
-                            or not isinstance(message["id"], (int, str))):
+    if "id" in message and (
+        isinstance(message["id"], bool) or not isinstance(message["id"], (int, str))
+    ):
         problems.append(f"id must be a number or a string, got {message['id']!r}")
     if "method" in message:
         if not isinstance(message["method"], str):
@@ -170,8 +177,9 @@ class CheckingTransport:
     remembered so the client's answers are checked against the right model.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 record: Path) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: Path
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._record = record.open("a", encoding="utf-8")
@@ -186,8 +194,9 @@ class CheckingTransport:
         self._log("note", None, [problem])
 
     def _log(self, direction: str, message: Any, problems: list[str]) -> None:
-        self._record.write(json.dumps({"dir": direction, "message": message,
-                                       "problems": problems}) + "\n")
+        self._record.write(
+            json.dumps({"dir": direction, "message": message, "problems": problems}) + "\n"
+        )
         self._record.flush()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -213,9 +222,17 @@ class CheckingTransport:
             self.problem_count += 1
             log.error("INVALID message from the client: %s: %s", problems, line[:2000])
             if isinstance(message, dict) and "method" in message and "id" in message:
-                await self.send({"jsonrpc": "2.0", "id": message["id"], "error": {
-                    "code": -32602, "message": "Invalid params (strict check)",
-                    "data": {"problems": problems}}})
+                await self.send(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": message["id"],
+                        "error": {
+                            "code": -32602,
+                            "message": "Invalid params (strict check)",
+                            "data": {"problems": problems},
+                        },
+                    }
+                )
 
     def _check(self, line: bytes) -> tuple[Any, list[str]]:
         try:
@@ -227,7 +244,9 @@ class CheckingTransport:
             return message, problems
         method = message.get("method")
         if method is not None:
-            model = REQUEST_MODELS.get(method) if "id" in message else NOTIFICATION_MODELS.get(method)
+            model = (
+                REQUEST_MODELS.get(method) if "id" in message else NOTIFICATION_MODELS.get(method)
+            )
             if model is None and not method.startswith("_"):
                 return message, [f"unknown method {method!r}"]
         else:
@@ -281,27 +300,37 @@ class CheckingAgent:
             raise RequestError.invalid_params({"sessionId": session_id, "why": "unknown session"})
         return self.sessions[session_id]
 
-    async def initialize(self, protocol_version: int, client_capabilities: Any = None,
-                         client_info: Any = None, **kwargs: Any) -> InitializeResponse:
+    async def initialize(
+        self,
+        protocol_version: int,
+        client_capabilities: Any = None,
+        client_info: Any = None,
+        **kwargs: Any,
+    ) -> InitializeResponse:
         return InitializeResponse(
             protocol_version=PROTOCOL_VERSION,
             agent_capabilities=AgentCapabilities(
                 load_session=True,
-                prompt_capabilities=PromptCapabilities(image=True, embedded_context=True)),
-            agent_info=Implementation(name="sdk-interop-agent",
-                                      version=version("agent-client-protocol")),
-            auth_methods=[])
+                prompt_capabilities=PromptCapabilities(image=True, embedded_context=True),
+            ),
+            agent_info=Implementation(
+                name="sdk-interop-agent", version=version("agent-client-protocol")
+            ),
+            auth_methods=[],
+        )
 
-    async def new_session(self, cwd: str, mcp_servers: Any = None,
-                          **kwargs: Any) -> NewSessionResponse:
+    async def new_session(
+        self, cwd: str, mcp_servers: Any = None, **kwargs: Any
+    ) -> NewSessionResponse:
         session_id = f"sdk-{uuid.uuid4().hex}"
         session = Session(self.state / f"{session_id}.json", cwd, [])
         session.path.write_text(json.dumps({"cwd": cwd, "history": []}))
         self.sessions[session_id] = session
         return NewSessionResponse(session_id=session_id)
 
-    async def load_session(self, cwd: str, session_id: str, mcp_servers: Any = None,
-                           **kwargs: Any) -> LoadSessionResponse:
+    async def load_session(
+        self, cwd: str, session_id: str, mcp_servers: Any = None, **kwargs: Any
+    ) -> LoadSessionResponse:
         path = self.state / f"{session_id}.json"
         if not path.is_file():
             raise RequestError.resource_not_found(session_id)
@@ -309,8 +338,11 @@ class CheckingAgent:
         session = Session(path, cwd, saved["history"])
         self.sessions[session_id] = session
         for entry in session.history:
-            update = (update_user_message_text(entry["text"]) if entry["role"] == "user"
-                      else update_agent_message_text(entry["text"]))
+            update = (
+                update_user_message_text(entry["text"])
+                if entry["role"] == "user"
+                else update_agent_message_text(entry["text"])
+            )
             await self._client().session_update(session_id=session_id, update=update)
         return LoadSessionResponse()
 
@@ -345,8 +377,9 @@ class CheckingAgent:
         return PromptResponse(stop_reason="cancelled" if session.cancelled.is_set() else "end_turn")
 
     async def _say(self, session_id: str, text: str) -> None:
-        await self._client().session_update(session_id=session_id,
-                                            update=update_agent_message_text(text))
+        await self._client().session_update(
+            session_id=session_id, update=update_agent_message_text(text)
+        )
 
     async def _stream(self, session_id: str, reply: str) -> str:
         words = reply.split(" ")
@@ -369,13 +402,21 @@ class CheckingAgent:
     async def _with_permission(self, session_id: str, session: Session) -> str:
         client = self._client()
         call_id = f"call-{uuid.uuid4().hex[:8]}"
-        await client.session_update(session_id=session_id, update=start_tool_call(
-            call_id, "Touch a file", kind="edit", status="pending", raw_input={"path": "x"}))
-        options = [PermissionOption(option_id="yes", name="Allow", kind="allow_once"),
-                   PermissionOption(option_id="no", name="Reject", kind="reject_once")]
+        await client.session_update(
+            session_id=session_id,
+            update=start_tool_call(
+                call_id, "Touch a file", kind="edit", status="pending", raw_input={"path": "x"}
+            ),
+        )
+        options = [
+            PermissionOption(option_id="yes", name="Allow", kind="allow_once"),
+            PermissionOption(option_id="no", name="Reject", kind="reject_once"),
+        ]
         answer = await client.request_permission(
-            session_id=session_id, options=options,
-            tool_call=update_tool_call(call_id, title="Touch a file", status="pending"))
+            session_id=session_id,
+            options=options,
+            tool_call=update_tool_call(call_id, title="Touch a file", status="pending"),
+        )
         outcome = answer.outcome
         chosen = outcome.option_id if isinstance(outcome, AllowedOutcome) else "cancelled"
         if chosen == "cancelled":  # only a session/cancel makes a client answer so
@@ -405,8 +446,9 @@ def main() -> None:
     parser.add_argument("--record", type=Path, required=True, help="JSON lines log of messages")
     parser.add_argument("--state", type=Path, required=True, help="directory for sessions")
     args = parser.parse_args()
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="sdk_agent %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="sdk_agent %(levelname)s %(message)s"
+    )
     sys.exit(asyncio.run(amain(args.record, args.state)))
 
 

@@ -72,11 +72,14 @@ async def test_thinking_streams_as_thought_chunks_before_the_reply(claude: Claud
             turn = await hello(agent.client, session_id, "[think] hi")
     thoughts = [u for u in turn.updates if isinstance(u, AgentThoughtChunk)]
     # like text blocks: an empty chunk first, then one chunk per model delta (8 chars)
-    pieces = [THOUGHT[i:i + 8] for i in range(0, len(THOUGHT), 8)]
+    pieces = [THOUGHT[i : i + 8] for i in range(0, len(THOUGHT), 8)]
     assert texts(thoughts, AgentThoughtChunk) == ["", *pieces]
     assert turn.text == HELLO
-    first_text = next(i for i, u in enumerate(turn.updates)
-                      if isinstance(u, AgentMessageChunk) and texts([u], AgentMessageChunk) != [""])
+    first_text = next(
+        i
+        for i, u in enumerate(turn.updates)
+        if isinstance(u, AgentMessageChunk) and texts([u], AgentMessageChunk) != [""]
+    )
     assert turn.updates.index(thoughts[-1]) < first_text
 
 
@@ -110,8 +113,9 @@ async def test_tool_call_allowed_by_policy_runs_and_reports_its_updates(claude: 
 async def test_tool_call_rejected_by_policy_does_not_run(claude: Claude) -> None:
     with trio.fail_after(WHOLE_TEST):
         approvals = Approvals()
-        async with claude.agent(approver=approvals,
-                                permissions=PermissionPolicy(by_kind={"edit": "reject"})) as agent:
+        async with claude.agent(
+            approver=approvals, permissions=PermissionPolicy(by_kind={"edit": "reject"})
+        ) as agent:
             turn = await write_file_turn(claude, agent, approvals)
         assert approvals.asked[0][1] == "reject"
         assert not (claude.cwd / "out.txt").exists()
@@ -124,8 +128,7 @@ def current_value(state: SessionState, config_id: str) -> object:
     return option.current_value
 
 
-async def test_mode_set_through_config_option_takes_effect_and_is_tracked(
-        claude: Claude) -> None:
+async def test_mode_set_through_config_option_takes_effect_and_is_tracked(claude: Claude) -> None:
     with trio.fail_after(WHOLE_TEST):
         approvals = Approvals()
         async with claude.agent(approver=approvals) as agent:
@@ -149,13 +152,15 @@ async def test_mode_set_through_config_option_takes_effect_and_is_tracked(
 
 
 async def test_cancel_mid_turn_ends_with_cancelled_and_hangs_up_on_the_model(
-        claude: Claude) -> None:
+    claude: Claude,
+) -> None:
     with trio.fail_after(WHOLE_TEST):
         async with claude.agent() as agent:
             session_id = await open_session(agent.client, str(claude.cwd))
             slow = Turn()
-            stop = await prompt_and_cancel(agent.client, session_id, [TextContent("[slow]")],
-                                           slow, slow.first_text)
+            stop = await prompt_and_cancel(
+                agent.client, session_id, [TextContent("[slow]")], slow, slow.first_text
+            )
             assert stop == "cancelled"
             assert 0 < len(slow.text) < 3000
             # the agent hung up on the model's stream (else it would run 30 s more)
@@ -170,8 +175,7 @@ async def test_cancel_mid_turn_ends_with_cancelled_and_hangs_up_on_the_model(
             assert second.text == "first after cancel" + "second after cancel"
 
 
-async def test_load_after_restart_replays_the_transcript_and_keeps_context(
-        claude: Claude) -> None:
+async def test_load_after_restart_replays_the_transcript_and_keeps_context(claude: Claude) -> None:
     with trio.fail_after(WHOLE_TEST):
         async with claude.agent() as agent:
             session_id = await open_session(agent.client, str(claude.cwd))
@@ -196,20 +200,25 @@ async def test_load_after_restart_replays_the_transcript_and_keeps_context(
         assert "remember the lighthouse" in history  # the restarted agent kept the context
 
 
-
 async def test_restart_and_load_after_a_cancel_gives_the_next_prompt_its_own_reply(
-        claude: Claude) -> None:
+    claude: Claude,
+) -> None:
     with trio.fail_after(WHOLE_TEST):
         async with claude.agent() as agent:
             session_id = await open_session(agent.client, str(claude.cwd))
             slow = Turn()
-            assert await prompt_and_cancel(agent.client, session_id, [TextContent("[slow]")],
-                                           slow, slow.first_text) == "cancelled"
+            assert (
+                await prompt_and_cancel(
+                    agent.client, session_id, [TextContent("[slow]")], slow, slow.first_text
+                )
+                == "cancelled"
+            )
             await claude.api.wait_for(lambda: claude.api.aborted_streams == 1)
 
         async with claude.agent() as agent:
             await agent.client.initialize()
             await agent.client.load_session(session_id, str(claude.cwd))
-            replies = [(await say(agent.client, session_id, words)).text
-                       for words in ("one", "two")]
+            replies = [
+                (await say(agent.client, session_id, words)).text for words in ("one", "two")
+            ]
             assert replies == ["one", "two"]

@@ -2,7 +2,7 @@
 
 The same private world as test_claude_agent_acp.py (fake model on loopback,
 private HOME), but the agent is started, evicted and resumed by
-:func:`broker.pool.open_pool` from a broker config, as in production. The
+:func:`broker.sessions.pool.open_pool` from a broker config, as in production. The
 agent's environment is built by the broker from an environment holding only
 PATH, plus ``[agent].env``.
 """
@@ -16,9 +16,9 @@ import pytest
 import trio
 
 from broker.config import BrokerConfig, structure_config
-from broker.pool import Pool, open_pool, session_settings
 from broker.reply import Outcome, Prompt, TurnEnd
-from broker.session import SessionSettings
+from broker.sessions.pool import Pool, open_pool, session_settings
+from broker.sessions.session import SessionSettings
 
 from .claude_world import Claude
 from .conftest import NODE_MISSING, node_available
@@ -33,8 +33,12 @@ def pool_setup(claude: Claude, **sections: dict[str, Any]) -> tuple[BrokerConfig
     """A broker config running claude-agent-acp in ``claude``'s world."""
     agent_env = {k: v for k, v in claude.env().items() if k != "PATH"}
     data: dict[str, dict[str, Any]] = {
-        "agent": {"command": "node", "args": [str(claude.entry)],
-                  "working_dir": str(claude.cwd), "env": agent_env},
+        "agent": {
+            "command": "node",
+            "args": [str(claude.entry)],
+            "working_dir": str(claude.cwd),
+            "env": agent_env,
+        },
         "state": {"path": str(claude.home.parent / "state" / "broker.sqlite3")},
         "server": {"listen": "127.0.0.1:0"},
     }
@@ -66,10 +70,10 @@ async def test_evicted_thread_resumes_by_session_load_with_its_context(claude: C
             assert (end.outcome, end.text) == (Outcome.COMPLETED, "back again")
             assert not back.transcript.context_reset
             assert pool.counters.resumed == 1
-    history = " ".join(last_user_text({"messages": [m]})
-                       for m in claude.api.message_requests()[-1]["messages"])
+    history = " ".join(
+        last_user_text({"messages": [m]}) for m in claude.api.message_requests()[-1]["messages"]
+    )
     assert "alpha" in history and "beta" not in history
-
 
 
 async def cancel_slow_turn(pool: Pool, key: str) -> TurnEnd:
@@ -97,14 +101,16 @@ async def test_turns_after_a_cancelled_turn_get_their_own_replies(claude: Claude
     with trio.fail_after(THREE_STARTS):
         async with open_pool(config, settings=settings) as pool:
             assert (await cancel_slow_turn(pool, "cli:A")).outcome is Outcome.CANCELLED
-            replies = [(await ask(pool, "cli:A", f"[say] {words}")).text
-                       for words in ("one", "two", "three")]
+            replies = [
+                (await ask(pool, "cli:A", f"[say] {words}")).text
+                for words in ("one", "two", "three")
+            ]
             assert replies == ["one", "two", "three"]
 
 
-
 async def test_missing_api_key_is_an_authentication_error_at_the_first_prompt(
-        claude: Claude) -> None:
+    claude: Claude,
+) -> None:
     config, settings = pool_setup(claude)
     env = {k: v for k, v in settings.spec.env.items() if k != "ANTHROPIC_API_KEY"}
     settings = attrs.evolve(settings, spec=attrs.evolve(settings.spec, env=env))

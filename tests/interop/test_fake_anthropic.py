@@ -20,9 +20,15 @@ def script(request: dict[str, Any]) -> ModelReply:
         raise ValueError("no reply scripted")
     if request.get("slow"):
         return ModelReply(blocks=(Text("s" * 400),), chunk_size=1, chunk_delay=0.05)
-    return ModelReply(blocks=(Thinking("Let me see", "sig"), Text("Hello there"),
-                              ToolUse("Read", {"file_path": "/w/a"}, "t1")),
-                      stop_reason="tool_use", chunk_size=4)
+    return ModelReply(
+        blocks=(
+            Thinking("Let me see", "sig"),
+            Text("Hello there"),
+            ToolUse("Read", {"file_path": "/w/a"}, "t1"),
+        ),
+        stop_reason="tool_use",
+        chunk_size=4,
+    )
 
 
 @pytest.fixture
@@ -66,10 +72,16 @@ def sse_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-async def test_stream_frames_thinking_text_and_tool_use_like_the_messages_api(api: FakeAnthropic) -> None:
+async def test_stream_frames_thinking_text_and_tool_use_like_the_messages_api(
+    api: FakeAnthropic,
+) -> None:
     with trio.fail_after(BOUND):
-        status, body = await http(api.port, "POST", "/v1/messages?beta=true",
-                                  {"model": "m", "stream": True, "messages": []})
+        status, body = await http(
+            api.port,
+            "POST",
+            "/v1/messages?beta=true",
+            {"model": "m", "stream": True, "messages": []},
+        )
     assert status == 200
     events = sse_events(body)
     names = [name for name, _ in events]
@@ -77,15 +89,18 @@ async def test_stream_frames_thinking_text_and_tool_use_like_the_messages_api(ap
     assert names[-2:] == ["message_delta", "message_stop"]
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
     starts = [data["content_block"] for name, data in events if name == "content_block_start"]
-    assert starts == [{"type": "thinking", "thinking": "", "signature": ""},
-                      {"type": "text", "text": ""},
-                      {"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]
+    assert starts == [
+        {"type": "thinking", "thinking": "", "signature": ""},
+        {"type": "text", "text": ""},
+        {"type": "tool_use", "id": "t1", "name": "Read", "input": {}},
+    ]
     deltas = [data["delta"] for name, data in events if name == "content_block_delta"]
     assert "".join(d["thinking"] for d in deltas if d["type"] == "thinking_delta") == "Let me see"
     assert [d["signature"] for d in deltas if d["type"] == "signature_delta"] == ["sig"]
     assert "".join(d["text"] for d in deltas if d["type"] == "text_delta") == "Hello there"
-    assert json.loads("".join(d["partial_json"] for d in deltas
-                              if d["type"] == "input_json_delta")) == {"file_path": "/w/a"}
+    assert json.loads(
+        "".join(d["partial_json"] for d in deltas if d["type"] == "input_json_delta")
+    ) == {"file_path": "/w/a"}
     assert names.count("content_block_stop") == 3
     assert api.message_requests()[0]["model"] == "m"
     with trio.fail_after(BOUND):  # counted just after the last frame is sent
@@ -97,8 +112,11 @@ async def test_plain_request_gets_one_json_message(api: FakeAnthropic) -> None:
         status, body = await http(api.port, "POST", "/v1/messages", {"messages": []})
     message = json.loads(body)
     assert status == 200 and message["type"] == "message"
-    assert message["content"][0] == {"type": "thinking", "thinking": "Let me see",
-                                     "signature": "sig"}
+    assert message["content"][0] == {
+        "type": "thinking",
+        "thinking": "Let me see",
+        "signature": "sig",
+    }
     assert message["content"][1] == {"type": "text", "text": "Hello there"}
     assert message["content"][2]["input"] == {"file_path": "/w/a"}
 
@@ -128,10 +146,14 @@ async def test_client_hanging_up_mid_stream_is_counted(api: FakeAnthropic) -> No
         stream = await trio.open_tcp_stream("127.0.0.1", api.port)
         conn = h11.Connection(h11.CLIENT)
         data = json.dumps({"stream": True, "slow": True}).encode()
-        request = h11.Request(method="POST", target="/v1/messages",
-                              headers=[("host", "x"), ("content-length", str(len(data)))])
-        await stream.send_all(conn.send(request) + conn.send(h11.Data(data=data))
-                              + conn.send(h11.EndOfMessage()))
+        request = h11.Request(
+            method="POST",
+            target="/v1/messages",
+            headers=[("host", "x"), ("content-length", str(len(data)))],
+        )
+        await stream.send_all(
+            conn.send(request) + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage())
+        )
         seen = b""
         while b"message_start" not in seen:
             seen += await stream.receive_some(65536)

@@ -33,8 +33,8 @@ from broker.acp.schema import (
     UserMessageChunk,
 )
 from broker.config import structure_config
-from broker.pool import open_pool, session_settings
 from broker.reply import Image, Prompt
+from broker.sessions.pool import open_pool, session_settings
 from supervisor.process import ChildSpec
 
 from .harness import (
@@ -63,8 +63,14 @@ class SdkAgent:
         self.cwd.mkdir()
 
     def spec(self) -> ChildSpec:
-        argv = (sys.executable, str(SDK_AGENT), "--record", str(self.record),
-                "--state", str(self.state))
+        argv = (
+            sys.executable,
+            str(SDK_AGENT),
+            "--record",
+            str(self.record),
+            "--state",
+            str(self.state),
+        )
         return ChildSpec(argv=argv, env=exact_env(), cwd=str(self.cwd), name="sdk-agent")
 
     def options(self, **kwargs: Any) -> ClientOptions:
@@ -86,7 +92,8 @@ class SdkAgent:
 async def finish_cleanly(agent: RunningAgent) -> None:
     status = await agent.finish(BOUND)
     assert status.returncode == 0, (
-        f"sdk agent {status.describe()}; stderr: {agent.child.stderr_tail()}")
+        f"sdk agent {status.describe()}; stderr: {agent.child.stderr_tail()}"
+    )
 
 
 async def test_whole_conversation_passes_the_sdk_strict_models(tmp_path: Path) -> None:
@@ -121,8 +128,7 @@ async def test_whole_conversation_passes_the_sdk_strict_models(tmp_path: Path) -
 
         await finish_cleanly(agent)
     methods = sdk.assert_all_valid()
-    assert methods == ["initialize", "session/new", "session/prompt", "session/prompt",
-                       "<answer>"]
+    assert methods == ["initialize", "session/new", "session/prompt", "session/prompt", "<answer>"]
 
 
 async def prompt_blocks(tmp_path: Path, blocks: list[ContentBlock]) -> str:
@@ -139,23 +145,34 @@ async def prompt_blocks(tmp_path: Path, blocks: list[ContentBlock]) -> str:
 
 
 async def test_image_and_resource_link_blocks_are_sent_as_the_schema_defines_them(
-        tmp_path: Path) -> None:
-    reply = await prompt_blocks(tmp_path, [
-        TextContent("look at these"),
-        ImageContent(data=base64.b64encode(b"\x89PNG").decode(), mime_type="image/png"),
-        ResourceLink(uri="file:///work/notes.md", name="notes.md", mime_type="text/markdown"),
-        EmbeddedResource(ResourceContents(uri="file:///work/b.bin",
-                                          blob=base64.b64encode(b"\0\1").decode())),
-    ])
+    tmp_path: Path,
+) -> None:
+    reply = await prompt_blocks(
+        tmp_path,
+        [
+            TextContent("look at these"),
+            ImageContent(data=base64.b64encode(b"\x89PNG").decode(), mime_type="image/png"),
+            ResourceLink(uri="file:///work/notes.md", name="notes.md", mime_type="text/markdown"),
+            EmbeddedResource(
+                ResourceContents(uri="file:///work/b.bin", blob=base64.b64encode(b"\0\1").decode())
+            ),
+        ],
+    )
     assert reply == "echo: look at these [image resource_link resource]"
 
 
 async def test_embedded_text_resource_is_sent_as_the_schema_defines_it(tmp_path: Path) -> None:
-    reply = await prompt_blocks(tmp_path, [
-        TextContent("read this"),
-        EmbeddedResource(ResourceContents(uri="file:///work/a.py", mime_type="text/x-python",
-                                          text="print('hi')\n")),
-    ])
+    reply = await prompt_blocks(
+        tmp_path,
+        [
+            TextContent("read this"),
+            EmbeddedResource(
+                ResourceContents(
+                    uri="file:///work/a.py", mime_type="text/x-python", text="print('hi')\n"
+                )
+            ),
+        ],
+    )
     assert reply == "echo: read this [resource]"
 
 
@@ -166,17 +183,21 @@ async def test_cancel_mid_prompt_ends_the_turn_with_cancelled(tmp_path: Path) ->
             sid = await open_session(agent.client, str(sdk.cwd))
         slow = Turn()
         with trio.fail_after(BOUND):  # the agent would tick for 60 s without the cancel
-            stop = await prompt_and_cancel(agent.client, sid, [TextContent("slow please")],
-                                           slow, slow.first_text)
+            stop = await prompt_and_cancel(
+                agent.client, sid, [TextContent("slow please")], slow, slow.first_text
+            )
         assert stop == "cancelled"
         assert slow.chunks[0] == "tick 0 "
         await finish_cleanly(agent)
-    assert sdk.assert_all_valid() == ["initialize", "session/new", "session/prompt",
-                                      "session/cancel"]
+    assert sdk.assert_all_valid() == [
+        "initialize",
+        "session/new",
+        "session/prompt",
+        "session/cancel",
+    ]
 
 
-async def test_cancel_answers_a_pending_permission_request_with_cancelled(
-        tmp_path: Path) -> None:
+async def test_cancel_answers_a_pending_permission_request_with_cancelled(tmp_path: Path) -> None:
     sdk = SdkAgent(tmp_path)
     approvals = Approvals(hold=True)  # nobody answers: only the cancel can
     async with running_agent(sdk.spec(), sdk.options(approver=approvals)) as agent:
@@ -184,8 +205,9 @@ async def test_cancel_answers_a_pending_permission_request_with_cancelled(
             sid = await open_session(agent.client, str(sdk.cwd))
         turn = Turn()
         with trio.fail_after(BOUND):
-            stop = await prompt_and_cancel(agent.client, sid, [TextContent("permission?")],
-                                           turn, approvals.asked_event)
+            stop = await prompt_and_cancel(
+                agent.client, sid, [TextContent("permission?")], turn, approvals.asked_event
+            )
         assert stop == "cancelled"
         assert turn.text == "permission: cancelled"
         assert [c.status for c in turn.tool_calls()] == ["pending", "failed"]
@@ -202,8 +224,10 @@ async def test_reject_policy_is_what_the_agent_receives(tmp_path: Path) -> None:
         with trio.fail_after(BOUND):
             sid = await open_session(agent.client, str(sdk.cwd))
             turn = Turn()
-            assert await agent.client.prompt(sid, [TextContent("permission")], turn.on_update) \
+            assert (
+                await agent.client.prompt(sid, [TextContent("permission")], turn.on_update)
                 == "end_turn"
+            )
         assert turn.text == "permission: no"
         assert [c.status for c in turn.tool_calls()] == ["pending", "failed"]
         await finish_cleanly(agent)
@@ -215,8 +239,12 @@ async def test_load_after_restart_replays_history_into_the_load_result(tmp_path:
     async with running_agent(sdk.spec(), sdk.options()) as agent:
         with trio.fail_after(BOUND):
             sid = await open_session(agent.client, str(sdk.cwd))
-            assert await agent.client.prompt(
-                sid, [TextContent("remember the lighthouse")], Turn().on_update) == "end_turn"
+            assert (
+                await agent.client.prompt(
+                    sid, [TextContent("remember the lighthouse")], Turn().on_update
+                )
+                == "end_turn"
+            )
         await finish_cleanly(agent)
 
     async with running_agent(sdk.spec(), sdk.options()) as agent:
@@ -225,8 +253,7 @@ async def test_load_after_restart_replays_history_into_the_load_result(tmp_path:
             loaded = await agent.client.load_session(sid, str(sdk.cwd))
         assert loaded.setup.session_id == sid
         assert texts(list(loaded.replayed), UserMessageChunk) == ["remember the lighthouse"]
-        assert texts(list(loaded.replayed), AgentMessageChunk) == [
-            "echo: remember the lighthouse"]
+        assert texts(list(loaded.replayed), AgentMessageChunk) == ["echo: remember the lighthouse"]
         assert agent.client.session(sid).replayed_count == 2
 
         after = Turn()
@@ -241,12 +268,15 @@ async def test_load_after_restart_replays_history_into_the_load_result(tmp_path:
 async def test_pool_resume_and_images_pass_the_sdk_strict_models(tmp_path: Path) -> None:
     sdk = SdkAgent(tmp_path)
     [command, *args] = sdk.spec().argv
-    config = structure_config({
-        "agent": {"command": command, "args": args, "working_dir": str(sdk.cwd)},
-        "pool": {"max_sessions": 1},
-        "state": {"path": str(tmp_path / "broker.sqlite3")},
-        "server": {"listen": "127.0.0.1:0"},
-    }, file="<interop config>")
+    config = structure_config(
+        {
+            "agent": {"command": command, "args": args, "working_dir": str(sdk.cwd)},
+            "pool": {"max_sessions": 1},
+            "state": {"path": str(tmp_path / "broker.sqlite3")},
+            "server": {"listen": "127.0.0.1:0"},
+        },
+        file="<interop config>",
+    )
     picture = Image(base64.b64encode(b"\x89PNG").decode(), "image/png", "a.png")
     with trio.fail_after(3 * BOUND):
         async with open_pool(config, settings=session_settings(config, exact_env())) as pool:
@@ -262,16 +292,29 @@ async def test_pool_resume_and_images_pass_the_sdk_strict_models(tmp_path: Path)
     assert methods.count("session/load") == 1 and methods.count("session/new") == 2
 
 
-@pytest.mark.parametrize(("model", "params", "expected"), [
-    (NewSessionRequest, {"cwd": "/w", "mcpServers": [], "mcp_servers": []},
-     "params.mcp_servers: not a field"),
-    (PromptRequest, {"sessionId": "s", "prompt": [], "session_id": "s"},
-     "params.session_id: not a field"),
-    (PromptRequest, {"sessionId": "s", "prompt": [{"type": "text", "text": 5}]},
-     "prompt.0.text.text: Input should be a valid string"),
-    (CancelNotification, {"sessionId": 7}, "sessionId: Input should be a valid string"),
-])
+@pytest.mark.parametrize(
+    ("model", "params", "expected"),
+    [
+        (
+            NewSessionRequest,
+            {"cwd": "/w", "mcpServers": [], "mcp_servers": []},
+            "params.mcp_servers: not a field",
+        ),
+        (
+            PromptRequest,
+            {"sessionId": "s", "prompt": [], "session_id": "s"},
+            "params.session_id: not a field",
+        ),
+        (
+            PromptRequest,
+            {"sessionId": "s", "prompt": [{"type": "text", "text": 5}]},
+            "prompt.0.text.text: Input should be a valid string",
+        ),
+        (CancelNotification, {"sessionId": 7}, "sessionId: Input should be a valid string"),
+    ],
+)
 def test_strict_check_flags_what_lenient_parsing_would_accept(
-        model: Any, params: dict[str, Any], expected: str) -> None:
+    model: Any, params: dict[str, Any], expected: str
+) -> None:
     problems = params_problems(model, params)
     assert any(expected in p for p in problems), problems

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import trio
 
-from broker.pool import open_pool
 from broker.reply import Prompt
+from broker.sessions.pool import open_pool
 from broker.store import open_store
 from broker.testing.harness import fake_agent_config
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import trio
 
 from broker.config import BrokerConfig
-from broker.pool import Pool, open_pool
 from broker.reply import Outcome, Prompt, TurnHandle
+from broker.sessions.pool import Pool, open_pool
 from broker.store import open_store
 from tests.pool.conftest import ask
 

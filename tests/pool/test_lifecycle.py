@@ -7,8 +7,8 @@ from collections.abc import Callable
 import trio
 
 from broker.config import BrokerConfig
-from broker.pool import Pool, open_pool
 from broker.reply import Outcome, Prompt
+from broker.sessions.pool import Pool, open_pool
 from tests.pool.conftest import ask
 from tests.pool.test_isolation import started
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import trio
 
 from broker.config import BrokerConfig
-from broker.pool import SPARES_KEY, open_pool
 from broker.reply import Prompt
+from broker.sessions.pool import SPARES_KEY, open_pool
 
 
 async def test_a_new_thread_takes_an_initialised_spare_and_the_spare_is_replaced(

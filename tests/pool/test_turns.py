@@ -7,8 +7,8 @@ from collections.abc import Callable
 import trio
 
 from broker.config import BrokerConfig
-from broker.pool import open_pool
 from broker.reply import Outcome, Prompt, Queued, TextChunk, TurnStarted
+from broker.sessions.pool import open_pool
 from tests.pool.conftest import ask
 
 

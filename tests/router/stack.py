@@ -18,6 +18,7 @@ import attrs
 import trio
 import trio_websocket
 
+from broker.chat.router import Router
 from broker.config import BrokerConfig
 from broker.frontends.base import ReplyChannel
 from broker.frontends.server import WebSocketServer, serve_websocket
@@ -30,8 +31,7 @@ from broker.frontends.wire import (
     encode_response,
     parse_reply,
 )
-from broker.pool import Pool, open_pool
-from broker.router import Router
+from broker.sessions.pool import Pool, open_pool
 from broker.testing.fake_gateway import make_event
 
 

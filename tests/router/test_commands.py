@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import trio
 
-from broker.commands import HELP_TEXT
+from broker.chat.commands import HELP_TEXT
 from broker.config import BrokerConfig
 from tests.router.stack import connect, running_broker
 

@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import trio
 
+from broker.chat.router import Router
 from broker.config import BrokerConfig
 from broker.frontends.gateway import run_gateway
 from broker.frontends.wire import Command
-from broker.pool import open_pool
-from broker.router import Router
+from broker.sessions.pool import open_pool
 from broker.testing.fake_gateway import open_fake_gateway
 
 

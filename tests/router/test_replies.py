@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import trio
 
+from broker.chat.split import platform_limit
 from broker.config import BrokerConfig
 from broker.frontends.wire import Command, InboundEvent
-from broker.split import platform_limit
 from tests.router.stack import Frame, connect, edits, running_broker
 
 

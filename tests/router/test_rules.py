@@ -8,12 +8,13 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from broker.commands import SlashCommand, parse_command
+from broker.chat.commands import SlashCommand, parse_command
+from broker.chat.prompt import fenced
+from broker.chat.router import SHUTDOWN_REPLY, Router, ignore_reason, strip_leading_mentions
 from broker.config import BrokerConfig, RouterConfig
 from broker.frontends.base import RESPONSE_TIMEOUT_SECS
 from broker.frontends.wire import GatewayResponse, OutboundReply
-from broker.pool import open_pool
-from broker.router import SHUTDOWN_REPLY, Router, fenced, ignore_reason, strip_leading_mentions
+from broker.sessions.pool import open_pool
 from broker.testing.fake_gateway import make_event
 
 

@@ -43,8 +43,13 @@ def read() -> dict[str, Any] | None:
 
 def chunk(session_id: str, text: str) -> None:
     update = {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": text}}
-    send({"jsonrpc": "2.0", "method": "session/update",
-          "params": {"sessionId": session_id, "update": update}})
+    send(
+        {
+            "jsonrpc": "2.0",
+            "method": "session/update",
+            "params": {"sessionId": session_id, "update": update},
+        }
+    )
 
 
 def ask_client(method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -59,10 +64,19 @@ def ask_client(method: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def endless_line(session_id: str, size: int) -> None:
-    head = json.dumps({"jsonrpc": "2.0", "method": "session/update", "params": {
-        "sessionId": session_id,
-        "update": {"sessionUpdate": "agent_message_chunk",
-                   "content": {"type": "text", "text": ""}}}})
+    head = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "method": "session/update",
+            "params": {
+                "sessionId": session_id,
+                "update": {
+                    "sessionUpdate": "agent_message_chunk",
+                    "content": {"type": "text", "text": ""},
+                },
+            },
+        }
+    )
     OUT.write(head[: head.rindex('""') + 1].encode())
     block = b"x" * CHUNK
     written = 0
@@ -83,8 +97,10 @@ def prompt(request_id: Any, params: dict[str, Any]) -> None:
     text = "".join(b.get("text", "") for b in params["prompt"] if b.get("type") == "text")
     word, _, rest = text.partition(" ")
     if word == "fs":
-        answers = [ask_client(method, {"sessionId": session_id, **args})
-                   for method, args in json.loads(rest)]
+        answers = [
+            ask_client(method, {"sessionId": session_id, **args})
+            for method, args in json.loads(rest)
+        ]
         chunk(session_id, json.dumps(answers))
     elif word == "endless-line":
         endless_line(session_id, int(rest))
@@ -102,16 +118,29 @@ def main() -> None:
     while (message := read()) is not None:
         method, request_id = message.get("method"), message.get("id")
         if method == "initialize":
-            send({"jsonrpc": "2.0", "id": request_id, "result": {
-                "protocolVersion": 1, "authMethods": [],
-                "agentCapabilities": {"loadSession": False, "promptCapabilities": {}}}})
+            send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": request_id,
+                    "result": {
+                        "protocolVersion": 1,
+                        "authMethods": [],
+                        "agentCapabilities": {"loadSession": False, "promptCapabilities": {}},
+                    },
+                }
+            )
         elif method == "session/new":
             send({"jsonrpc": "2.0", "id": request_id, "result": {"sessionId": "raw-1"}})
         elif method == "session/prompt":
             prompt(request_id, message["params"])
         elif request_id is not None and method is not None:
-            send({"jsonrpc": "2.0", "id": request_id,
-                  "error": {"code": -32601, "message": f"no {method}"}})
+            send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": request_id,
+                    "error": {"code": -32601, "message": f"no {method}"},
+                }
+            )
 
 
 if __name__ == "__main__":

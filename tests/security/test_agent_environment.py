@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker.pool import open_pool
 from broker.reply import Prompt
+from broker.sessions.pool import open_pool
 from broker.testing.fake_gateway import open_fake_gateway
-from broker.testing.harness import fake_agent_config, free_port
-from tests.security.clients import chat_with_token, http_get
+from broker.testing.harness import fake_agent_config, free_port, http_get
+from tests.security.clients import chat_with_token
 from tests.service.broker_process import broker_process, grandchild_pid, write_config
 
 SERVER_TOKEN = "srv-4c1f9e2b7a0d"

@@ -14,8 +14,8 @@ from typing import Any
 import trio
 
 from broker.config import BrokerConfig
-from broker.pool import open_pool
 from broker.reply import Prompt
+from broker.sessions.pool import open_pool
 
 OUTSIDE_ERROR = "path is outside the working directory"
 

@@ -92,8 +92,12 @@ def raw_agent_broker(tmp_path: Path, port: int) -> Path:
     """broker.toml running raw_agent.py with a 1 MiB stdout line limit."""
     work = tmp_path / "work"
     work.mkdir()
-    agent = {"command": sys.executable, "args": [str(RAW_AGENT)], "working_dir": str(work),
-             "max_line_bytes": MB}
+    agent = {
+        "command": sys.executable,
+        "args": [str(RAW_AGENT)],
+        "working_dir": str(work),
+        "max_line_bytes": MB,
+    }
     return write_config(tmp_path, port, agent=agent)
 
 

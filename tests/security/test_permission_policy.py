@@ -10,8 +10,8 @@ from pathlib import Path
 
 import trio
 
-from broker.pool import open_pool
 from broker.reply import Prompt
+from broker.sessions.pool import open_pool
 from broker.testing.harness import fake_agent_config
 
 
@@ -44,7 +44,10 @@ async def test_each_tool_kind_gets_the_option_its_policy_names(tmp_path: Path) -
 async def test_an_allowing_default_still_rejects_the_kinds_set_to_reject(tmp_path: Path) -> None:
     config = fake_agent_config(
         tmp_path,
-        permissions={"default": "allow_always", "by_kind": {"execute": "reject", "delete": "reject"}},
+        permissions={
+            "default": "allow_always",
+            "by_kind": {"execute": "reject", "delete": "reject"},
+        },
     )
     with trio.fail_after(60):
         async with open_pool(config) as pool:

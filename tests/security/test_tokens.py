@@ -12,8 +12,8 @@ from pathlib import Path
 import trio
 import trio_websocket
 
-from broker.testing.harness import free_port
-from tests.security.clients import chat_with_token, http_get
+from broker.testing.harness import free_port, http_get
+from tests.security.clients import chat_with_token
 from tests.service.broker_process import broker_process, write_config
 
 TOKEN = "tok-5d1e8a7c93f2"

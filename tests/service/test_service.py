@@ -14,8 +14,7 @@ import trio
 
 from broker.config import BrokerConfig, load_config
 from broker.frontends.wire import OutboundReply, ReplyChannelRef
-from broker.pool import Pool, PoolSnapshot
-from broker.service import (
+from broker.ops.service import (
     EX_CONFIG,
     EX_OK,
     EX_UNAVAILABLE,
@@ -26,6 +25,7 @@ from broker.service import (
     run,
     serve,
 )
+from broker.sessions.pool import Pool, PoolSnapshot
 from broker.store import OutboxItem, open_store
 from broker.testing.fake_gateway import open_fake_gateway
 from broker.testing.harness import fake_agent_config, free_port

@@ -16,9 +16,9 @@ import trio
 
 from broker.config import BrokerConfig, ServerConfig
 from broker.frontends.server import WebSocketServer, serve_websocket
-from broker.pool import Pool
+from broker.ops.status import StatusEndpoints
 from broker.reply import TurnHandle
-from broker.status import StatusEndpoints
+from broker.sessions.pool import Pool
 from broker.testing.harness import fake_agent_config
 from tests.frontends.echo import EchoSink
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from broker.frontends.gateway import GatewaySnapshot
 from broker.frontends.server import ServerSnapshot
-from broker.pool import Histogram, PoolCounters, PoolEvent, PoolSnapshot
-from broker.session import SessionSnapshot
+from broker.sessions.pool import Histogram, PoolCounters, PoolEvent, PoolSnapshot
+from broker.sessions.session import SessionSnapshot
 
 SERVER = ServerSnapshot("127.0.0.1", 8765, ("ws-1", "ws-3"), 17, 2)
 GATEWAY = GatewaySnapshot(

@@ -20,10 +20,10 @@ import trio
 from rich.console import Console
 
 from broker.config import BrokerConfig
-from broker.dashboard import follow, render_dashboard, shown_url, status_url
-from broker.pool import open_pool
+from broker.ops.dashboard import follow, render_dashboard, shown_url, status_url
+from broker.ops.status import status_document
 from broker.reply import Prompt
-from broker.status import status_document
+from broker.sessions.pool import open_pool
 from broker.testing.harness import free_port
 from tests.status.conftest import base_url, started, status_server
 from tests.status.samples import GATEWAY, SERVER, busy_session, pool_snapshot

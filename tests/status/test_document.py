@@ -10,9 +10,9 @@ import pytest
 import trio
 
 from broker.config import BrokerConfig
-from broker.pool import open_pool
+from broker.ops.status import SESSION_STATES, STATUS_SCHEMA, metrics_text, status_document
 from broker.reply import Prompt
-from broker.status import SESSION_STATES, STATUS_SCHEMA, metrics_text, status_document
+from broker.sessions.pool import open_pool
 from tests.status import prometheus
 from tests.status.conftest import started
 from tests.status.samples import GATEWAY, SERVER, busy_session, pool_snapshot

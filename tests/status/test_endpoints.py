@@ -15,9 +15,9 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from broker.config import BrokerConfig
 from broker.frontends.wire import encode_event
-from broker.pool import open_pool
+from broker.ops.status import METRICS_CONTENT_TYPE, STATUS_SCHEMA, StatusEndpoints
 from broker.reply import Prompt
-from broker.status import METRICS_CONTENT_TYPE, STATUS_SCHEMA, StatusEndpoints
+from broker.sessions.pool import open_pool
 from broker.testing.fake_gateway import make_event
 from tests.status import prometheus
 from tests.status.conftest import base_url, get_json, http_get, started, status_server

@@ -1,0 +1,1 @@
+"""The benchmark suite (``python -m bench``); results in docs/benchmarks.md."""

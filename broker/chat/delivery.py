@@ -1,0 +1,233 @@
+"""Delivering one turn's reply to the chat: plain, streamed as edits, and reactions.
+
+The router hands each turn to :func:`deliver_turn`. What to show and when is
+decided by the pure functions of :mod:`broker.chat.present` (render, split,
+:class:`~broker.chat.present.EditThrottle`, :func:`~broker.chat.present.message_updates`,
+reactions); this module does the sending.
+
+* **Plain** (streaming off): wait for the turn's end, render it with
+  :func:`~broker.chat.present.render_end`, split it for the platform and send one
+  reply per part (``reply_to`` = the event id).
+* **Streaming**: the first message goes out with
+  :meth:`~broker.frontends.base.ReplyChannel.request`; the response's
+  ``message_id`` is what later ``edit_message`` frames address, each with the
+  full text so far, at most every ``edit_interval`` seconds and only when it
+  changed. A reply that outgrows one message continues in new messages (each
+  asked for with a request too). When a request gets no usable response in
+  time (``None``, ``success: false`` or no ``message_id``), streaming is given
+  up for the turn: the messages that do have ids get their final text as an
+  edit and the rest of the final text goes out as plain replies. A turn that
+  has already ended before anything was shown (a busy or pool-full refusal)
+  is answered with plain replies at once.
+* **Reactions** (``[reactions] enabled``): the turn's state as an emoji on the
+  user's message, changed with ``remove_reaction`` / ``add_reaction``, paced by
+  their own throttle, in a task beside the text.
+
+:class:`Replier` records whether the final reply went out, so the router can
+guarantee exactly one final or error reply per event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import trio
+
+from broker.chat.present import (
+    EditThrottle,
+    NothingChanged,
+    SendNow,
+    WaitUntil,
+    message_updates,
+    platform_limit,
+    reaction_changes,
+    reaction_for,
+    render,
+    render_end,
+    split_message,
+)
+from broker.frontends.base import ReplyChannel
+from broker.frontends.wire import Command, InboundEvent, OutboundReply, reply_target
+from broker.reply import Transcript, TurnHandle
+
+log = logging.getLogger(__name__)
+
+NOTE_PREFIX = "ℹ️ "
+
+
+class Replier:
+    """Sends the replies to one inbound event.
+
+    :attr:`finished` becomes true once the final reply (or an error reply)
+    has been handed to the channel; nothing is sent as a final reply twice.
+    """
+
+    def __init__(self, event: InboundEvent, channel: ReplyChannel) -> None:
+        self.event = event
+        self.channel = channel
+        self.limit = platform_limit(event.platform)
+        self.finished = False
+
+    async def final(self, text: str) -> None:
+        """Send ``text`` as the final reply: one plain reply per platform-sized part."""
+        await self.plain_parts(split_message(text, self.limit) or ["…"])
+        self.finished = True
+
+    async def plain_parts(self, parts: Sequence[str]) -> None:
+        for part in parts:
+            await self.channel.send_reply(OutboundReply.to_event(self.event, part))
+
+    async def edit(self, message_id: str, text: str) -> None:
+        event = self.event
+        reply = OutboundReply(
+            message_id, event.platform, reply_target(event), text, Command.EDIT_MESSAGE
+        )
+        await self.channel.send_reply(reply)
+
+    async def new_message(self, text: str, timeout: float) -> str | None:
+        """Send ``text`` as a new message with a request_id; its platform
+        message id, or None when no usable response came within ``timeout``."""
+        response = await self.channel.request(
+            OutboundReply.to_event(self.event, text), timeout=timeout
+        )
+        if response is None or not response.success or not response.message_id:
+            why = "no response" if response is None else (response.error or "no message_id")
+            log.info(
+                "%s: streaming given up for %s: %s",
+                self.channel.connection_id,
+                self.event.event_id,
+                why,
+            )
+            return None
+        return response.message_id
+
+    async def react(self, command: Command, emoji: str) -> None:
+        event = self.event
+        reply = OutboundReply(event.message_id, event.platform, reply_target(event), emoji, command)
+        await self.channel.send_reply(reply)
+
+
+def with_notes(notes: Sequence[str], transcript: Transcript, text: str) -> str:
+    """``text`` below the router's notes and the session's (``transcript.notes``,
+    e.g. an image the agent does not take), each once."""
+    lines = [NOTE_PREFIX + n for n in (*notes, *transcript.notes) if n not in text]
+    return "\n\n".join([*lines, text]) if lines else text
+
+
+class _Messages:
+    """The platform messages that show one streamed reply."""
+
+    def __init__(self, replier: Replier, response_timeout: float) -> None:
+        self.replier = replier
+        self.response_timeout = response_timeout
+        self.ids: list[str] = []
+        self.shown: list[str] = []
+        self.broken = False  # a request went unanswered: no more new messages
+
+    async def show(self, text: str, *, final: bool) -> None:
+        """Make the messages show ``text``: edit those that change, ask for new
+        ones as needed. With ``final``, parts that have no message to edit
+        (streaming was given up) go out as plain replies."""
+        parts = split_message(text, self.replier.limit) or ["…"]
+        for update in message_updates(self.shown, parts):
+            if update.index < len(self.ids):
+                await self.replier.edit(self.ids[update.index], update.text)
+                self.shown[update.index] = update.text
+            elif self.broken:
+                break
+            else:
+                message_id = await self.replier.new_message(update.text, self.response_timeout)
+                if message_id is None:
+                    self.broken = True
+                    break
+                self.ids.append(message_id)
+                self.shown.append(update.text)
+        if final and len(parts) > len(self.ids):
+            await self.replier.plain_parts(parts[len(self.ids) :])
+
+
+async def deliver_turn(
+    handle: TurnHandle,
+    replier: Replier,
+    *,
+    streaming: bool,
+    edit_interval: float,
+    response_timeout: float,
+    reactions: bool,
+    notes: Sequence[str] = (),
+) -> None:
+    """Send the reply of ``handle``'s turn, streamed or plain, with reactions
+    if asked; returns once the final text is sent (and the final reaction).
+
+    Waits for the turn's end, however long it runs (the session bounds it by
+    the hard ceiling). Raises nothing for lost connections: the channel
+    reroutes or keeps those replies.
+    """
+
+    def compose(text: str) -> str:
+        return with_notes(notes, handle.transcript, text)
+
+    async with trio.open_nursery() as nursery:
+        if reactions:
+            nursery.start_soon(_show_reactions, handle, replier, edit_interval)
+        if streaming:
+            await _stream(handle, replier, compose, edit_interval, response_timeout)
+        else:
+            end = await handle.result()
+            await replier.final(compose(render_end(end, handle.transcript)))
+
+
+async def _stream(
+    handle: TurnHandle,
+    replier: Replier,
+    compose: Callable[[str], str],
+    edit_interval: float,
+    response_timeout: float,
+) -> None:
+    transcript = handle.transcript
+    throttle = EditThrottle(edit_interval)
+    messages = _Messages(replier, response_timeout)
+    while not throttle.finished and not messages.broken:
+        seen = transcript.version
+        end = transcript.end
+        if end is not None and not messages.ids:
+            messages.broken = True  # ended before anything was shown: plain reply below
+            break
+        final = end is not None
+        text = compose(render_end(end, transcript) if end else render(transcript, final=False))
+        decision = throttle.decide(trio.current_time(), seen, text, final=final)
+        if isinstance(decision, SendNow):
+            await messages.show(decision.text, final=decision.final)
+            throttle.sent(trio.current_time())
+        elif isinstance(decision, WaitUntil):
+            await trio.sleep_until(decision.when)
+        elif isinstance(decision, NothingChanged) and not throttle.finished:
+            await handle.wait_changed(seen)
+    if throttle.finished and not messages.broken:
+        replier.finished = True
+        return
+    end = await handle.result()
+    await messages.show(compose(render_end(end, transcript)), final=True)
+    replier.finished = True
+
+
+async def _show_reactions(handle: TurnHandle, replier: Replier, interval: float) -> None:
+    """Keep the reaction on the user's message in step with the turn's state."""
+    transcript = handle.transcript
+    throttle = EditThrottle(interval)
+    shown: str | None = None
+    while not throttle.finished:
+        seen = transcript.version
+        wanted = reaction_for(transcript) or ""
+        decision = throttle.decide(
+            trio.current_time(), seen, wanted, final=transcript.end is not None
+        )
+        if isinstance(decision, SendNow):
+            for change in reaction_changes(shown, decision.text):
+                await replier.react(Command(change.action.value), change.emoji)
+            shown = decision.text
+        elif isinstance(decision, WaitUntil):
+            await trio.sleep_until(decision.when)
+        elif not throttle.finished:
+            await handle.wait_changed(seen)

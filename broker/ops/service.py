@@ -1,0 +1,537 @@
+"""The broker as a service: the top-level nursery, signals, sd_notify, stop and reload.
+
+:func:`serve` opens, in this order, the state store (``[state] path``), the
+session pool with that store (which first stops agents a killed broker left
+behind), the router, the WebSocket server (``[server] enabled``) with the
+status routes, and the gateway client (``[gateway] url`` set). Replies that
+find no connection wait in a :class:`StoreOutbox`, so they survive a restart.
+Then it tells systemd ``READY=1`` and keeps ``STATUS=`` current
+("3 sessions (1 busy), 2 suspended, 1 client"), pinging ``WATCHDOG=1`` when
+the unit asks for it.
+
+Stopping (SIGTERM, SIGINT, or :meth:`Broker.stop`) is graceful: ``STOPPING=1``,
+``/healthz`` turns 503, new messages are answered "the broker is restarting"
+by the pool, running turns are cancelled with their grace and end with their
+partial text and that sentence, the router's final replies are written to
+the sockets, every session is suspended into the store and every agent
+stopped. The whole stop is bounded by a hard deadline on the service's cancel
+scope (:func:`stop_budget`); a second signal cuts it short at once. Either way
+the agents' process groups are still stopped (the supervisor's shielded stop).
+
+SIGHUP rereads the configuration file and applies what can change without
+dropping a session (see :func:`plan_reload`); a bad file is logged and the
+running configuration kept.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from broker.chat.router import Router
+from broker.config import BrokerConfig, ConfigError, load_config
+from broker.frontends.base import FrontendError, InboundSink, ReplyChannel
+from broker.frontends.gateway import GatewayClient
+from broker.frontends.http import check_exposure, parse_listen
+from broker.frontends.server import WebSocketServer, serve_websocket
+from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode_reply, parse_reply
+from broker.logs import setup_logging
+from broker.ops.status import StatusEndpoints
+from broker.sessions.pool import Pool, open_pool, session_settings
+from broker.store import OutboxItem, Store, open_store
+from supervisor.notify import Notifier, run_watchdog
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_STOP_CUT_SHORT = 1  # a second signal or the hard deadline ended the stop
+EX_UNAVAILABLE = 69  # a front-end could not start (port in use, ...)
+EX_CONFIG = 78
+
+#: Read when :func:`run` is not told the file, so SIGHUP can still reload it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_MARGIN_SECS = 5.0  # beyond cancel + stop grace: late replies, the store, sockets
+REPLY_FLUSH_SECS = 3.0  # for the router to write the last replies after the pool closed
+STATUS_MIN_INTERVAL_SECS = 0.25  # at most 4 STATUS= updates a second
+STATUS_REFRESH_SECS = 5.0  # client counts change without a pool change
+OUTBOX_CAPACITY = 1000
+
+
+def stop_budget(config: BrokerConfig) -> float:
+    """Seconds a graceful stop may take before it is cut short: the turns'
+    cancel grace, the agents' stop grace (all in parallel) and a margin."""
+    timeouts = config.timeouts
+    return timeouts.cancel_grace_secs + timeouts.stop_grace_secs + STOP_MARGIN_SECS
+
+
+# -- reload: a pure decision ------------------------------------------------------
+
+
+@attrs.frozen
+class ReloadPlan:
+    """What a reload applies (``config``) and what waits for a restart (``kept``)."""
+
+    config: BrokerConfig
+    kept: tuple[str, ...]
+    changed: tuple[str, ...]  # the sections of the file that differ, e.g. ("router",)
+
+
+def plan_reload(old: BrokerConfig, new: BrokerConfig) -> ReloadPlan:
+    """Split a reloaded configuration into what applies now and what does not.
+
+    The listen address, ``[server] enabled``, the gateway connection and the
+    state file stay as they are (each named in ``kept``); everything else is
+    taken from ``new``: router allowlists and rendering at once, pool limits
+    and permissions through :meth:`Pool.update_config`, the log level, and the
+    server token and frame limit for connections made from now on.
+    """
+    kept = []
+    if new.server.listen != old.server.listen:
+        kept.append(f"[server] listen stays {old.server.listen} until a restart")
+    if new.server.enabled != old.server.enabled:
+        kept.append("[server] enabled takes effect at the next restart")
+    if (new.gateway.url, new.gateway.token) != (old.gateway.url, old.gateway.token):
+        kept.append("[gateway] url and token take effect at the next restart")
+    if new.state.path != old.state.path:
+        kept.append(f"[state] path stays {old.state.path} until a restart")
+    applied = attrs.evolve(
+        new,
+        server=attrs.evolve(new.server, listen=old.server.listen, enabled=old.server.enabled),
+        gateway=attrs.evolve(new.gateway, url=old.gateway.url, token=old.gateway.token),
+        state=old.state,
+    )
+    changed = tuple(
+        field.name
+        for field in attrs.fields(BrokerConfig)
+        if getattr(old, field.name) != getattr(new, field.name)
+    )
+    return ReloadPlan(applied, tuple(kept), changed)
+
+
+def check_usable(config: BrokerConfig, source: str) -> None:
+    """Raise ConfigError (naming ``source``) when ``config`` cannot run here: a
+    missing agent command or working directory, or a server reachable from
+    other machines without a token."""
+    if not os.path.isdir(config.agent.working_dir):
+        raise ConfigError(
+            f"{source}: agent.working_dir: {config.agent.working_dir} is not a directory"
+        )
+    try:
+        session_settings(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if config.server.enabled:
+        try:
+            check_exposure(parse_listen(config.server.listen)[0], config.server.token)
+        except FrontendError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+# -- the durable outbox -------------------------------------------------------------
+
+
+def rows_to_ack(rows: Iterable[OutboxItem], frames: Iterable[str]) -> list[int]:
+    """The ids of the oldest row for each of ``frames`` (a frame twice: two rows)."""
+    wanted = collections.Counter(frames)
+    ids = []
+    for row in rows:
+        if wanted[row.frame] > 0:
+            wanted[row.frame] -= 1
+            ids.append(row.id)
+    return ids
+
+
+class StoreOutbox:
+    """A front-end's :class:`~broker.frontends.base.Outbox`, written through to the store.
+
+    The transports call it synchronously, so the replies are held in memory
+    and every one is also recorded in the store under ``destination``
+    (``"server"`` / ``"gateway"``); a reply taken out for delivery is deleted
+    from the store by :meth:`keep` a moment later. A broker that is killed
+    meanwhile delivers it again after the restart: at least once, never lost.
+    Bounded: over ``capacity`` the oldest reply is dropped with a warning.
+    """
+
+    def __init__(self, store: Store, destination: str, capacity: int = OUTBOX_CAPACITY) -> None:
+        self.store = store
+        self.destination = destination
+        self.capacity = capacity
+        self.dropped = 0
+        self._replies: collections.deque[tuple[OutboundReply, str]] = collections.deque()
+        self._send, self._receive = trio.open_memory_channel[str](math.inf)
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    async def load(self) -> int:
+        """Take in the replies a previous run left in the store; returns how many.
+        A stored frame that cannot be read is logged and deleted."""
+        unreadable = []
+        for item in await self.store.outbox(self.destination):
+            try:
+                self._replies.append((parse_reply(item.frame), item.frame))
+            except WireError as exc:
+                log.error(
+                    "outbox %s: dropping unreadable reply %d: %s", self.destination, item.id, exc
+                )
+                unreadable.append(item.id)
+        if unreadable:
+            self.store.ack_outbox(unreadable)
+        return len(self._replies)
+
+    def on_undeliverable(self, reply: OutboundReply) -> None:
+        if len(self._replies) >= self.capacity:
+            lost, frame = self._replies.popleft()
+            self.dropped += 1
+            self._forget(frame)
+            log.warning(
+                "outbox %s full (%d): dropped the oldest reply to %s:%s",
+                self.destination,
+                self.capacity,
+                lost.platform,
+                lost.channel.id,
+            )
+        frame = encode_reply(reply)
+        self._replies.append((reply, frame))
+        self.store.push_outbox(self.destination, frame)
+
+    def take(self, platforms: frozenset[str] | None) -> list[OutboundReply]:
+        taken: list[tuple[OutboundReply, str]] = []
+        kept: collections.deque[tuple[OutboundReply, str]] = collections.deque()
+        for entry in self._replies:
+            (taken if platforms is None or entry[0].platform in platforms else kept).append(entry)
+        self._replies = kept
+        for _, frame in taken:
+            self._forget(frame)
+        return [reply for reply, _ in taken]
+
+    def _forget(self, frame: str) -> None:
+        try:
+            self._send.send_nowait(frame)
+        except trio.ClosedResourceError:
+            log.warning("outbox %s: closed; a delivered reply stays in the store", self.destination)
+
+    def close(self) -> None:
+        """No more changes; :meth:`keep` finishes what was asked and returns."""
+        self._send.close()
+
+    async def keep(self) -> None:
+        """Delete delivered replies from the store, in batches, until :meth:`close`."""
+        async with self._receive:
+            async for first in self._receive:
+                frames = [first]
+                while True:
+                    try:
+                        frames.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                rows = await self.store.outbox(self.destination)
+                self.store.ack_outbox(rows_to_ack(rows, frames))
+
+
+# -- events in flight -------------------------------------------------------------
+
+
+class InFlight:
+    """The router as the transports see it, counting the events being handled,
+    so a stop can wait until the last replies have been written."""
+
+    def __init__(self, sink: InboundSink) -> None:
+        self.sink = sink
+        self.running = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def handle_event(self, event: InboundEvent, channel: ReplyChannel) -> None:
+        if self.running == 0:
+            self._idle = trio.Event()
+        self.running += 1
+        try:
+            await self.sink.handle_event(event, channel)
+        finally:
+            self.running -= 1
+            if self.running == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+# -- the running broker ---------------------------------------------------------------
+
+
+class Lifecycle:
+    """Stop requests and the hard deadline of one service run."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.budget = stop_budget(config)
+        self.scope = trio.CancelScope()
+        self.stop_requested = trio.Event()
+        self.reason = ""
+
+    @property
+    def cut_short(self) -> bool:
+        return self.scope.cancel_called
+
+    def stop(self, reason: str = "requested") -> None:
+        """First call: begin the graceful stop, due within the budget.
+        Second call: stop now (agents are still stopped and reaped)."""
+        if not self.stop_requested.is_set():
+            self.reason = reason
+            self.scope.deadline = min(self.scope.deadline, trio.current_time() + self.budget)
+            log.info("stopping (%s); at most %.1f s", reason, self.budget)
+            self.stop_requested.set()
+        elif not self.scope.cancel_called:
+            log.warning("stopping now (%s during the stop)", reason)
+            self.scope.cancel()
+
+
+@attrs.define(eq=False)
+class Broker:
+    """One running broker, as ``await nursery.start(serve, config)`` returns it."""
+
+    config: BrokerConfig
+    config_path: str | None
+    store: Store
+    pool: Pool
+    router: Router
+    status: StatusEndpoints
+    notifier: Notifier
+    lifecycle: Lifecycle
+    in_flight: InFlight
+    outboxes: dict[str, StoreOutbox]
+    server: WebSocketServer | None = None
+    gateway: GatewayClient | None = None
+    reloads: int = 0
+
+    def stop(self, reason: str = "requested") -> None:
+        """Begin the graceful stop (as SIGTERM does); called again, stop at once."""
+        self.lifecycle.stop(reason)
+
+    def status_line(self) -> str:
+        """``3 sessions (1 busy), 2 suspended, 1 client`` plus the gateway's state."""
+        line = self.pool.snapshot().summary()
+        if self.server is not None:
+            clients = len(self.server.snapshot().connections)
+            line += f", {clients} client{'' if clients == 1 else 's'}"
+        if self.gateway is not None:
+            line += ", gateway " + ("connected" if self.gateway.connected else "disconnected")
+        return line
+
+    def healthy(self) -> bool:
+        """For the watchdog: the ping itself shows the event loop runs; a stop
+        that overran its deadline is not healthy."""
+        return not self.lifecycle.cut_short
+
+    async def reload(self) -> bool:
+        """Reread the configuration file and apply it (SIGHUP). False when there
+        is no file or it is unusable; the running configuration then stays."""
+        path = self.config_path
+        if path is None:
+            log.warning("reload: the broker was not started from a file; nothing to reload")
+            return False
+        self.notifier.notify(reloading=True, status=f"reloading {path}")
+        try:
+            new = await trio.to_thread.run_sync(load_config, path)
+            check_usable(new, path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration:\n%s", exc)
+            self.notifier.notify(ready=True, status=self.status_line())
+            return False
+        plan = plan_reload(self.config, new)
+        self._apply(plan.config)
+        self.reloads += 1
+        changed = " ".join(f"[{name}]" for name in plan.changed) or "nothing"
+        log.info("reloaded %s: %s changed", path, changed)
+        for sentence in plan.kept:
+            log.warning("reload: %s", sentence)
+        self.notifier.notify(ready=True, status=self.status_line())
+        return True
+
+    def _apply(self, config: BrokerConfig) -> None:
+        old, self.config = self.config, config
+        for note in self.pool.update_config(config):
+            log.info("reload: %s", note)
+        self.router.update_config(config)
+        if self.server is not None:
+            self.server.settings = config.server  # token and frame limit: new connections
+        if (config.log, config.secret_values()) != (old.log, old.secret_values()):
+            setup_logging(config.log, secrets=config.secret_values())
+
+    async def _report_status(self) -> None:
+        """Keep systemd's STATUS= current, at most a few times a second."""
+        last = ""
+        while True:
+            seen = self.pool.version
+            line = self.status_line()
+            if line != last and not self.lifecycle.stop_requested.is_set():
+                self.notifier.notify(status=line)
+                last = line
+            with trio.move_on_after(STATUS_REFRESH_SECS):
+                await self.pool.wait_changed(seen)
+            await trio.sleep(STATUS_MIN_INTERVAL_SECS)
+
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                if self.lifecycle.stop_requested.is_set():
+                    log.info("SIGHUP during the stop: ignored")
+                else:
+                    await self.reload()
+            else:
+                self.stop(name)
+
+    async def _close_pool(self) -> None:
+        """The graceful part of a stop: tell systemd and ``/healthz``, then close
+        the pool (turns end with the restart sentence, sessions are suspended
+        into the store, agents stopped)."""
+        self.notifier.notify(stopping=True, status=f"stopping: {self.status_line()}")
+        self.status.closing = True
+        await self.pool.aclose()
+
+    async def _flush_replies(self) -> None:
+        """Wait, bounded, for the router to write the replies of the turns the
+        pool just ended; the front-ends are still up."""
+        with trio.move_on_after(REPLY_FLUSH_SECS):
+            await self.in_flight.wait_idle()
+        if self.in_flight.running:
+            log.warning("%d events still being answered at the stop", self.in_flight.running)
+        log.info("stopped: %s", self.pool.snapshot().summary())
+
+
+async def _start_frontends(broker: Broker, nursery: trio.Nursery) -> None:
+    config = broker.config
+    if config.server.enabled:
+        server: WebSocketServer = await nursery.start(
+            functools.partial(
+                serve_websocket,
+                config.server,
+                broker.in_flight,
+                http_routes=broker.status.http_routes(),
+                ws_routes=broker.status.ws_routes(),
+                outbox=broker.outboxes["server"],
+            )
+        )
+        broker.server = server
+        broker.status.server_snapshot = server.snapshot
+    if config.gateway.url:
+        gateway = GatewayClient(config.gateway, broker.in_flight, outbox=broker.outboxes["gateway"])
+        broker.gateway = await nursery.start(gateway.run)
+        broker.status.gateway_snapshot = broker.gateway.snapshot
+        log.info("dialing the gateway %s", config.redacted().gateway.url)
+
+
+@asynccontextmanager
+async def _signals(enabled: bool) -> AsyncIterator[AsyncIterator[int] | None]:
+    if not enabled:
+        yield None
+        return
+    with trio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
+        yield signals
+
+
+async def serve(
+    config: BrokerConfig,
+    *,
+    config_path: str | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run the broker until it is stopped; returns the exit code.
+
+    ``task_status.started(broker)`` once every front-end listens (the gateway
+    client dials in the background). ``handle_signals`` (main thread only)
+    makes SIGTERM/SIGINT stop and SIGHUP reload ``config_path``; embedders
+    can call :meth:`Broker.stop` and :meth:`Broker.reload` instead.
+
+    Returns 0 after a graceful stop, :data:`EX_STOP_CUT_SHORT` when a second
+    stop request or the hard deadline ended it. Raises FrontendError or
+    OSError when a front-end cannot start (after closing what was opened).
+    """
+    notifier = Notifier.from_environ()
+    lifecycle = Lifecycle(config)
+    started_at = time.time()
+    async with _signals(handle_signals) as signals, trio.open_nursery() as top:
+        with lifecycle.scope:
+            async with open_store(config.state.path) as store, trio.open_nursery() as keepers:
+                outboxes = {name: StoreOutbox(store, name) for name in ("server", "gateway")}
+                for outbox in outboxes.values():
+                    if waiting := await outbox.load():
+                        log.info("%d replies wait in the %s outbox", waiting, outbox.destination)
+                    keepers.start_soon(outbox.keep)
+                # The front-ends' nursery encloses the pool's, so they outlive the
+                # pool's close and carry its last replies out.
+                async with trio.open_nursery() as frontends:
+                    async with open_pool(config, store=store) as pool:
+                        router = Router(pool, config)
+                        broker = Broker(
+                            config,
+                            config_path,
+                            store,
+                            pool,
+                            router,
+                            StatusEndpoints(
+                                pool, None, started_at=started_at, secrets=config.secret_values()
+                            ),
+                            notifier,
+                            lifecycle,
+                            InFlight(router),
+                            outboxes,
+                        )
+                        if signals is not None:
+                            top.start_soon(broker._watch_signals, signals)
+                        await _start_frontends(broker, frontends)
+                        if notifier.enabled:
+                            frontends.start_soon(broker._report_status)
+                        frontends.start_soon(run_watchdog, notifier, broker.healthy)
+                        notifier.notify(ready=True, status=broker.status_line())
+                        log.info("ready: %s", broker.status_line())
+                        task_status.started(broker)
+                        await lifecycle.stop_requested.wait()
+                        await broker._close_pool()
+                    await broker._flush_replies()
+                    frontends.cancel_scope.cancel()
+                for outbox in outboxes.values():
+                    outbox.close()
+        top.cancel_scope.cancel()
+    if lifecycle.cut_short:
+        log.warning("the stop was cut short; every agent was still stopped")
+        return EX_STOP_CUT_SHORT
+    return EX_OK
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def run(config: BrokerConfig, *, config_path: str | None = None) -> int:
+    """``agent-broker run``: serve until SIGTERM/SIGINT; returns the exit code.
+
+    ``config_path`` is the file SIGHUP rereads (None: reloads keep the running
+    config). A front-end that cannot start is one logged line and exit 78
+    (a configuration problem) or 69 (e.g. the port is in use).
+    """
+    try:
+        return trio.run(functools.partial(serve, config, config_path=config_path))
+    except (FrontendError, OSError, BaseExceptionGroup) as exc:
+        leaves = _leaves(exc)
+        if not all(isinstance(leaf, FrontendError | OSError) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            log.error("cannot start: %s", leaf)
+        return (
+            EX_CONFIG if any(isinstance(leaf, FrontendError) for leaf in leaves) else EX_UNAVAILABLE
+        )

@@ -1,0 +1,602 @@
+"""The session pool: thread key -> session, changed only by synchronous code.
+
+Every change to the pool's state — the live map, the suspended ids, the
+sessions on their way out, the warm spares, the crash-loop records — happens
+in plain synchronous methods with no checkpoint inside. Trio runs one task at
+a time, so that needs no lock at all, and nothing that awaits (spawning,
+``initialize``, a stop, a cancel) can ever hold up another thread, the status
+snapshot, the idle reaper or eviction. Decisions are pure functions over the
+state (:func:`decide_admission`, :func:`idle_expired`) that return what to
+do; the awaiting happens afterwards, in each session's own task.
+
+The per-thread creation gate is the map entry itself: :meth:`Pool.submit`
+inserts a session in the ``starting`` state synchronously, so a second
+message for the same thread finds it and queues behind the first — one agent,
+one ``session/load``. Entries are removed by identity when a session ends, so
+a successor created meanwhile is never removed by mistake, and a failed start
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from broker.acp.client import ClientOptions
+from broker.acp.policy import PermissionPolicy
+from broker.acp.schema import ConfigOption
+from broker.config import BrokerConfig, agent_environment, resolve_command
+from broker.reply import Outcome, Prompt, TurnEnd, TurnHandle
+from broker.sessions.decide import Refuse, decide_admission, idle_expired
+from broker.sessions.session import (
+    SHUTDOWN_SENTENCE,
+    Session,
+    SessionSettings,
+    SessionSnapshot,
+    SessionState,
+    StopReason,
+    Turn,
+)
+from broker.sessions.snapshot import (
+    Histogram,
+    PoolCounters,
+    PoolEvent,
+    PoolSnapshot,
+)
+from broker.store import AgentRecord, Store
+from supervisor.leftovers import start_ticks, stop_leftover_group
+from supervisor.process import Child, ChildSpec
+from supervisor.restart import RestartPolicy, RestartTracker
+
+__all__ = [
+    "SPARES_KEY",
+    "Histogram",
+    "NoLiveSession",
+    "Pool",
+    "PoolCounters",
+    "PoolEvent",
+    "PoolSnapshot",
+    "open_pool",
+    "session_settings",
+]
+
+log = logging.getLogger(__name__)
+
+SPARES_KEY = "(warm spares)"
+
+
+def session_settings(
+    config: BrokerConfig, environ: dict[str, str] | None = None
+) -> SessionSettings:
+    """How every agent of this pool is started, from the broker's config."""
+    agent = config.agent
+    cwd = os.path.abspath(agent.working_dir)
+    env = agent_environment(
+        agent, os.environ if environ is None else environ, secrets=config.secret_values()
+    )
+    spec = ChildSpec(
+        argv=(resolve_command(agent.command, cwd=cwd), *agent.args),
+        env=env,
+        cwd=cwd,
+        name=os.path.basename(agent.command),
+        max_line_bytes=agent.max_line_bytes,
+    )
+    options = ClientOptions(
+        cwd=cwd,
+        fs_read=agent.fs_read,
+        fs_write=agent.fs_write,
+        permissions=PermissionPolicy(config.permissions.default, dict(config.permissions.by_kind)),
+    )
+    return SessionSettings(
+        spec, cwd, options, config.timeouts, config.pool.queue_depth, agent.restart_after_cancel
+    )
+
+
+class NoLiveSession(LookupError):
+    """The thread has no running agent to ask (send it a message first)."""
+
+
+class Pool:
+    """Thread key -> :class:`Session`. Open it with :func:`open_pool`."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        nursery: trio.Nursery,
+        *,
+        store: Store | None = None,
+        settings: SessionSettings | None = None,
+    ) -> None:
+        self.config = config
+        self.counters = PoolCounters()
+        self.version = 0
+        self._settings = settings or session_settings(config)
+        self._nursery = nursery
+        self._store = store
+        self._sessions: dict[str, Session] = {}
+        self._suspended: dict[str, str] = {}
+        self._stopping: set[Session] = set()
+        self._spares: list[Session] = []
+        # key -> (tracker, last failure); ordered by last failure, pruned from the front
+        self._trackers: dict[str, tuple[RestartTracker, float]] = {}
+        self._blocked: dict[str, tuple[float, str]] = {}
+        self._changed = trio.Event()
+        self._reaper_wake = trio.Event()
+        self._closing = False
+        self._spare_delay = 0.0
+        self.turn_seconds = Histogram()
+        self.recent: deque[PoolEvent] = deque(maxlen=100)
+        self._policy = RestartPolicy(
+            max_restarts=config.pool.max_restarts,
+            window_secs=config.pool.restart_window_secs,
+            backoff_initial=0.5,
+            backoff_max=10.0,
+        )
+
+    def __repr__(self) -> str:
+        states: dict[str, int] = {}
+        for session in self._sessions.values():
+            states[session.state.value] = states.get(session.state.value, 0) + 1
+        detail = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        return (
+            f"<Pool {len(self._sessions)}/{self.config.pool.max_sessions} sessions"
+            f"{f' ({detail})' if detail else ''}, {len(self._suspended)} suspended, "
+            f"{len(self._spares)} spares{', closing' if self._closing else ''}>"
+        )
+
+    # -- the public, synchronous side ------------------------------------------
+
+    def submit(self, thread_key: str, prompt: Prompt) -> TurnHandle:
+        """Hand ``prompt`` to the thread's session; never waits.
+
+        Busy, pool-full, crash-loop and shutdown refusals arrive as the
+        handle's :class:`TurnEnd`, never as exceptions.
+        """
+        handle = TurnHandle(thread_key)
+        turn = Turn(prompt, handle, trio.current_time())
+        self.counters.turns_submitted += 1
+        if self._closing:
+            handle.push(TurnEnd(Outcome.SHUTDOWN, reason=SHUTDOWN_SENTENCE))
+            return handle
+        session = self._sessions.get(thread_key)
+        if session is None:
+            refusal = self._admit(thread_key)
+            if refusal is not None:
+                handle.push(refusal)
+                return handle
+            session = self._sessions[thread_key]
+        if not session.enqueue(turn):
+            self.counters.refused_busy += 1
+        self._bump()
+        return handle
+
+    def snapshot(self) -> PoolSnapshot:
+        sessions = [s.snapshot() for s in self._sessions.values()]
+        sessions += [s.snapshot() for s in self._stopping if s.key is not None]
+        ready = sum(1 for s in self._spares if s.state is SessionState.SPARE)
+        return PoolSnapshot(
+            tuple(sessions),
+            self.config.pool.max_sessions,
+            len(self._suspended),
+            len(self._spares),
+            ready,
+            attrs.evolve(self.counters),
+            self._closing,
+            self.version,
+            self.turn_seconds.copy(),
+            tuple(self.recent),
+        )
+
+    def update_config(self, config: BrokerConfig) -> list[str]:
+        """Apply a reloaded config: limits, timeouts, permissions and the agent
+        command hold for sessions started from now on; running sessions keep
+        theirs. Returns sentences about what did not apply at once."""
+        notes = []
+        if config.agent != self.config.agent or config.timeouts != self.config.timeouts:
+            notes.append("[agent] and [timeouts] changes apply to sessions started from now on")
+        if config.permissions != self.config.permissions:
+            notes.append("[permissions] changes apply to sessions started from now on")
+        self.config = config
+        self._settings = session_settings(config)
+        self._reaper_wake.set()
+        self._replenish_spares()
+        self._bump()
+        return notes
+
+    def _note(self, kind: str, thread_key: str | None, detail: str = "") -> None:
+        self.recent.append(PoolEvent(time.time(), kind, thread_key or SPARES_KEY, detail))
+
+    def session_snapshot(self, thread_key: str) -> SessionSnapshot | None:
+        session = self._sessions.get(thread_key)
+        return session.snapshot() if session else None
+
+    def is_suspended(self, thread_key: str) -> bool:
+        return thread_key in self._suspended
+
+    async def wait_changed(self, seen_version: int) -> None:
+        """Return once the pool's version is past ``seen_version``."""
+        while self.version <= seen_version:
+            await self._changed.wait()
+
+    # -- the public, awaiting side ----------------------------------------------
+
+    async def cancel(self, thread_key: str) -> bool:
+        """Send ``session/cancel`` for the thread's running turn now.
+
+        Waits only for that one write; False when nothing runs."""
+        session = self._sessions.get(thread_key)
+        return await session.cancel_turn() if session else False
+
+    async def reset(self, thread_key: str) -> bool:
+        """Cancel the thread's turn, stop its agent and forget its ACP session.
+
+        Queued messages end as cancelled. Returns at once (the stop goes on in
+        the session's task); a next message starts a fresh session after the
+        old agent is gone. False when there was nothing to reset.
+        """
+        forgot = self._suspended.pop(thread_key, None) is not None
+        self._blocked.pop(thread_key, None)
+        self._trackers.pop(thread_key, None)
+        if self._store is not None:
+            self._store.forget_thread(thread_key)
+        session = self._sessions.pop(thread_key, None)
+        self._note("reset", thread_key)
+        if session is None:
+            self._bump()
+            return forgot
+        for turn in session.queue:
+            turn.handle.push(TurnEnd(Outcome.CANCELLED, reason=_RESET_QUEUED_SENTENCE))
+        session.queue.clear()
+        self._stopping.add(session)
+        session.request_stop(StopReason.RESET, forget=True)
+        self._bump()
+        await trio.lowlevel.checkpoint()
+        return True
+
+    async def config_options(self, thread_key: str) -> list[ConfigOption]:
+        return list(self._live(thread_key).config_options)
+
+    async def set_config_option(
+        self, thread_key: str, config_id: str, value: str
+    ) -> list[ConfigOption]:
+        session = self._live(thread_key)
+        assert session.client is not None and session.acp_session_id is not None
+        return await session.client.set_config_option(session.acp_session_id, config_id, value)
+
+    async def set_mode(self, thread_key: str, mode_id: str) -> None:
+        session = self._live(thread_key)
+        assert session.client is not None and session.acp_session_id is not None
+        await session.client.set_mode(session.acp_session_id, mode_id)
+
+    def _live(self, thread_key: str) -> Session:
+        session = self._sessions.get(thread_key)
+        if session is None or session.client is None or session.acp_session_id is None:
+            raise NoLiveSession(f"no running agent for {thread_key}")
+        return session
+
+    async def aclose(self) -> None:
+        """Graceful stop: running turns are cancelled with their grace (their
+        callers get the partial text and a SHUTDOWN end), queued ones end
+        SHUTDOWN, every session is suspended and every agent stopped. Bounded
+        by the cancel grace plus the stop grace; then the pool's tasks are
+        cancelled (which still stops every agent, see the supervisor)."""
+        self._closing = True
+        for spare in self._spares:
+            spare.request_stop(StopReason.SHUTDOWN)
+        for session in list(self._sessions.values()):
+            self._suspend(session, StopReason.SHUTDOWN)
+        timeouts = self.config.timeouts
+        budget = timeouts.cancel_grace_secs + timeouts.stop_grace_secs + 2.0
+        with trio.move_on_after(budget):
+            for session in list(self._stopping) + list(self._spares):
+                await session.ended.wait()
+        if self._store is not None:
+            await self._store.flush()
+        self._nursery.cancel_scope.cancel()
+
+    # -- synchronous state changes -------------------------------------------
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _admit(self, thread_key: str) -> TurnEnd | None:
+        """Start a session for a new thread, or say why not."""
+        self._forget_old_failures()
+        blocked = self._blocked.get(thread_key)
+        if blocked is not None:
+            until, reason = blocked
+            if trio.current_time() < until:
+                return TurnEnd(Outcome.START_FAILED, reason=reason)
+            del self._blocked[thread_key]
+        decision = decide_admission(self._sessions.values(), self.config.pool.max_sessions)
+        if isinstance(decision, Refuse):
+            self.counters.refused_pool_full += 1
+            log.warning("pool full (%d busy sessions): refusing %s", decision.busy, thread_key)
+            return TurnEnd(
+                Outcome.POOL_FULL,
+                reason=f"The broker is at capacity: pool full ({decision.busy} busy sessions). "
+                "Try again when one of them finishes.",
+            )
+        if decision.evict is not None:
+            self.counters.evicted += 1
+            log.info("pool full: suspending %s for %s", decision.evict.key, thread_key)
+            self._note("evicted", decision.evict.key, f"for {thread_key}")
+            self._suspend(decision.evict, StopReason.EVICTED)
+        self._start_session(thread_key)
+        return None
+
+    def _start_session(self, thread_key: str, *, delay: float = 0.0, restarts: int = 0) -> Session:
+        saved = self._suspended.pop(thread_key, None)
+        predecessor = next((s for s in self._stopping if s.key == thread_key), None)
+        spare = self._take_spare() if predecessor is None and delay == 0 else None
+        if spare is not None:
+            spare.assign(thread_key, saved)
+            session = spare
+        else:
+            session = Session(
+                thread_key,
+                self._settings,
+                self,
+                saved_session_id=saved,
+                predecessor=predecessor,
+                start_delay=delay,
+                restarts=restarts,
+            )
+            self._nursery.start_soon(session.run)
+        self._sessions[thread_key] = session
+        # a taken spare is replaced once a session goes idle (session_changed), so
+        # the replacement's spawn does not compete with this thread's first turn
+        return session
+
+    def _suspend(self, session: Session, reason: StopReason) -> None:
+        key = session.key
+        if key is not None and self._sessions.get(key) is session:
+            del self._sessions[key]
+        if key is not None and session.acp_session_id:
+            self._suspended[key] = session.acp_session_id
+        self._stopping.add(session)
+        session.request_stop(reason)
+        self._bump()
+
+    def _take_spare(self) -> Session | None:
+        if not self._spares:
+            return None
+        ready = [s for s in self._spares if s.state is SessionState.SPARE]
+        spare = ready[0] if ready else self._spares[0]
+        self._spares.remove(spare)
+        return spare
+
+    def _replenish_spares(self) -> None:
+        if self._closing:
+            return
+        blocked = self._blocked.get(SPARES_KEY)
+        if blocked is not None and trio.current_time() < blocked[0]:
+            return
+        while len(self._spares) < self.config.pool.warm_spares:
+            spare = Session(None, self._settings, self, start_delay=self._spare_delay)
+            self._spares.append(spare)
+            self._nursery.start_soon(spare.run)
+
+    # -- the observer side: what sessions report, synchronously ---------------
+
+    def agent_started(self, session: Session, child: Child) -> None:
+        self.counters.spawned += 1
+        if self._store is not None:
+            record = AgentRecord(
+                session.key or SPARES_KEY,
+                child.pid,
+                child.pgid,
+                start_ticks(child.pid) or 0,
+                os.getpid(),
+            )
+            self._store.record_agent(record)
+        self._bump()
+
+    def agent_exited(self, session: Session, child: Child) -> None:
+        if self._store is not None:
+            self._store.clear_agent(session.key or SPARES_KEY, child.pid)
+
+    def session_established(self, session: Session) -> None:
+        assert session.key is not None and session.acp_session_id is not None
+        if session.saved_session_id and session.saved_session_id == session.acp_session_id:
+            self.counters.resumed += 1
+            self._note("resumed", session.key, f"pid {session.pid}")
+        else:
+            self._note("started", session.key, f"pid {session.pid}")
+        if self._store is not None:
+            self._store.save_thread(session.key, session.acp_session_id)
+        self._bump()
+
+    def session_changed(self, session: Session) -> None:
+        if session.state is SessionState.SPARE:
+            self._spare_delay = 0.0
+        elif session.state is SessionState.IDLE:
+            self._replenish_spares()
+        self._bump()
+
+    def turn_ended(self, session: Session, turn: Turn, end: TurnEnd) -> None:
+        if turn.started_at is not None:
+            self.turn_seconds.observe(trio.current_time() - turn.started_at)
+        if end.outcome is Outcome.COMPLETED:
+            self.counters.turns_completed += 1
+        elif end.outcome is Outcome.TIMED_OUT:
+            self.counters.timed_out += 1
+            self._note("timed_out", session.key, end.reason)
+        elif end.outcome is Outcome.CANCELLED:
+            self.counters.cancelled += 1
+
+    def session_ended(self, session: Session, leftovers: list[Turn]) -> None:
+        """A session's task is over: drop it by identity, keep what can be resumed,
+        and give its unstarted turns a successor (or their end)."""
+        key = session.key
+        self._stopping.discard(session)
+        if session in self._spares:
+            self._spares.remove(session)
+        if key is not None and self._sessions.get(key) is session:
+            del self._sessions[key]
+        if key is not None and not session.forget_session and key not in self._sessions:
+            sid = session.acp_session_id or session.saved_session_id
+            if sid:
+                self._suspended[key] = sid
+        delay = 0.0
+        if session.unexpected_end:
+            if session.start_failure is not None:
+                self.counters.start_failed += 1
+                self._note("start_failed", key, session.end_reason)
+            else:
+                self.counters.crashed += 1
+                self._note("crashed", key, session.end_reason)
+            delay = self._record_failure(key or SPARES_KEY, session.end_reason)
+            if key is None:
+                self._spare_delay = delay
+        for turn in leftovers:
+            self._place_leftover(session, turn, delay)
+        if key is None:
+            self._replenish_spares()
+        self._bump()
+
+    def _forget_old_failures(self) -> None:
+        horizon = trio.current_time() - self._policy.window_secs
+        while self._trackers:
+            key, (_, last_failure) = next(iter(self._trackers.items()))
+            if last_failure >= horizon:
+                break
+            del self._trackers[key]
+
+    def _record_failure(self, key: str, reason: str) -> float:
+        now = trio.current_time()
+        self._forget_old_failures()
+        entry = self._trackers.pop(key, None)
+        tracker = entry[0] if entry else RestartTracker(self._policy)
+        self._trackers[key] = (tracker, now)
+        decision = tracker.record_failure(now)
+        if decision.fatal is not None:
+            until = now + self._policy.window_secs
+            sentence = (
+                f"The agent keeps failing ({decision.fatal}; last: {reason}). "
+                "New messages are refused for a while; try again later or /reset."
+            )
+            self._blocked[key] = (until, sentence)
+            log.error("%s: crash loop: %s", key, decision.fatal)
+            del self._trackers[key]
+            return math.inf
+        return decision.delay or 0.0
+
+    def _place_leftover(self, ended: Session, turn: Turn, delay: float) -> None:
+        key = turn.handle.thread_key
+        if ended.start_failure is not None:
+            turn.handle.push(ended.start_failure)
+        elif self._closing:
+            turn.handle.push(TurnEnd(Outcome.SHUTDOWN, reason=SHUTDOWN_SENTENCE))
+        elif math.isinf(delay):
+            blocked = self._blocked.get(key)
+            turn.handle.push(TurnEnd(Outcome.START_FAILED, reason=blocked[1] if blocked else ""))
+        else:
+            successor = self._sessions.get(key)
+            if successor is None:
+                refusal = self._admit_successor(key, delay, ended.restarts + 1)
+                if refusal is not None:
+                    turn.handle.push(refusal)
+                    return
+                successor = self._sessions[key]
+            successor.enqueue(turn)
+
+    def _admit_successor(self, key: str, delay: float, restarts: int) -> TurnEnd | None:
+        decision = decide_admission(self._sessions.values(), self.config.pool.max_sessions)
+        if isinstance(decision, Refuse):
+            return TurnEnd(Outcome.POOL_FULL, reason="The agent restarted but the pool is full.")
+        if decision.evict is not None:
+            self._suspend(decision.evict, StopReason.EVICTED)
+        self._start_session(key, delay=delay, restarts=restarts)
+        return None
+
+    # -- background work -----------------------------------------------------
+
+    async def _reap_idle(self) -> None:
+        """Suspend sessions idle longer than ``idle_ttl_secs``; never waits on one."""
+        ttl = self.config.pool.idle_ttl_secs
+        if ttl <= 0:
+            return
+        while True:
+            expired, next_check = idle_expired(self._sessions.values(), trio.current_time(), ttl)
+            for session in expired:
+                self.counters.idle_suspended += 1
+                self._note("idle", session.key, "suspended after idling")
+                self._suspend(session, StopReason.IDLE)
+            wake = self._reaper_wake = trio.Event()
+            with trio.move_on_at(next_check):
+                await wake.wait()
+            ttl = self.config.pool.idle_ttl_secs
+            if ttl <= 0:
+                return
+
+    async def _recover(self, store: Store) -> None:
+        """Stop agents a killed broker left behind; remember its resumable threads."""
+        for record in await store.agents():
+            if record.broker_pid != os.getpid() and _alive(record.broker_pid):
+                log.warning(
+                    "agent %d belongs to running broker %d; leaving it",
+                    record.pid,
+                    record.broker_pid,
+                )
+                continue
+            stopped = await trio.to_thread.run_sync(
+                stop_leftover_group, record.pgid, record.start_ticks
+            )
+            if stopped:
+                self.counters.leftovers_stopped += len(stopped)
+                log.warning(
+                    "stopped %d leftover agent process(es) of %s: %s",
+                    len(stopped),
+                    record.thread_key,
+                    stopped,
+                )
+            store.clear_agent(record.thread_key, record.pid)
+        self._suspended.update(await store.threads())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_RESET_QUEUED_SENTENCE = "The conversation was reset before this message ran."
+
+
+@asynccontextmanager
+async def open_pool(
+    config: BrokerConfig, *, store: Store | None = None, settings: SessionSettings | None = None
+) -> AsyncIterator[Pool]:
+    """Run a pool for the duration of the block.
+
+    With a store, leftover agents of a killed broker are stopped first and
+    every saved thread becomes resumable. Leaving the block (normally, by an
+    exception or by cancellation) runs :meth:`Pool.aclose`, shielded and
+    bounded by its own deadline.
+    """
+    async with trio.open_nursery() as nursery:
+        pool = Pool(config, nursery, store=store, settings=settings)
+        if store is not None:
+            await pool._recover(store)
+        nursery.start_soon(pool._reap_idle)
+        pool._replenish_spares()
+        try:
+            yield pool
+        finally:
+            with trio.CancelScope(shield=True):
+                await pool.aclose()

@@ -1,0 +1,621 @@
+"""One session: an agent process, its ACP session and a FIFO queue of turns.
+
+A :class:`Session` runs entirely inside its own task and nursery
+(:meth:`Session.run`): the agent process (supervised by
+:func:`supervisor.process.run_child`), the ACP reader, the start-up
+(spawn, ``initialize``, ``session/load`` or ``session/new``, each with its own
+timeout) and the turn worker. Nothing it does can raise into its caller:
+every failure ends the session with a reason, and every turn it accepted ends
+with exactly one :class:`~broker.reply.TurnEnd`.
+
+The pool talks to a session through synchronous methods only
+(:meth:`enqueue`, :meth:`request_stop`, :meth:`assign`, :meth:`snapshot`) and
+one awaitable, :meth:`cancel_turn`, which sends ``session/cancel`` at once and
+waits for nothing the turn holds. The session reports back through a
+:class:`SessionObserver`, always synchronously.
+
+States: ``starting`` -> ``idle`` <-> ``busy`` -> ``stopping`` -> ``dead``;
+a warm spare waits in ``spare`` between ``initialize`` and its first thread.
+Suspension is not a state of this object: a suspended thread is just an ACP
+session id the pool keeps, with no process.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from typing import Protocol
+
+import attrs
+import trio
+
+from broker import reply
+from broker.acp import schema
+from broker.acp.client import AcpClient, AcpError, ClientOptions
+from broker.acp.jsonrpc import PeerClosed, RequestTimeout, RpcError
+from broker.acp.schema import ConfigOption, InitializeResult, SessionUpdate
+from broker.chat.render import agent_died_reason, busy_reason, error_reason, timeout_reason
+from broker.config import TimeoutsConfig
+from broker.logs import SessionLogger, session_logger
+from broker.reply import Outcome, Prompt, TurnEnd, TurnHandle
+from broker.sessions.translate import prompt_blocks, update_to_events
+from supervisor.process import Child, ChildSpec, ExitStatus, SpawnError, run_child
+
+
+class SessionState(enum.Enum):
+    STARTING = "starting"
+    SPARE = "spare"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    DEAD = "dead"
+
+
+class StopReason(enum.Enum):
+    EVICTED = "evicted"
+    IDLE = "idle"
+    SHUTDOWN = "shutdown"
+    RESET = "reset"
+
+
+@attrs.frozen
+class SessionSettings:
+    """Everything a session needs to start and run its agent."""
+
+    spec: ChildSpec
+    cwd: str
+    client_options: ClientOptions
+    timeouts: TimeoutsConfig
+    queue_depth: int
+    restart_after_cancel: bool = False
+
+
+class SessionObserver(Protocol):
+    """What a session tells its pool; every call is synchronous."""
+
+    def agent_started(self, session: Session, child: Child) -> None: ...
+
+    def agent_exited(self, session: Session, child: Child) -> None: ...
+
+    def session_established(self, session: Session) -> None: ...
+
+    def session_changed(self, session: Session) -> None: ...
+
+    def turn_ended(self, session: Session, turn: Turn, end: TurnEnd) -> None: ...
+
+    def session_ended(self, session: Session, leftovers: list[Turn]) -> None: ...
+
+
+@attrs.define(eq=False)
+class Turn:
+    """One prompt on its way through a session."""
+
+    prompt: Prompt
+    handle: TurnHandle
+    submitted_at: float
+    started_at: float | None = None
+    hard_deadline: float = math.inf
+    cancel_requested: bool = False
+    cancel_sent: bool = False
+    cancel_deadline: float | None = None
+    timed_out: bool = False
+    settled: bool = False
+    stop_reason: str | None = None
+    error: Exception | None = None
+    wake: trio.Event = attrs.field(factory=trio.Event)
+
+    def poke(self) -> None:
+        """Wake whoever waits on this turn to look at it again."""
+        self.wake.set()
+        self.wake = trio.Event()
+
+
+@attrs.frozen
+class SessionSnapshot:
+    thread_key: str | None
+    state: str
+    pid: int | None
+    age_secs: float
+    idle_secs: float | None
+    queue_length: int
+    current_tool: str | None
+    turn_elapsed_secs: float | None
+    turn_deadline_in_secs: float | None
+    turns_done: int
+    restarts: int
+    agent: str
+
+
+class _StartFailed(Exception):
+    pass
+
+
+class Session:
+    """One agent process serving one thread (or waiting for one, as a spare)."""
+
+    def __init__(
+        self,
+        key: str | None,
+        settings: SessionSettings,
+        observer: SessionObserver,
+        *,
+        saved_session_id: str | None = None,
+        predecessor: Session | None = None,
+        start_delay: float = 0.0,
+        restarts: int = 0,
+    ) -> None:
+        self.key = key
+        self.settings = settings
+        self.saved_session_id = saved_session_id
+        self.restarts = restarts
+        self.state = SessionState.STARTING
+        self.acp_session_id: str | None = None
+        self.child: Child | None = None
+        self.client: AcpClient | None = None
+        self.initialize_result: InitializeResult | None = None
+        self.queue: deque[Turn] = deque()
+        self.current: Turn | None = None
+        self.created_at = trio.current_time()
+        self.last_active = self.created_at
+        self.turns_done = 0
+        self.stop_requested: StopReason | None = None
+        self.forget_session = False
+        self.exit_status: ExitStatus | None = None
+        self.start_failure: TurnEnd | None = None
+        self.unexpected_end = False
+        self.end_reason = ""
+        self.ended = trio.Event()
+        self._agent_gone = trio.Event()
+        self._observer = observer
+        self._predecessor = predecessor
+        self._start_delay = start_delay
+        self._context_reset_pending = False
+        self._must_restart = False
+        self._reader_gone = False
+        self._assigned = trio.Event() if key is None else None
+        self._stop_event = trio.Event()
+        self._wakeup = trio.Event()
+        self._start_scope: trio.CancelScope | None = None
+        self._update_target: Turn | None = None
+
+    def __repr__(self) -> str:
+        pid = self.child.pid if self.child else "-"
+        return (
+            f"<Session {self.key or 'spare'} {self.state.value} pid={pid} "
+            f"queue={len(self.queue)} turns={self.turns_done}>"
+        )
+
+    # -- synchronous interface for the pool ---------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child else None
+
+    @property
+    def log(self) -> SessionLogger:
+        """Logs lines carrying this session's thread key and agent pid."""
+        return session_logger(self.key or "(spare)", self.pid)
+
+    @property
+    def config_options(self) -> list[ConfigOption]:
+        if self.client is None or self.acp_session_id is None:
+            return []
+        return self.client.session(self.acp_session_id).config_options
+
+    @property
+    def is_idle(self) -> bool:
+        return self.state is SessionState.IDLE and not self.queue and self.current is None
+
+    def enqueue(self, turn: Turn) -> bool:
+        """Queue ``turn``; tell its caller where it stands. False if the queue is full
+        (the turn then already carries its BUSY end)."""
+        ahead = len(self.queue) + (1 if self.current is not None else 0)
+        if ahead > self.settings.queue_depth:
+            turn.handle.push(TurnEnd(Outcome.BUSY, reason=busy_reason(len(self.queue))))
+            return False
+        if ahead:
+            turn.handle.push(reply.Queued(ahead))
+        self.queue.append(turn)
+        self._poke()
+        return True
+
+    def assign(self, key: str, saved_session_id: str | None) -> None:
+        """Give a warm spare its thread; it then opens or loads the ACP session."""
+        assert self._assigned is not None and not self._assigned.is_set()
+        self.key = key
+        self.saved_session_id = saved_session_id
+        self.state = SessionState.STARTING
+        self._assigned.set()
+
+    def request_stop(self, reason: StopReason, *, forget: bool = False) -> None:
+        """Ask the session to end: a running turn is cancelled (with its grace),
+        the agent is stopped. Returns at once; :attr:`ended` is set when done."""
+        self.forget_session = self.forget_session or forget
+        if self.stop_requested is None:
+            self.stop_requested = reason
+            if self.state is not SessionState.DEAD:
+                self.state = SessionState.STOPPING
+        self._stop_event.set()
+        if self._start_scope is not None:
+            self._start_scope.cancel()
+        self._poke()
+        if self.current is not None:
+            self.current.poke()
+
+    async def cancel_turn(self) -> bool:
+        """Send ``session/cancel`` for the running turn now. False when none runs.
+
+        Waits only for the one write to the agent's stdin, never for the turn.
+        """
+        turn = self.current
+        if turn is None or turn.settled:
+            return False
+        turn.cancel_requested = True
+        if not turn.cancel_sent:
+            await self._send_cancel(turn)
+        return True
+
+    def snapshot(self) -> SessionSnapshot:
+        now = trio.current_time()
+        turn = self.current
+        tool = turn.handle.transcript.current_tool if turn else None
+        return SessionSnapshot(
+            thread_key=self.key,
+            state=self.state.value,
+            pid=self.pid,
+            age_secs=now - self.created_at,
+            idle_secs=None if turn else now - self.last_active,
+            queue_length=len(self.queue),
+            current_tool=tool.title if tool else None,
+            turn_elapsed_secs=now - turn.started_at if turn and turn.started_at else None,
+            turn_deadline_in_secs=turn.hard_deadline - now if turn and turn.started_at else None,
+            turns_done=self.turns_done,
+            restarts=self.restarts,
+            agent=self.settings.spec.name,
+        )
+
+    def _poke(self) -> None:
+        self._wakeup.set()
+        self._wakeup = trio.Event()
+
+    def _changed(self) -> None:
+        self._observer.session_changed(self)
+
+    # -- the session's own task ---------------------------------------------
+
+    async def run(self) -> None:
+        """Run the session until it ends. Never raises but Cancelled.
+
+        Cancelling it stops the agent (the supervisor's shielded stop) and
+        ends every accepted turn.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._lifecycle(nursery)
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # the boundary: one session's bug stays in it
+            self.log.exception("session failed")
+            self.unexpected_end = True
+            self.end_reason = f"internal error: {exc!r}"
+        finally:
+            self._finish()
+
+    async def _lifecycle(self, nursery: trio.Nursery) -> None:
+        if self._predecessor is not None:
+            with trio.move_on_after(self._stop_budget()):
+                await self._predecessor.ended.wait()
+        if self._start_delay:
+            with trio.move_on_after(self._start_delay):
+                await self._stop_event.wait()
+        if self.stop_requested is not None:
+            return
+        try:
+            await self._start(nursery)
+        except _StartFailed as exc:
+            if self.stop_requested is None:
+                detail = self.child.stderr_tail() if self.child else ""
+                self.start_failure = TurnEnd(
+                    Outcome.START_FAILED,
+                    reason=f"The agent could not be started: {exc}",
+                    detail=detail,
+                )
+                self.unexpected_end = True
+                self.end_reason = f"start failed: {exc}"
+                self.log.warning("start failed: %s", exc)
+            await self._stop_agent()
+            return
+        assert self.client is not None and self.acp_session_id is not None
+        with self.client.watch(self.acp_session_id, self._on_update):
+            await self._serve_turns()
+        if self._reader_gone and self.exit_status is None:
+            with trio.move_on_after(_EXIT_AFTER_EOF_SECS):
+                await self._agent_gone.wait()
+            if self.exit_status is None:  # alive but unreadable: replace it, not a crash
+                self._must_restart = True
+                self.log.warning("the agent's output cannot be read; stopping it")
+        await self._stop_agent()
+
+    def _stop_budget(self) -> float:
+        timeouts = self.settings.timeouts
+        return timeouts.cancel_grace_secs + timeouts.stop_grace_secs + 1.0
+
+    async def _stop_agent(self) -> None:
+        if self.child is not None and self.exit_status is None:
+            self.state = SessionState.STOPPING
+            self._changed()
+            await self.child.stop(self.settings.timeouts.stop_grace_secs)
+
+    async def _run_agent(self, *, task_status: trio.TaskStatus[Child]) -> None:
+        status = await run_child(
+            self.settings.spec,
+            stop_grace=self.settings.timeouts.stop_grace_secs,
+            task_status=task_status,
+        )
+        self._agent_exited(status)
+
+    def _agent_exited(self, status: ExitStatus) -> None:
+        self.exit_status = status
+        self._agent_gone.set()
+        assert self.child is not None
+        self._observer.agent_exited(self, self.child)
+        if self.stop_requested is None and not self._must_restart:
+            self.unexpected_end = True
+            self.end_reason = f"agent {status.describe()}"
+            self.log.warning("agent %s", status.describe())
+        if self._start_scope is not None:
+            self._start_scope.cancel()
+        self._poke()
+        if self.current is not None:
+            self.current.poke()
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        timeouts = self.settings.timeouts
+        try:
+            self.child = await nursery.start(self._run_agent)
+        except SpawnError as exc:
+            raise _StartFailed(str(exc)) from None
+        self._observer.agent_started(self, self.child)
+        client = AcpClient(self.child.send, self.settings.client_options)
+        self.client = client
+        nursery.start_soon(self._read_agent, client)
+        step = "initialize"
+        try:
+            with trio.CancelScope() as self._start_scope:
+                with trio.fail_after(timeouts.initialize_secs or math.inf):
+                    self.initialize_result = await client.initialize()
+                if self._assigned is not None:
+                    self.state = SessionState.SPARE
+                    self._changed()
+                    await self._wait_for_assignment()
+                    if self.key is None:
+                        return
+                step = "session/new"
+                with trio.fail_after(timeouts.session_new_secs or math.inf):
+                    await self._open_acp_session(client)
+        except trio.TooSlowError:
+            limit = timeouts.initialize_secs if step == "initialize" else timeouts.session_new_secs
+            raise _StartFailed(f"no answer to {step} within {limit:g} s") from None
+        except (PeerClosed, RpcError, AcpError, RequestTimeout) as exc:
+            raise _StartFailed(f"{step} failed: {exc}") from None
+        finally:
+            self._start_scope = None
+        if self.exit_status is not None:
+            raise _StartFailed(f"the agent {self.exit_status.describe()} during start")
+        if self.stop_requested is not None or self.acp_session_id is None:
+            raise _StartFailed("stopped during start")
+        how = "resumed" if self.acp_session_id == self.saved_session_id else "started"
+        self.log.info("%s ACP session %s", how, self.acp_session_id)
+        self._observer.session_established(self)
+
+    async def _read_agent(self, client: AcpClient) -> None:
+        """The one reader of the agent's stdout; when it ends (EOF, or output
+        that cannot be read such as an endless line) the session is woken."""
+        assert self.child is not None
+        await client.serve(self.child.stdout_lines(), self.child.stderr_tail)
+        self._reader_gone = True
+        self._poke()
+        if self.current is not None:
+            self.current.poke()
+
+    async def _wait_for_assignment(self) -> None:
+        assert self._assigned is not None
+        async with trio.open_nursery() as waiters:
+
+            async def until(event: trio.Event) -> None:
+                await event.wait()
+                waiters.cancel_scope.cancel()
+
+            waiters.start_soon(until, self._assigned)
+            waiters.start_soon(until, self._stop_event)
+
+    async def _open_acp_session(self, client: AcpClient) -> None:
+        cwd = self.settings.cwd
+        assert self.initialize_result is not None
+        capabilities = self.initialize_result.agent_capabilities
+        saved = self.saved_session_id
+        if saved and capabilities.load_session:
+            try:
+                await client.load_session(saved, cwd)
+            except RpcError as exc:
+                self.log.warning("session/load of %s failed: %s", saved, exc)
+            else:
+                self.acp_session_id = saved
+                return
+        setup = await client.new_session(cwd)
+        self.acp_session_id = setup.session_id
+        self._context_reset_pending = saved is not None
+
+    def _on_update(self, update: SessionUpdate) -> None:
+        """Called by the ACP reader, synchronously and in stdout order, for the
+        prompt's updates and (as the session's watcher) for late ones."""
+        target = self._update_target
+        if target is None:
+            return
+        for event in update_to_events(update):
+            target.handle.push(event)
+
+    async def _serve_turns(self) -> None:
+        while self.stop_requested is None and self.exit_status is None and not self._reader_gone:
+            if self.queue:
+                await self._run_turn(self.queue.popleft())
+                if self._must_restart:
+                    return
+                continue
+            self.state = SessionState.IDLE
+            self._changed()
+            wake = self._wakeup
+            await wake.wait()
+
+    async def _run_turn(self, turn: Turn) -> None:
+        assert self.client is not None and self.acp_session_id is not None
+        now = trio.current_time()
+        self.current = turn
+        self.state = SessionState.BUSY
+        turn.started_at = now
+        turn.hard_deadline = now + (self.settings.timeouts.turn_hard_secs or math.inf)
+        capabilities = self.initialize_result.agent_capabilities if self.initialize_result else None
+        images = bool(capabilities and capabilities.prompt_capabilities.image)
+        blocks, notes = prompt_blocks(turn.prompt, images_supported=images)
+        turn.handle.push(reply.TurnStarted(self._context_reset_pending, tuple(notes)))
+        self._context_reset_pending = False
+        self._update_target = turn
+        self._changed()
+        try:
+            async with trio.open_nursery() as turn_nursery:
+                turn_nursery.start_soon(self._send_prompt, turn, blocks)
+                unresponsive = await self._await_settled(turn)
+                if isinstance(turn.error, PeerClosed):
+                    # stdout closed: the exit (and the rest of stderr) follows within moments
+                    with trio.move_on_after(_EXIT_AFTER_EOF_SECS):
+                        await self._agent_gone.wait()
+                if turn.stop_reason is not None and self.exit_status is None:
+                    await trio.sleep(self.settings.timeouts.drain_ms / 1000)
+                turn_nursery.cancel_scope.cancel()
+            end = self._turn_end(turn, unresponsive)
+            if unresponsive or self._restart_after(end):
+                self._must_restart = True
+        finally:
+            self._update_target = None
+            self.current = None
+            self.turns_done += 1
+            self.last_active = trio.current_time()
+        turn.handle.push(end)
+        self._observer.turn_ended(self, turn, end)
+        self._changed()
+
+    def _restart_after(self, end: TurnEnd) -> bool:
+        """Whether a cancelled turn calls for a fresh agent that loads the session:
+        some agents (claude-agent-acp) answer each prompt after a cancel with the
+        previous prompt's reply until restarted."""
+        if end.stop_reason != "cancelled" or self.stop_requested is not None:
+            return False
+        capabilities = self.initialize_result.agent_capabilities if self.initialize_result else None
+        return self.settings.restart_after_cancel and bool(
+            capabilities and capabilities.load_session
+        )
+
+    async def _send_prompt(self, turn: Turn, blocks: list[schema.ContentBlock]) -> None:
+        assert self.client is not None and self.acp_session_id is not None
+        try:
+            turn.stop_reason = await self.client.prompt(
+                self.acp_session_id, blocks, self._on_update
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure ends this turn, not the session
+            turn.error = exc
+        finally:
+            turn.settled = True
+            turn.poke()
+
+    async def _await_settled(self, turn: Turn) -> bool:
+        """Wait until the prompt settles or the agent dies. True when the agent
+        ignored a cancel for longer than the grace (it must then be stopped)."""
+        while True:
+            wake = turn.wake
+            if turn.settled or self.exit_status is not None:
+                return False
+            now = trio.current_time()
+            if turn.cancel_deadline is not None and now >= turn.cancel_deadline:
+                return True
+            if not turn.cancel_sent and (now >= turn.hard_deadline or self.stop_requested):
+                turn.timed_out = now >= turn.hard_deadline
+                await self._send_cancel(turn)
+                continue
+            deadline = (
+                turn.cancel_deadline if turn.cancel_deadline is not None else turn.hard_deadline
+            )
+            with trio.move_on_at(deadline):
+                await wake.wait()
+
+    async def _send_cancel(self, turn: Turn) -> None:
+        assert self.client is not None and self.acp_session_id is not None
+        turn.cancel_sent = True
+        turn.cancel_deadline = trio.current_time() + self.settings.timeouts.cancel_grace_secs
+        try:
+            await self.client.cancel(self.acp_session_id)
+        except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.log.info("cancel not delivered: %s", exc)
+        turn.poke()
+
+    def _turn_end(self, turn: Turn, unresponsive: bool) -> TurnEnd:
+        text = turn.handle.transcript.text
+        tail = self.child.stderr_tail() if self.child else ""
+        if unresponsive or turn.stop_reason == "cancelled":
+            if turn.timed_out:
+                outcome = Outcome.TIMED_OUT
+                reason = timeout_reason(self.settings.timeouts.turn_hard_secs)
+            elif self.stop_requested is StopReason.RESET:
+                outcome, reason = Outcome.CANCELLED, "The conversation was reset."
+            elif self.stop_requested is not None:
+                outcome, reason = Outcome.SHUTDOWN, SHUTDOWN_SENTENCE
+            else:
+                outcome, reason = Outcome.CANCELLED, "Cancelled."
+            if unresponsive:
+                reason += (
+                    f" The agent did not stop within {self.settings.timeouts.cancel_grace_secs:g} s"
+                    " of being asked to, so it was stopped; the conversation resumes with the"
+                    " next message."
+                )
+            return TurnEnd(outcome, text, turn.stop_reason, reason)
+        if turn.stop_reason is not None:
+            return TurnEnd(Outcome.COMPLETED, text, turn.stop_reason)
+        if self.exit_status is not None or isinstance(turn.error, PeerClosed):
+            if self.stop_requested is not None:
+                return TurnEnd(Outcome.SHUTDOWN, text, None, SHUTDOWN_SENTENCE)
+            if self.exit_status is not None:
+                reason = agent_died_reason(self.exit_status.describe())
+            else:
+                self._must_restart = True
+                unreadable = turn.error.reason if isinstance(turn.error, PeerClosed) else "closed"
+                reason = (
+                    f"The agent's output could not be read ({unreadable}), so it was stopped."
+                    " Your next message starts it again."
+                )
+            return TurnEnd(Outcome.AGENT_DIED, text, None, reason, tail)
+        if isinstance(turn.error, RpcError):
+            detail = "" if turn.error.data is None else str(turn.error.data)
+            return TurnEnd(Outcome.ERROR, text, None, error_reason(turn.error.message), detail)
+        return TurnEnd(Outcome.ERROR, text, None, error_reason(repr(turn.error)))
+
+    def _finish(self) -> None:
+        """End the session: no turn it accepted is left without its end."""
+        self.state = SessionState.DEAD
+        if self.current is not None:
+            self.current.handle.push(
+                TurnEnd(
+                    Outcome.ERROR,
+                    self.current.handle.transcript.text,
+                    reason=f"The session ended: {self.end_reason or 'stopped'}.",
+                )
+            )
+            self.current = None
+        leftovers = list(self.queue)
+        self.queue.clear()
+        self.ended.set()
+        self._observer.session_ended(self, leftovers)
+
+
+_EXIT_AFTER_EOF_SECS = 1.0
+
+
+SHUTDOWN_SENTENCE = "The broker is restarting; send your message again in a moment."

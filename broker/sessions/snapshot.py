@@ -1,0 +1,97 @@
+"""What the pool shows of itself: counters, the turn-duration histogram,
+recent events, and the :class:`PoolSnapshot` the status side reads.
+
+A snapshot is built synchronously (:meth:`broker.sessions.pool.Pool.snapshot`) and is
+immutable from then on, so a status endpoint can serialise it at leisure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from broker.sessions.session import SessionSnapshot, SessionState
+
+
+@attrs.define
+class PoolCounters:
+    spawned: int = 0
+    resumed: int = 0
+    evicted: int = 0
+    idle_suspended: int = 0
+    crashed: int = 0
+    start_failed: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    turns_submitted: int = 0
+    turns_completed: int = 0
+    refused_busy: int = 0
+    refused_pool_full: int = 0
+    leftovers_stopped: int = 0
+
+
+TURN_SECONDS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, math.inf)
+
+
+@attrs.define
+class Histogram:
+    """Cumulative-bucket histogram, Prometheus style (``le`` upper bounds)."""
+
+    bounds: tuple[float, ...] = TURN_SECONDS_BUCKETS
+    counts: list[int] = attrs.field(factory=lambda: [0] * len(TURN_SECONDS_BUCKETS))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+        for index, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[index] += 1
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bounds, list(self.counts), self.total, self.count)
+
+
+@attrs.frozen
+class PoolEvent:
+    """Something people watching the broker want to see (the dashboard's feed)."""
+
+    at: float  # wall-clock time, seconds since the epoch
+    kind: str  # started | resumed | evicted | idle | crashed | start_failed | timed_out | reset
+    thread_key: str
+    detail: str = ""
+
+
+@attrs.frozen
+class PoolSnapshot:
+    """The pool at one instant; built synchronously, so it never waits."""
+
+    sessions: tuple[SessionSnapshot, ...]
+    max_sessions: int
+    suspended: int
+    spares: int
+    spares_ready: int
+    counters: PoolCounters
+    closing: bool
+    version: int
+    turn_seconds: Histogram
+    recent: tuple[PoolEvent, ...]
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.sessions if s.state == state)
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self.sessions if s.state != SessionState.STOPPING.value)
+
+    def summary(self) -> str:
+        """One line, e.g. ``12 sessions (3 busy), 2 suspended``."""
+        busy = self.count(SessionState.BUSY.value)
+        starting = self.count(SessionState.STARTING.value)
+        parts = [f"{busy} busy"] + ([f"{starting} starting"] if starting else [])
+        line = f"{self.active} sessions ({', '.join(parts)}), {self.suspended} suspended"
+        if self.spares:
+            line += f", {self.spares_ready}/{self.spares} spares ready"
+        return line

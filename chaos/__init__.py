@@ -1,0 +1,1 @@
+"""The chaos soak (``python -m chaos``); results in docs/chaos.md."""
