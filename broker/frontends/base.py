@@ -52,12 +52,26 @@ class GatewaySettings(Protocol):
     def token(self) -> str: ...
 
 
+class SlackSettings(Protocol):
+    """The part of ``[slack]`` the Slack front-end reads (``SlackConfig`` fits)."""
+
+    @property
+    def app_token(self) -> str: ...
+    @property
+    def bot_token(self) -> str: ...
+    @property
+    def api_base_url(self) -> str: ...
+    @property
+    def mention_required(self) -> bool: ...
+
+
 class ReplyChannel(Protocol):
     """Where the replies to one inbound event go.
 
     ``connection_id`` names the connection for logs and status counts
-    (``ws-3``, ``gateway``); ``frontend`` is ``"server"`` or ``"gateway"``,
-    the config section whose settings (``streaming``) apply.
+    (``ws-3``, ``gateway``, ``slack``); ``frontend`` is ``"server"``,
+    ``"gateway"`` or ``"slack"``, the config section whose settings
+    (``streaming``) apply.
     """
 
     @property

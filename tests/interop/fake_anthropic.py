@@ -33,6 +33,8 @@ import attrs
 import h11
 import trio
 
+from broker.testing.http11 import read_request
+
 log = logging.getLogger(__name__)
 
 MODEL = "claude-sonnet-4-5"
@@ -185,20 +187,8 @@ class FakeAnthropic:
     async def _read_request(
         self, conn: h11.Connection, stream: trio.SocketStream
     ) -> RecordedRequest | None:
-        head: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Request):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage) and head is not None:
-                return _record(head, bytes(body))
-            elif isinstance(event, h11.ConnectionClosed):
-                return None
+        request = await read_request(conn, stream)
+        return None if request is None else _record(*request)
 
     async def _respond(
         self, conn: h11.Connection, stream: trio.SocketStream, request: RecordedRequest
