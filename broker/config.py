@@ -39,6 +39,19 @@ from cattrs.errors import (
 log = logging.getLogger(__name__)
 
 PERMISSION_VALUES = ("allow_always", "allow_once", "reject")
+# ACP's tool kinds: the keys [permissions] by_kind may use.
+TOOL_KINDS = (
+    "read",
+    "edit",
+    "delete",
+    "move",
+    "search",
+    "execute",
+    "think",
+    "fetch",
+    "switch_mode",
+    "other",
+)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
 AGENT_BASE_ENV = ("HOME", "PATH", "USER", "LANG")
@@ -77,6 +90,8 @@ def _listen_ok(value: str) -> bool:
 
 def _permissions_map_problem(value: Mapping[str, str]) -> tuple[str, str, object] | None:
     for kind in sorted(value):
+        if kind not in TOOL_KINDS:
+            return f".{kind}", "an ACP tool kind: " + " | ".join(TOOL_KINDS), kind
         if value[kind] not in PERMISSION_VALUES:
             return f".{kind}", "one of " + " | ".join(PERMISSION_VALUES), value[kind]
     return None
@@ -126,7 +141,8 @@ class AgentConfig:
     fs_read: bool = False
     fs_write: bool = False
     max_line_bytes: int = attrs.field(default=8388608, metadata=_at_least(1024))
-    restart_after_cancel: bool = True
+    restart_after_cancel: bool = False
+    auth_method: str = ""
 
 
 @attrs.frozen

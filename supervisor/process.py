@@ -541,8 +541,11 @@ class Child:
                 self._stdin.close()
                 self.exit_status = status
                 self.exited.set()
-            level = logging.INFO if status.returncode == 0 else logging.WARNING
-            self._log.log(level, status.describe())
+            if self._stop_done is not None:  # a stop we asked for: not news
+                self._log.info("stopped as asked (%s)", status.describe())
+            else:
+                level = logging.INFO if status.returncode == 0 else logging.WARNING
+                self._log.log(level, status.describe())
 
     async def _wait_leader_exit(self) -> None:
         if self._pidfd is None:

@@ -109,6 +109,12 @@ BAD_FILES = [
         id="unknown-permission-by-kind",
     ),
     pytest.param(
+        '[permissions]\nby_kind = { exec = "reject" }\n',
+        "permissions.by_kind.exec: expected an ACP tool kind: read | edit | delete | move | search"
+        ' | execute | think | fetch | switch_mode | other, got "exec"',
+        id="misspelt-tool-kind",
+    ),
+    pytest.param(
         '[log]\nformat = "xml"\n',
         'log.format: expected one of text | json, got "xml"',
         id="unknown-log-format",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from .jsonrpc import JsonRpcPeer, RpcError, SendFn
 from .policy import FsAccess, PermissionPolicy, selected_outcome
 from .schema import (
     AgentCapabilities,
+    AuthMethod,
     AvailableCommand,
     AvailableCommandsUpdate,
     ConfigOption,
@@ -61,7 +62,77 @@ the policy would pick; returns the ``optionId`` to select (None: cancelled)."""
 
 class AcpError(Exception):
     """The agent cannot do what was asked (capability not advertised,
-    unsupported protocol version, a prompt already running)."""
+    unsupported protocol version, a prompt already running, no usable
+    authentication method)."""
+
+
+@attrs.frozen
+class PermissionDecision:
+    """How one ``session/request_permission`` was answered, and why.
+
+    ``option_id``/``option_kind`` are None when the answer was ``cancelled``;
+    ``rule`` names what decided (``[permissions] by_kind.execute = "reject"``)."""
+
+    session_id: str
+    title: str
+    kind: str | None
+    option_id: str | None
+    option_kind: str | None
+    rule: str
+
+    @property
+    def refused(self) -> bool:
+        """Whether the tool was not allowed (a reject option, or cancelled)."""
+        return self.option_kind is None or self.option_kind.startswith("reject")
+
+
+PermissionObserver = Callable[[PermissionDecision], None]
+"""Told every permission decision, synchronously, as it is answered."""
+
+
+def choose_auth_method(methods: Sequence[AuthMethod], env: Mapping[str, str]) -> str | None:
+    """The id of the one ``env_var`` method whose variables are all set in
+    ``env`` (the agent's environment), or None when there is none or more
+    than one (then the user has to name one: ``[agent] auth_method``)."""
+    usable = _usable_methods(methods, env)
+    return usable[0] if len(usable) == 1 else None
+
+
+def _usable_methods(methods: Sequence[AuthMethod], env: Mapping[str, str]) -> list[str]:
+    return [
+        m.id
+        for m in methods
+        if m.type == "env_var" and m.var_names and all(env.get(n) for n in m.var_names)
+    ]
+
+
+def auth_methods_sentence(methods: Sequence[AuthMethod], env: Mapping[str, str]) -> str:
+    """Why the broker could not authenticate by itself: the methods the agent
+    offers and what each needs."""
+    offers = []
+    for method in methods:
+        if method.type == "env_var":
+            names = method.var_names
+            missing = [n for n in names if not env.get(n)]
+            need = " and ".join(names) or "variables it does not name"
+            state = "set" if not missing else "not set"
+            offers.append(f'"{method.id}" (needs {need}: {state})')
+        else:
+            offers.append(f'"{method.id}" ({method.name or "a login the agent runs itself"})')
+    if not offers:
+        return (
+            "the agent requires authentication but offers no method; "
+            "see the agent's own documentation"
+        )
+    advice = (
+        "choose one with [agent] auth_method"
+        if len(_usable_methods(methods, env)) > 1
+        else "pass the variables with [agent] env or inherit_env, or set [agent] auth_method"
+    )
+    return (
+        "the agent requires authentication and the broker found no single method to use; "
+        f"it offers {', '.join(offers)}: {advice}"
+    )
 
 
 @attrs.frozen
@@ -140,8 +211,15 @@ class AcpClient:
     no), :class:`~broker.acp.jsonrpc.RequestTimeout` or
     :class:`~broker.acp.jsonrpc.PeerClosed` (the agent exited)."""
 
-    def __init__(self, send: SendFn, options: ClientOptions = ClientOptions()) -> None:
+    def __init__(
+        self,
+        send: SendFn,
+        options: ClientOptions = ClientOptions(),
+        *,
+        on_permission: PermissionObserver | None = None,
+    ) -> None:
         self.options = options
+        self.on_permission = on_permission
         self.fs = FsAccess(os.path.abspath(options.cwd), options.fs_read, options.fs_write)
         self.peer = JsonRpcPeer(
             send,
@@ -199,6 +277,7 @@ class AcpClient:
         return init
 
     async def authenticate(self, method_id: str, timeout: float | None = None) -> None:
+        """``authenticate {methodId}``; before ``session/new``."""
         await self.peer.request("authenticate", {"methodId": method_id}, timeout=timeout)
 
     async def new_session(self, cwd: str, timeout: float | None = None) -> SessionSetup:
@@ -373,11 +452,13 @@ class AcpClient:
     async def _request_permission(self, request: PermissionRequest) -> dict[str, Any]:
         state = self.session(request.session_id)
         if state.cancelling:
-            return selected_outcome(None)
-        choice = self.options.permissions.choose(request.options, request.tool_call.kind)
+            return self._decided(request, None, "the turn was being cancelled")
+        policy = self.options.permissions
+        kind = request.tool_call.kind
+        choice = policy.choose(request.options, kind)
         approver = self.options.approver
         if approver is None:
-            return selected_outcome(choice)
+            return self._decided(request, choice, policy.rule_for(kind))
         with trio.CancelScope() as scope:
             state.permission_scopes.add(scope)
             try:
@@ -385,8 +466,26 @@ class AcpClient:
             finally:
                 state.permission_scopes.discard(scope)
         if scope.cancelled_caught:
-            return selected_outcome(None)
-        return selected_outcome(choice)
+            return self._decided(request, None, "the turn was cancelled")
+        return self._decided(request, choice, "the approver")
+
+    def _decided(
+        self, request: PermissionRequest, option_id: str | None, rule: str
+    ) -> dict[str, Any]:
+        if self.on_permission is not None:
+            kinds = {o.option_id: o.kind for o in request.options}
+            tool = request.tool_call
+            self.on_permission(
+                PermissionDecision(
+                    request.session_id,
+                    tool.title or tool.tool_call_id or "tool",
+                    tool.kind,
+                    option_id,
+                    kinds.get(option_id) if option_id is not None else None,
+                    rule,
+                )
+            )
+        return selected_outcome(option_id)
 
 
 def _absolute(path: str) -> str:

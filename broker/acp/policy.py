@@ -59,6 +59,12 @@ class PermissionPolicy:
     def mode_for(self, tool_kind: str | None) -> str:
         return self.by_kind.get(tool_kind or "", self.default)
 
+    def rule_for(self, tool_kind: str | None) -> str:
+        """The config line that decides ``tool_kind``, for logs and replies."""
+        if (tool_kind or "") in self.by_kind:
+            return f'[permissions] by_kind.{tool_kind} = "{self.by_kind[tool_kind or ""]}"'
+        return f'[permissions] default = "{self.default}"'
+
     def choose(self, options: Sequence[PermissionOption], tool_kind: str | None) -> str | None:
         """The ``optionId`` to select, or None to answer ``cancelled``.
 

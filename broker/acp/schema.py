@@ -287,9 +287,21 @@ class AgentCapabilities:
 
 @attrs.frozen
 class AuthMethod:
+    """One way the agent can authenticate. ``type`` is ``"env_var"`` for a
+    method that reads ``vars`` from the agent's environment (each entry a
+    name or ``{"name": ...}``); absent for one the agent runs itself (a login)."""
+
     id: str = ""
     name: str = ""
     description: str | None = None
+    type: str | None = None
+    vars: list[Any] = attrs.field(factory=list)
+
+    @property
+    def var_names(self) -> tuple[str, ...]:
+        """The environment variables an ``env_var`` method needs."""
+        names = (v.get("name") if isinstance(v, Mapping) else v for v in self.vars)
+        return tuple(n for n in names if isinstance(n, str) and n)
 
 
 @attrs.frozen

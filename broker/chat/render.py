@@ -69,6 +69,12 @@ def start_failed_reason(error: str) -> str:
     return f"The agent could not be started: {_sentence_body(error)}."
 
 
+def refused_reason(tool: str, kind: str | None, rule: str) -> str:
+    """A tool the broker did not allow, and the rule that said no."""
+    what = f"“{_one_line(tool, MAX_TITLE_CHARS)}”" + (f" (kind {kind})" if kind else "")
+    return f"The broker refused the tool {what} by the rule {rule}."
+
+
 def error_reason(error: str) -> str:
     return f"The agent answered with an error: {_sentence_body(error)}."
 
@@ -253,9 +259,9 @@ def render_end(end: TurnEnd, transcript: Transcript) -> str:
 
 def _ending(end: TurnEnd, transcript: Transcript, *, has_text: bool) -> str:
     if end.outcome is Outcome.COMPLETED:
-        if not has_text:
-            return _empty_turn_sentence(end, transcript)
-        return _STOP_NOTES.get(end.stop_reason or "end_turn", "")
+        note = _empty_turn_sentence(end, transcript) if not has_text else ""
+        note = note or _STOP_NOTES.get(end.stop_reason or "end_turn", "")
+        return " ".join(w for w in (note, f"🚫 {end.reason}" if end.reason else "") if w)
     sentence = _as_sentence(end.reason) or _DEFAULT_REASONS[end.outcome]
     words = [f"{_EMOJI[end.outcome]} {sentence}"]
     if has_text and end.outcome in _PARTIAL_TEXT_OUTCOMES:

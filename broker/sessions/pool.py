@@ -96,7 +96,13 @@ def session_settings(
         permissions=PermissionPolicy(config.permissions.default, dict(config.permissions.by_kind)),
     )
     return SessionSettings(
-        spec, cwd, options, config.timeouts, config.pool.queue_depth, agent.restart_after_cancel
+        spec,
+        cwd,
+        options,
+        config.timeouts,
+        config.pool.queue_depth,
+        agent.restart_after_cancel,
+        agent.auth_method,
     )
 
 
@@ -196,16 +202,18 @@ class Pool:
         )
 
     def update_config(self, config: BrokerConfig) -> list[str]:
-        """Apply a reloaded config: limits, timeouts, permissions and the agent
-        command hold for sessions started from now on; running sessions keep
-        theirs. Returns sentences about what did not apply at once."""
+        """Apply a reloaded config: limits, timeouts and the agent command hold
+        for sessions started from now on (running sessions keep theirs);
+        ``[permissions]`` applies to running sessions too, from their next
+        permission request. Returns sentences about what did not apply at once."""
         notes = []
         if config.agent != self.config.agent or config.timeouts != self.config.timeouts:
             notes.append("[agent] and [timeouts] changes apply to sessions started from now on")
-        if config.permissions != self.config.permissions:
-            notes.append("[permissions] changes apply to sessions started from now on")
         self.config = config
         self._settings = session_settings(config)
+        policy = self._settings.client_options.permissions
+        for session in (*self._sessions.values(), *self._spares):
+            session.apply_permissions(policy)
         self._reaper_wake.set()
         self._replenish_spares()
         self._bump()
@@ -408,7 +416,7 @@ class Pool:
 
     def session_established(self, session: Session) -> None:
         assert session.key is not None and session.acp_session_id is not None
-        if session.saved_session_id and session.saved_session_id == session.acp_session_id:
+        if session.loaded:
             self.counters.resumed += 1
             self._note("resumed", session.key, f"pid {session.pid}")
         else:

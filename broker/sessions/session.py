@@ -32,10 +32,24 @@ import trio
 
 from broker import reply
 from broker.acp import schema
-from broker.acp.client import AcpClient, AcpError, ClientOptions
-from broker.acp.jsonrpc import PeerClosed, RequestTimeout, RpcError
+from broker.acp.client import (
+    AcpClient,
+    AcpError,
+    ClientOptions,
+    PermissionDecision,
+    auth_methods_sentence,
+    choose_auth_method,
+)
+from broker.acp.jsonrpc import AUTH_REQUIRED, PeerClosed, RequestTimeout, RpcError
+from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import ConfigOption, InitializeResult, SessionUpdate
-from broker.chat.render import agent_died_reason, busy_reason, error_reason, timeout_reason
+from broker.chat.render import (
+    agent_died_reason,
+    busy_reason,
+    error_reason,
+    refused_reason,
+    timeout_reason,
+)
 from broker.config import TimeoutsConfig
 from broker.logs import SessionLogger, session_logger
 from broker.reply import Outcome, Prompt, TurnEnd, TurnHandle
@@ -69,6 +83,7 @@ class SessionSettings:
     timeouts: TimeoutsConfig
     queue_depth: int
     restart_after_cancel: bool = False
+    auth_method: str = ""
 
 
 class SessionObserver(Protocol):
@@ -103,6 +118,7 @@ class Turn:
     settled: bool = False
     stop_reason: str | None = None
     error: Exception | None = None
+    refused: PermissionDecision | None = None
     wake: trio.Event = attrs.field(factory=trio.Event)
 
     def poke(self) -> None:
@@ -151,6 +167,7 @@ class Session:
         self.restarts = restarts
         self.state = SessionState.STARTING
         self.acp_session_id: str | None = None
+        self.loaded = False  # the ACP session came from session/load
         self.child: Child | None = None
         self.client: AcpClient | None = None
         self.initialize_result: InitializeResult | None = None
@@ -242,6 +259,13 @@ class Session:
         self._poke()
         if self.current is not None:
             self.current.poke()
+
+    def apply_permissions(self, policy: PermissionPolicy) -> None:
+        """Answer the agent's next permission requests by ``policy`` (a reload)."""
+        options = attrs.evolve(self.settings.client_options, permissions=policy)
+        self.settings = attrs.evolve(self.settings, client_options=options)
+        if self.client is not None:
+            self.client.options = attrs.evolve(self.client.options, permissions=policy)
 
     async def cancel_turn(self) -> bool:
         """Send ``session/cancel`` for the running turn now. False when none runs.
@@ -344,6 +368,9 @@ class Session:
         if self.child is not None and self.exit_status is None:
             self.state = SessionState.STOPPING
             self._changed()
+            why = self.stop_requested.value if self.stop_requested else "restart"
+            why = "start failed" if self.start_failure is not None else why
+            self.log.info("stopping the agent (%s)", why)
             await self.child.stop(self.settings.timeouts.stop_grace_secs)
 
     async def _run_agent(self, *, task_status: trio.TaskStatus[Child]) -> None:
@@ -376,7 +403,9 @@ class Session:
         except SpawnError as exc:
             raise _StartFailed(str(exc)) from None
         self._observer.agent_started(self, self.child)
-        client = AcpClient(self.child.send, self.settings.client_options)
+        client = AcpClient(
+            self.child.send, self.settings.client_options, on_permission=self._permission_decided
+        )
         self.client = client
         nursery.start_soon(self._read_agent, client)
         step = "initialize"
@@ -384,6 +413,10 @@ class Session:
             with trio.CancelScope() as self._start_scope:
                 with trio.fail_after(timeouts.initialize_secs or math.inf):
                     self.initialize_result = await client.initialize()
+                if self.settings.auth_method:
+                    step = "authenticate"
+                    with trio.fail_after(timeouts.initialize_secs or math.inf):
+                        await self._authenticate(client, self.settings.auth_method)
                 if self._assigned is not None:
                     self.state = SessionState.SPARE
                     self._changed()
@@ -394,7 +427,7 @@ class Session:
                 with trio.fail_after(timeouts.session_new_secs or math.inf):
                     await self._open_acp_session(client)
         except trio.TooSlowError:
-            limit = timeouts.initialize_secs if step == "initialize" else timeouts.session_new_secs
+            limit = timeouts.session_new_secs if step == "session/new" else timeouts.initialize_secs
             raise _StartFailed(f"no answer to {step} within {limit:g} s") from None
         except (PeerClosed, RpcError, AcpError, RequestTimeout) as exc:
             raise _StartFailed(f"{step} failed: {exc}") from None
@@ -404,7 +437,7 @@ class Session:
             raise _StartFailed(f"the agent {self.exit_status.describe()} during start")
         if self.stop_requested is not None or self.acp_session_id is None:
             raise _StartFailed("stopped during start")
-        how = "resumed" if self.acp_session_id == self.saved_session_id else "started"
+        how = "resumed" if self.loaded else "started"
         self.log.info("%s ACP session %s", how, self.acp_session_id)
         self._observer.session_established(self)
 
@@ -429,7 +462,30 @@ class Session:
             waiters.start_soon(until, self._assigned)
             waiters.start_soon(until, self._stop_event)
 
+    async def _authenticate(self, client: AcpClient, method_id: str) -> None:
+        await client.authenticate(method_id)
+        self.log.info("authenticated with method %s", method_id)
+
     async def _open_acp_session(self, client: AcpClient) -> None:
+        """``session/load`` of the saved id, else ``session/new``. An agent that
+        answers -32000 (authentication required) when no ``auth_method`` is
+        configured is authenticated with its one usable ``env_var`` method,
+        then asked again; without one, the start fails naming its methods."""
+        try:
+            await self._load_or_new(client)
+        except RpcError as exc:
+            if exc.code != AUTH_REQUIRED or self.settings.auth_method:
+                raise
+            assert self.initialize_result is not None
+            methods = self.initialize_result.auth_methods
+            env = self.settings.spec.env
+            method_id = choose_auth_method(methods, env)
+            if method_id is None:
+                raise AcpError(auth_methods_sentence(methods, env)) from None
+            await self._authenticate(client, method_id)
+            await self._load_or_new(client)
+
+    async def _load_or_new(self, client: AcpClient) -> None:
         cwd = self.settings.cwd
         assert self.initialize_result is not None
         capabilities = self.initialize_result.agent_capabilities
@@ -438,13 +494,31 @@ class Session:
             try:
                 await client.load_session(saved, cwd)
             except RpcError as exc:
+                if exc.code == AUTH_REQUIRED:
+                    raise
                 self.log.warning("session/load of %s failed: %s", saved, exc)
             else:
                 self.acp_session_id = saved
+                self.loaded = True
                 return
         setup = await client.new_session(cwd)
         self.acp_session_id = setup.session_id
         self._context_reset_pending = saved is not None
+
+    def _permission_decided(self, decision: PermissionDecision) -> None:
+        """Log every permission decision; remember a refusal for the turn's reply."""
+        chosen = decision.option_kind if decision.option_id else "cancelled"
+        self.log.info(
+            "permission %s for %r (kind %s): %s, by %s",
+            "refused" if decision.refused else "granted",
+            decision.title,
+            decision.kind or "none",
+            chosen,
+            decision.rule,
+        )
+        turn = self.current
+        if decision.refused and turn is not None and not turn.cancel_requested:
+            turn.refused = decision
 
     def _on_update(self, update: SessionUpdate) -> None:
         """Called by the ACP reader, synchronously and in stdout order, for the
@@ -568,6 +642,8 @@ class Session:
                 outcome, reason = Outcome.CANCELLED, "The conversation was reset."
             elif self.stop_requested is not None:
                 outcome, reason = Outcome.SHUTDOWN, SHUTDOWN_SENTENCE
+            elif turn.refused is not None and not turn.cancel_requested:
+                outcome, reason = Outcome.CANCELLED, self._refusal(turn.refused)
             else:
                 outcome, reason = Outcome.CANCELLED, "Cancelled."
             if unresponsive:
@@ -578,7 +654,8 @@ class Session:
                 )
             return TurnEnd(outcome, text, turn.stop_reason, reason)
         if turn.stop_reason is not None:
-            return TurnEnd(Outcome.COMPLETED, text, turn.stop_reason)
+            refusal = self._refusal(turn.refused) if turn.refused is not None else ""
+            return TurnEnd(Outcome.COMPLETED, text, turn.stop_reason, refusal)
         if self.exit_status is not None or isinstance(turn.error, PeerClosed):
             if self.stop_requested is not None:
                 return TurnEnd(Outcome.SHUTDOWN, text, None, SHUTDOWN_SENTENCE)
@@ -596,6 +673,10 @@ class Session:
             detail = "" if turn.error.data is None else str(turn.error.data)
             return TurnEnd(Outcome.ERROR, text, None, error_reason(turn.error.message), detail)
         return TurnEnd(Outcome.ERROR, text, None, error_reason(repr(turn.error)))
+
+    @staticmethod
+    def _refusal(decision: PermissionDecision) -> str:
+        return refused_reason(decision.title, decision.kind, decision.rule)
 
     def _finish(self) -> None:
         """End the session: no turn it accepted is left without its end."""

@@ -32,6 +32,7 @@ from broker.testing import fake_agent_script as fs
 from broker.testing import fake_agent_store as store
 from broker.testing.fake_agent_turn import Turn, TurnControl, run_turn
 from broker.testing.fake_agent_wire import (
+    AUTH_REQUIRED,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -66,6 +67,9 @@ class Options:
     ignore_stdin_eof: bool = False
     stderr_noise: float | None = None
     crash_on_start: int | None = None
+    auth_required: bool = False
+    auth_methods: tuple[str, ...] = ()  # "ID" (a login) or "ID=VAR,VAR" (env_var)
+    session_id: str | None = None  # every session/new answers this id
 
 
 def _done_event() -> trio.Event:
@@ -122,6 +126,20 @@ class LiveSession:
         return len(self.tickets) - ignored, ignored
 
 
+def _auth_method(spec: str) -> dict[str, Any]:
+    """``"ID"`` -> an agent-run login method; ``"ID=A,B"`` -> an env_var method needing A and B."""
+    method_id, _, names = spec.partition("=")
+    if not names:
+        return {"id": method_id, "name": f"Log in ({method_id})", "description": None}
+    return {
+        "type": "env_var",
+        "id": method_id,
+        "name": f"Use {names}",
+        "description": f"Requires setting {names}.",
+        "vars": [{"name": name} for name in names.split(",")],
+    }
+
+
 def _params(params: JSON) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise RpcError(INVALID_PARAMS, "params must be an object")
@@ -143,6 +161,7 @@ class FakeAgent:
         self.wire = wire
         self.nursery = nursery
         self.sessions: dict[str, LiveSession] = {}
+        self.authenticated: str | None = None  # the method id, once authenticated
         self._save_lock = trio.Lock()
         self.handlers: dict[str, Handler] = {
             "initialize": self.initialize,
@@ -255,16 +274,33 @@ class FakeAgent:
                 },
                 "sessionCapabilities": {"resume": {}, "close": {}},
             },
-            "authMethods": [],
+            "authMethods": [_auth_method(spec) for spec in self.options.auth_methods],
             "agentInfo": {"name": self.options.name, "title": "Fake ACP agent", "version": VERSION},
         }
 
     async def authenticate(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        """Accept an advertised method; an env_var one only if its variables are set
+        (answered like codex-acp: -32603 naming the missing variable)."""
+        method_id = _str_param(params, "methodId")
+        specs = {spec.partition("=")[0]: spec for spec in self.options.auth_methods}
+        if method_id not in specs:
+            raise RpcError(INVALID_PARAMS, f"unknown auth method: {method_id}")
+        for name in _auth_method(specs[method_id]).get("vars", []):
+            if not os.environ.get(name["name"]):
+                raise RpcError(INTERNAL_ERROR, "Internal error", f"{name['name']} is not set")
+        self.authenticated = method_id
+        log(f"authenticated with {method_id}")
         return {}
 
+    def _check_auth(self) -> None:
+        if self.options.auth_required and self.authenticated is None:
+            raise RpcError(AUTH_REQUIRED, "Authentication required")
+
     async def session_new(self, _id: JSON, params: dict[str, Any]) -> JSON:
+        self._check_auth()
         await trio.sleep(self.options.new_delay)
-        record = store.SessionRecord(store.new_session_id(), cwd=str(params.get("cwd", "")))
+        session_id = self.options.session_id or store.new_session_id()
+        record = store.SessionRecord(session_id, cwd=str(params.get("cwd", "")))
         await self._save(record)
         self.sessions[record.session_id] = LiveSession(record)
         return {"sessionId": record.session_id, **store.session_state(record)}
@@ -286,6 +322,7 @@ class FakeAgent:
 
     async def session_load(self, _id: JSON, params: dict[str, Any]) -> JSON:
         """Replay the stored history as session/update notifications, then answer."""
+        self._check_auth()
         await trio.sleep(self.options.load_delay)
         record = await self._stored(params)
         for entry in list(record.history):
@@ -528,6 +565,24 @@ def parse_args(argv: list[str] | None = None) -> Options:
         metavar="CODE",
         help="exit with CODE at once, before reading anything",
     )
+    p.add_argument(
+        "--auth-required",
+        action="store_true",
+        help="answer session/new and session/load -32000 until authenticate succeeds",
+    )
+    p.add_argument(
+        "--auth-method",
+        action="append",
+        default=[],
+        metavar="ID[=VAR,...]",
+        help="advertise an auth method: ID alone is a login, ID=VAR,... an env_var method",
+    )
+    p.add_argument(
+        "--session-id",
+        default=None,
+        metavar="ID",
+        help="answer every session/new with this id (like agents that reuse id 0)",
+    )
     a = p.parse_args(argv)
     return Options(
         name=a.name,
@@ -541,6 +596,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         ignore_stdin_eof=a.ignore_stdin_eof,
         stderr_noise=a.stderr_noise,
         crash_on_start=a.crash_on_start,
+        auth_required=a.auth_required,
+        auth_methods=tuple(a.auth_method),
+        session_id=a.session_id,
     )
 
 

@@ -56,7 +56,7 @@ async def test_after_a_cancelled_turn_a_fresh_agent_resumes_the_session(
     make_config: Callable[..., BrokerConfig],
 ) -> None:
     with trio.fail_after(30):
-        async with open_pool(make_config()) as pool:
+        async with open_pool(make_config(agent={"restart_after_cancel": True})) as pool:
             handle = pool.submit("cli:1", Prompt("@hang"))
             await started(handle)
             pid = await agent_pid(pool, "cli:1")
