@@ -279,13 +279,14 @@ class FakeAgent:
         }
 
     async def authenticate(self, _id: JSON, params: dict[str, Any]) -> JSON:
-        """Accept an advertised method; an env_var one only if its variables are set
-        (answered like codex-acp: -32603 naming the missing variable)."""
+        """Accept an advertised method (any id when none is advertised); an env_var
+        one only if its variables are set (else -32603 naming the variable, as
+        codex-acp answers)."""
         method_id = _str_param(params, "methodId")
         specs = {spec.partition("=")[0]: spec for spec in self.options.auth_methods}
-        if method_id not in specs:
+        if specs and method_id not in specs:  # none advertised: any id is fine
             raise RpcError(INVALID_PARAMS, f"unknown auth method: {method_id}")
-        for name in _auth_method(specs[method_id]).get("vars", []):
+        for name in _auth_method(specs.get(method_id, method_id)).get("vars", []):
             if not os.environ.get(name["name"]):
                 raise RpcError(INTERNAL_ERROR, "Internal error", f"{name['name']} is not set")
         self.authenticated = method_id
