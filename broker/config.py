@@ -176,6 +176,7 @@ class PermissionsConfig:
 @attrs.frozen
 class StateConfig:
     path: str = attrs.field(default="state/broker.sqlite3", metadata=_require("a file path", bool))
+    lock_wait_secs: float = attrs.field(default=30, metadata=_at_least(0))
 
 
 @attrs.frozen

@@ -7,13 +7,28 @@ never waits) and still no await sits inside its critical sections;
 :meth:`Store.flush` waits until everything recorded so far is on disk.
 
 The database uses WAL and ``synchronous=NORMAL``: a broker killed with
-SIGKILL loses at most the last few writes, never the file. A file that is not
-a readable SQLite database of ours is moved aside (``<name>.corrupt-<time>``)
-with an error in the log, and the broker starts from an empty store.
+SIGKILL loses at most the last few writes, never the file.
+
+Nothing durable is thrown away on a transient error:
+
+* Only real corruption (SQLite's ``SQLITE_CORRUPT`` / ``SQLITE_NOTADB``, or a
+  failed ``PRAGMA quick_check``) moves a file aside (``<name>.corrupt-<time>``,
+  with an error in the log); the broker then starts from an empty store.
+* A store locked by another process is retried, with a log line, for
+  ``lock_wait`` seconds; then :func:`open_store` raises :class:`StoreError`
+  with exit code 75 (EX_TEMPFAIL: try again later).
+* A full disk (74, EX_IOERR) or a read-only file or directory (73,
+  EX_CANTCREAT) at start is a :class:`StoreError` naming the path: the
+  broker never starts without a store it can write.
+* While running, a write that fails for such a reason is retried, with a
+  growing delay, until it succeeds; :meth:`Store.snapshot` shows it. A record
+  that can never be written (e.g. text that is not valid UTF-8) is logged,
+  skipped and counted; it never stops the writer.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -29,6 +44,58 @@ import attrs
 import trio
 
 log = logging.getLogger(__name__)
+
+EX_DATAERR = 65  # the file is a store of a newer broker
+EX_CANTCREAT = 73  # the store cannot be written (read-only file, directory or mount)
+EX_IOERR = 74  # the disk is full, or another I/O error
+EX_TEMPFAIL = 75  # locked by another process: systemd may restart us later
+
+LOCK_WAIT_SECS = 30.0
+OPEN_BUSY_TIMEOUT_MS = 1000  # one attempt at start; the retries are ours, logged
+BUSY_TIMEOUT_MS = 5000
+RETRY_FIRST_SECS = 0.1
+RETRY_MAX_SECS = 5.0
+CLOSE_RETRY_SECS = 3.0  # at the close, a failing write is retried this long, then given up
+
+# SQLite primary result codes (https://www.sqlite.org/rescode.html)
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY = 5, 6, 7, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
+_SQLITE_PROTOCOL, _SQLITE_PERM, _SQLITE_NOTADB = 15, 3, 26
+_CORRUPT = frozenset({_SQLITE_CORRUPT, _SQLITE_NOTADB})
+_BUSY = frozenset({_SQLITE_BUSY, _SQLITE_LOCKED})
+_TRANSIENT = _BUSY | {
+    _SQLITE_NOMEM,
+    _SQLITE_READONLY,
+    _SQLITE_IOERR,
+    _SQLITE_FULL,
+    _SQLITE_CANTOPEN,
+    _SQLITE_PROTOCOL,
+    _SQLITE_PERM,
+}
+
+
+class StoreError(Exception):
+    """The store cannot be opened now. The message names the path and the
+    cause; ``exit_code`` is the sysexits code the broker exits with."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Corrupt(Exception):
+    """The file is not a sound store of ours: it may be moved aside."""
+
+
+def _primary_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed write may succeed when tried again (locked, full, read-only, I/O)."""
+    return isinstance(exc, sqlite3.Error) and _primary_code(exc) in _TRANSIENT
+
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -66,6 +133,19 @@ class AgentRecord:
 
 
 @attrs.frozen
+class StoreSnapshot:
+    """The writer's state for ``/status``; see docs/status.md."""
+
+    path: str
+    writes: int  # operations committed
+    skipped: int  # records that could never be written: logged and dropped
+    write_failures: int  # failed attempts of writes that were then retried
+    retrying: bool  # a write is failing right now and being retried
+    last_error: str | None
+    queued: int  # operations recorded, not yet committed
+
+
+@attrs.frozen
 class OutboxItem:
     id: int
     destination: str
@@ -85,10 +165,29 @@ class Store:
         self._outbox_limit = outbox_limit
         self._send, self._receive = trio.open_memory_channel[Operation | trio.Event](math.inf)
         self.writes = 0
-        self.write_errors = 0
+        self.skipped = 0
+        self.write_failures = 0
+        self.retrying = False
+        self.last_error: str | None = None
+        self._closing = False
 
     def __repr__(self) -> str:
-        return f"<Store {self.path} writes={self.writes} errors={self.write_errors}>"
+        return (
+            f"<Store {self.path} writes={self.writes} skipped={self.skipped}"
+            f" failures={self.write_failures}{' retrying' if self.retrying else ''}>"
+        )
+
+    def snapshot(self) -> StoreSnapshot:
+        """Synchronous, never waits."""
+        return StoreSnapshot(
+            str(self.path),
+            self.writes,
+            self.skipped,
+            self.write_failures,
+            self.retrying,
+            self.last_error,
+            self._receive.statistics().current_buffer_used,
+        )
 
     # -- synchronous recording (never waits) ---------------------------------
 
@@ -215,78 +314,199 @@ class Store:
                         batch.append(self._receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                operations = [op for op in batch if not isinstance(op, trio.Event)]
-                if operations:
-                    await trio.to_thread.run_sync(self._apply, operations)
-                for item in batch:
-                    if isinstance(item, trio.Event):
-                        item.set()
+                try:
+                    await self._apply_until_done(
+                        [op for op in batch if not isinstance(op, trio.Event)]
+                    )
+                finally:
+                    for item in batch:
+                        if isinstance(item, trio.Event):
+                            item.set()
 
-    def _apply(self, operations: list[Operation]) -> None:
+    async def _apply_until_done(self, operations: list[Operation]) -> None:
+        """Apply ``operations``; while a transient error stops them, wait and go on
+        from the one that failed (at the close, for :data:`CLOSE_RETRY_SECS` at most)."""
+        delay = RETRY_FIRST_SECS
+        give_up_at = math.inf
+        while operations:
+            operations = await trio.to_thread.run_sync(self._apply, operations)
+            if not operations:
+                break
+            if self._closing and give_up_at == math.inf:
+                give_up_at = trio.current_time() + CLOSE_RETRY_SECS
+            if trio.current_time() >= give_up_at:
+                log.error(
+                    "state store %s: %d writes not recorded at the close: %s",
+                    self.path,
+                    len(operations),
+                    self.last_error,
+                )
+                break
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECS)
+        if self.retrying and not operations:
+            log.warning("state store %s: writing again after a failure", self.path)
+        self.retrying = False
+
+    def _apply(self, operations: list[Operation]) -> list[Operation]:
+        """Apply in order; returns the operations left when a transient error
+        stopped them (the failed one first), else []."""
         with self._db_lock:
-            for operation in operations:
+            for index, operation in enumerate(operations):
                 try:
                     with self._db:
                         operation(self._db)
                     self.writes += 1
-                except sqlite3.Error as exc:
-                    self.write_errors += 1
-                    log.error("state store write failed: %s", exc)
+                except Exception as exc:  # noqa: BLE001 - no record may end the writer
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    if is_transient(exc):
+                        self.write_failures += 1
+                        if not self.retrying:
+                            log.error(
+                                "state store %s: a write failed (%s); retrying until it succeeds",
+                                self.path,
+                                self.last_error,
+                            )
+                        self.retrying = True
+                        return operations[index:]
+                    self.skipped += 1
+                    log.error(
+                        "state store %s: skipped a record that cannot be written (%s)",
+                        self.path,
+                        self.last_error,
+                    )
+        return []
 
     def _close(self) -> None:
         with self._db_lock:
             self._db.close()
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
+        db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
         if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            raise sqlite3.DatabaseError("integrity check failed")
+            raise _Corrupt("PRAGMA quick_check failed")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif row[0] != str(SCHEMA_VERSION):
-            raise sqlite3.DatabaseError(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
-        db.execute("BEGIN")
-        db.execute("COMMIT")
+        elif not row[0].isdecimal() or int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"state store {path} has schema version {row[0]}, newer than this broker's"
+                f" {SCHEMA_VERSION}; run the newer broker or move the file",
+                EX_DATAERR,
+            )
+        # A write at once: a read-only or full store is found now, not at the first turn.
+        with db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)", (repr(time.time()),))
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     except BaseException:
         db.close()
         raise
     return db
 
 
-def _open_or_move_aside(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return _connect(path)
-    except sqlite3.Error as exc:
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        log.error(
-            "state store %s is unreadable (%s); moved it to %s and started afresh", path, exc, aside
+def _move_aside(path: Path, why: str) -> None:
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    log.error("state store %s is corrupt (%s); moved it to %s and started afresh", path, why, aside)
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(str(path) + suffix)
+        if source.exists():
+            os.replace(source, Path(str(aside) + suffix))
+
+
+def _unusable(path: Path, exc: BaseException) -> StoreError:
+    """The StoreError for a store that cannot be written (not locked, not corrupt)."""
+    code = _primary_code(exc)
+    errno_ = exc.errno if isinstance(exc, OSError) else None
+    if code == _SQLITE_FULL or errno_ in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"state store {path}: the disk is full ({exc})", EX_IOERR)
+    if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM) or errno_ in (
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+    ):
+        return StoreError(
+            f"state store {path} cannot be written ({exc}): check that the file, its"
+            " directory and the mount are writable",
+            EX_CANTCREAT,
         )
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(str(path) + suffix)
-            if source.exists():
-                os.replace(source, Path(str(aside) + suffix))
-        return _connect(path)
+    return StoreError(f"state store {path} cannot be used ({exc})", EX_IOERR)
+
+
+def _open_once(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    """One attempt: connect, moving a corrupt file aside (once). Raises
+    sqlite3.Error for a busy store, StoreError for anything else."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unusable(path, exc) from None
+    for attempt in range(2):
+        try:
+            return _connect(path, busy_timeout_ms)
+        except _Corrupt as exc:
+            why = str(exc)
+        except sqlite3.Error as exc:
+            code = _primary_code(exc)
+            if code in _BUSY:
+                raise
+            if code not in _CORRUPT:
+                raise _unusable(path, exc) from None
+            why = f"{exc}"
+        except OSError as exc:
+            raise _unusable(path, exc) from None
+        if attempt == 0:
+            _move_aside(path, why)
+    raise StoreError(f"state store {path} is corrupt even after starting afresh", EX_IOERR)
+
+
+async def _open(path: Path, lock_wait: float) -> sqlite3.Connection:
+    """Open the store, waiting up to ``lock_wait`` seconds while another process holds a lock."""
+    give_up_at = trio.current_time() + lock_wait
+    delay = RETRY_FIRST_SECS
+    busy_timeout_ms = int(min(OPEN_BUSY_TIMEOUT_MS, lock_wait * 250))  # a few tries at least
+    while True:
+        try:
+            return await trio.to_thread.run_sync(_open_once, path, busy_timeout_ms)
+        except sqlite3.Error as exc:
+            left = give_up_at - trio.current_time()
+            if left <= 0 or lock_wait <= 0:
+                raise StoreError(
+                    f"state store {path} is locked by another process ({exc}); gave up after"
+                    f" {lock_wait:g} s",
+                    EX_TEMPFAIL,
+                ) from None
+            log.warning(
+                "state store %s is locked by another process (%s); retrying for %.1f s more",
+                path,
+                exc,
+                left,
+            )
+            await trio.sleep(min(delay, left))
+            delay = min(delay * 2, RETRY_MAX_SECS)
 
 
 @asynccontextmanager
 async def open_store(
-    path: str | os.PathLike[str], *, outbox_limit: int = 1000
+    path: str | os.PathLike[str],
+    *,
+    outbox_limit: int = 1000,
+    lock_wait: float = LOCK_WAIT_SECS,
 ) -> AsyncIterator[Store]:
     """Open (or create) the store at ``path`` and run its writer until the block exits.
 
-    On exit every recorded write is applied (even when the caller is being
-    cancelled) and the database is closed.
+    Raises :class:`StoreError` (with its exit code) when the store is locked
+    for longer than ``lock_wait`` seconds, or cannot be written at all. On
+    exit every recorded write is applied (even when the caller is being
+    cancelled; a write that keeps failing is given up after
+    :data:`CLOSE_RETRY_SECS`) and the database is closed.
     """
     resolved = Path(path)
-    connection = await trio.to_thread.run_sync(_open_or_move_aside, resolved)
+    connection = await _open(resolved, lock_wait)
     store = Store(resolved, connection, outbox_limit)
     try:
         async with trio.open_nursery() as nursery:
@@ -294,6 +514,7 @@ async def open_store(
             try:
                 yield store
             finally:
+                store._closing = True
                 store._send.close()
     finally:
         store._close()

@@ -18,6 +18,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "broker": ("bench", "chaos", "tests"),
     "broker.config": ("broker.",),
     "broker.store": ("broker.",),
+    "broker.text": ("broker.",),
     "broker.reply": ("broker.",),
     "broker.logs": (
         "broker.acp",

@@ -12,8 +12,10 @@ order:
 * a request runs as its own task in a nursery the peer owns, so a slow
   handler never holds up the reader; its answer is written when it is ready.
 
-A line that is not a JSON-RPC message is logged and counted; the connection
-goes on. When the line source ends (EOF, or it raises, e.g. a line over the
+A line that is not a JSON-RPC message (not JSON, nested too deeply, a response
+to an id nobody waits for) is logged and counted; the connection goes on.
+Lone UTF-16 surrogates in the agent's strings are replaced with U+FFFD as the
+line is read, so no text from an agent can fail to encode further on. When the line source ends (EOF, or it raises, e.g. a line over the
 length limit) every pending request fails at once with :class:`PeerClosed`
 carrying ``closed_detail()`` (typically the agent's stderr tail).
 
@@ -31,6 +33,8 @@ from typing import Any
 
 import attrs
 import trio
+
+from broker.text import may_hold_surrogates, valid_json
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +124,13 @@ class _Pending:
 
 def encode(message: dict[str, Any]) -> bytes:
     """One compact JSON line. JSON escapes newlines inside strings, so the
-    only newline is the terminator."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    only newline is the terminator. Lone surrogates become U+FFFD, so the
+    line is always valid UTF-8."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return encode(valid_json(message)[0])
 
 
 def _normalise_id(raw: Any) -> JsonId | None:
@@ -130,7 +139,8 @@ def _normalise_id(raw: Any) -> JsonId | None:
     if isinstance(raw, int):
         return raw
     if isinstance(raw, str):
-        return int(raw) if raw.isdigit() else raw
+        # isdecimal alone admits "²" and other digits int() refuses; ASCII only
+        return int(raw) if raw.isascii() and raw.isdecimal() else raw
     return None
 
 
@@ -160,6 +170,7 @@ class JsonRpcPeer:
         self.write_timeout = write_timeout
         self.malformed_lines = 0
         self.dropped_responses = 0
+        self.invalid_text = 0  # strings from the agent whose lone surrogates were replaced
 
     @property
     def closed(self) -> bool:
@@ -272,9 +283,21 @@ class JsonRpcPeer:
         except ValueError as exc:
             self._malformed(line, f"not JSON ({exc})")
             return
+        except RecursionError:
+            self._malformed(line, "nested too deeply")
+            return
         if not isinstance(message, dict):
             self._malformed(line, "not a JSON object")
             return
+        if may_hold_surrogates(line):
+            message, changed = valid_json(message)
+            if changed:
+                self.invalid_text += changed
+                log.warning(
+                    "%s: %d strings held lone UTF-16 surrogates; replaced with U+FFFD",
+                    self.name,
+                    changed,
+                )
         method = message.get("method")
         has_id = message.get("id") is not None
         if method is not None:

@@ -87,15 +87,16 @@ async def read_head(stream: trio.abc.ReceiveStream) -> tuple[bytes, bytes]:
     (400) for a connection closed before the head ended.
     """
     buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        if len(buffer) > MAX_HEAD_BYTES:
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
+        if len(buffer) >= MAX_HEAD_BYTES:
             raise BadRequest(431, "request head too large")
         data = await stream.receive_some(4096)
         if not data:
             raise BadRequest(400, "connection closed before the request head ended")
         buffer += data
-    head, _, rest = buffer.partition(b"\r\n\r\n")
-    return head + b"\r\n\r\n", rest
+    if end + 4 > MAX_HEAD_BYTES:  # the bytes read decide, not the reads made
+        raise BadRequest(431, "request head too large")
+    return buffer[: end + 4], buffer[end + 4 :]
 
 
 def parse_head(head: bytes) -> HttpRequest:

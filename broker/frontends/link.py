@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_TOO_BIG = 1009
 CLOSE_HEARTBEAT = 1011  # the peer stopped answering pings
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_GRACE_SECS = 2.0
 
 
@@ -75,6 +76,10 @@ class Link:
             await self.ws.send_message(text)
         except trio_websocket.ConnectionClosed:
             self.mark_closed()
+            return False
+        except Exception:  # whatever breaks a link ends that link only
+            log.exception("%s: sending failed; closing this connection", self.connection_id)
+            await self.close(CLOSE_INTERNAL_ERROR, "internal error")
             return False
         return True
 
@@ -225,4 +230,7 @@ async def run_event(sink: InboundSink, event: InboundEvent, channel: ReplyChanne
     except Exception as exc:
         log.exception("handling %s from %s failed", event.event_id, channel.connection_id)
         text = f"⚠️ Internal error while handling this message: {type(exc).__name__}"
-        await channel.send_reply(OutboundReply.to_event(event, text))
+        try:
+            await channel.send_reply(OutboundReply.to_event(event, text))
+        except Exception:  # one event's failure never ends the transport
+            log.exception("the error reply to %s could not be sent", event.event_id)

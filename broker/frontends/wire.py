@@ -31,6 +31,8 @@ import attrs
 import cattrs
 from cattrs.v import transform_error
 
+from broker.text import has_lone_surrogate, may_hold_surrogates, valid_json, valid_text
+
 EVENT_SCHEMA = "openab.gateway.event.v1"
 REPLY_SCHEMA = "openab.gateway.reply.v1"
 RESPONSE_SCHEMA = "openab.gateway.response.v1"
@@ -253,7 +255,9 @@ def _address(raw: Mapping[str, Any]) -> dict[str, str | None]:
     """What an unreadable event says about where it came from, if anything."""
 
     def text(value: object) -> str | None:
-        return value if isinstance(value, str) and value else None
+        if isinstance(value, str) and value and not has_lone_surrogate(value):
+            return value
+        return None
 
     channel = raw.get("channel")
     channel = channel if isinstance(channel, Mapping) else {}
@@ -272,9 +276,42 @@ def _load_object(text: str | bytes) -> dict[str, Any]:
         raw = json.loads(text)
     except ValueError as exc:
         raise WireError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise WireError("not JSON that can be read: nested too deeply") from None
     if not isinstance(raw, dict):
         raise WireError(f"not a JSON object: got {_json_type(raw)}")
-    return raw
+    frame: dict[str, Any] = raw
+    if may_hold_surrogates(text):
+        _check_ids(frame)
+        frame, _ = valid_json(frame)
+    return frame
+
+
+# Fields that name something (a thread, a message, a request): an id that is
+# not valid text is refused; any other text has its lone surrogates replaced.
+_ID_FIELDS = (
+    ("event_id",),
+    ("platform",),
+    ("message_id",),
+    ("request_id",),
+    ("thread_id",),
+    ("channel", "id"),
+    ("channel", "thread_id"),
+    ("channel", "type"),
+    ("sender", "id"),
+)
+
+
+def _check_ids(raw: Mapping[str, Any]) -> None:
+    for path in _ID_FIELDS:
+        value: Any = raw
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and has_lone_surrogate(value):
+            raise WireError(
+                f"field {'.'.join(path)} is not valid text (it holds a lone UTF-16 surrogate)",
+                **_address(raw),
+            )
 
 
 def _structure(raw: dict[str, Any], cls: type[Any]) -> Any:
@@ -361,7 +398,8 @@ def parse_reply(text: str | bytes) -> OutboundReply:
 
 
 def _dumps(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    # valid_text: a frame always encodes, whatever text reached it
+    return valid_text(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
 
 
 def reply_to_dict(reply: OutboundReply) -> dict[str, Any]:

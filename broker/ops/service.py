@@ -48,7 +48,7 @@ from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode
 from broker.logs import setup_logging
 from broker.ops.status import StatusEndpoints
 from broker.sessions.pool import Pool, open_pool, session_settings
-from broker.store import OutboxItem, Store, open_store
+from broker.store import OutboxItem, Store, StoreError, open_store
 from supervisor.notify import Notifier, run_watchdog
 
 log = logging.getLogger(__name__)
@@ -464,7 +464,10 @@ async def serve(
     started_at = time.time()
     async with _signals(handle_signals) as signals, trio.open_nursery() as top:
         with lifecycle.scope:
-            async with open_store(config.state.path) as store, trio.open_nursery() as keepers:
+            async with (
+                open_store(config.state.path, lock_wait=config.state.lock_wait_secs) as store,
+                trio.open_nursery() as keepers,
+            ):
                 outboxes = {name: StoreOutbox(store, name) for name in ("server", "gateway")}
                 for outbox in outboxes.values():
                     if waiting := await outbox.load():
@@ -482,7 +485,11 @@ async def serve(
                             pool,
                             router,
                             StatusEndpoints(
-                                pool, None, started_at=started_at, secrets=config.secret_values()
+                                pool,
+                                None,
+                                started_at=started_at,
+                                secrets=config.secret_values(),
+                                store_snapshot=store.snapshot,
                             ),
                             notifier,
                             lifecycle,
@@ -522,16 +529,21 @@ def run(config: BrokerConfig, *, config_path: str | None = None) -> int:
 
     ``config_path`` is the file SIGHUP rereads (None: reloads keep the running
     config). A front-end that cannot start is one logged line and exit 78
-    (a configuration problem) or 69 (e.g. the port is in use).
+    (a configuration problem) or 69 (e.g. the port is in use); a state store
+    that cannot be opened exits with its :class:`~broker.store.StoreError`
+    code (75 locked, 74 disk full, 73 read-only).
     """
     try:
         return trio.run(functools.partial(serve, config, config_path=config_path))
-    except (FrontendError, OSError, BaseExceptionGroup) as exc:
+    except (FrontendError, OSError, StoreError, BaseExceptionGroup) as exc:
         leaves = _leaves(exc)
-        if not all(isinstance(leaf, FrontendError | OSError) for leaf in leaves):
+        if not all(isinstance(leaf, FrontendError | OSError | StoreError) for leaf in leaves):
             raise
         for leaf in leaves:
             log.error("cannot start: %s", leaf)
+        for leaf in leaves:
+            if isinstance(leaf, StoreError):
+                return leaf.exit_code
         return (
             EX_CONFIG if any(isinstance(leaf, FrontendError) for leaf in leaves) else EX_UNAVAILABLE
         )

@@ -42,6 +42,7 @@ from broker.frontends.http import HttpHandler, HttpRequest, HttpResponse
 from broker.frontends.server import ServerSnapshot, WebSocketHandler
 from broker.sessions.pool import Pool, PoolSnapshot
 from broker.sessions.session import SessionState
+from broker.store import StoreSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 ServerSnapshotSource = Callable[[], ServerSnapshot | None]
 GatewaySnapshotSource = Callable[[], GatewaySnapshot | None]
+StoreSnapshotSource = Callable[[], StoreSnapshot]
 
 
 def _secs(value: float | None) -> float | None:
@@ -89,6 +91,7 @@ def status_document(
     gateway: GatewaySnapshot | None = None,
     secrets: Iterable[str] = (),
     closing: bool = False,
+    store: StoreSnapshot | None = None,
 ) -> dict[str, Any]:
     """The status document (schema ``agent-broker.status.v1``) as plain JSON data.
 
@@ -151,6 +154,7 @@ def status_document(
             }
             for s in sessions
         ],
+        "store": None if store is None else attrs.asdict(store),
         "frontends": {
             "server": None if server is None else _server_part(server),
             "gateway": None if gateway is None else _gateway_part(gateway),
@@ -382,12 +386,14 @@ class StatusEndpoints:
         version: str = broker.__version__,
         gateway_snapshot: GatewaySnapshotSource | None = None,
         secrets: Iterable[str] = (),
+        store_snapshot: StoreSnapshotSource | None = None,
         heartbeat_secs: float = HEARTBEAT_SECS,
         max_per_sec: float = MAX_DOCUMENTS_PER_SEC,
     ) -> None:
         self.pool = pool
         self.server_snapshot = server_snapshot
         self.gateway_snapshot = gateway_snapshot
+        self.store_snapshot = store_snapshot
         self.secrets = tuple(secrets)
         self.started_at = started_at
         self.version = version
@@ -413,6 +419,7 @@ class StatusEndpoints:
             gateway=gateway,
             secrets=self.secrets,
             closing=self.closing,
+            store=None if self.store_snapshot is None else self.store_snapshot(),
         )
 
     def http_routes(self) -> dict[str, HttpHandler]:

@@ -315,3 +315,50 @@ async def test_write_blocked_past_the_bound_makes_stdin_unusable() -> None:
         with pytest.raises(PeerClosed, match="stdin unusable"):
             await peer.notify("session/cancel", {})
     assert peer.pending_count == 0
+
+
+async def test_a_line_nested_twenty_thousand_deep_is_counted_and_the_agent_stays(
+    nursery: trio.Nursery,
+) -> None:
+    peer, agent, _ = await start_peer(nursery)
+    with trio.fail_after(5):
+        async with in_flight(peer, "ping") as result:
+            request = await agent.receive()
+            await agent.send_raw(b'{"jsonrpc":"2.0","result":' + b"[" * 20_000 + b"]" * 20_000)
+            await agent.respond(request, {"pong": True})
+    assert result == [{"pong": True}]
+    assert peer.malformed_lines == 1 and not peer.closed
+
+
+async def test_a_response_id_that_only_looks_like_a_number_is_dropped_and_the_agent_stays(
+    nursery: trio.Nursery,
+) -> None:
+    peer, agent, _ = await start_peer(nursery)
+    with trio.fail_after(5):
+        async with in_flight(peer, "ping") as result:
+            request = await agent.receive()
+            await agent.send({"id": "²", "result": {}})  # "²".isdigit(), int("²") raises
+            await agent.send({"id": "١", "result": {}})  # an Arabic-Indic one
+            await agent.respond(request, {"pong": True})
+    assert result == [{"pong": True}]
+    assert peer.dropped_responses == 2 and not peer.closed
+
+
+async def test_lone_surrogates_from_the_agent_become_replacement_characters(
+    nursery: trio.Nursery,
+) -> None:
+    peer, agent, recorder = await start_peer(nursery)
+    with trio.fail_after(5):
+        async with in_flight(peer, "session/new") as result:
+            request = await agent.receive()
+            await agent.send_raw(b'{"jsonrpc":"2.0","method":"n","params":{"t":"a\\udc00b"}}')
+            await agent.send_raw(b'{"jsonrpc":"2.0","method":"n","params":{"t":"raw\xed\xa0\x80"}}')
+            await agent.send_raw(
+                b'{"jsonrpc":"2.0","id":%d,"result":{"sessionId":"s\\ud800"}}' % request["id"]
+            )
+    assert result == [{"sessionId": "s\ufffd"}]
+    assert recorder.notifications == [("n", {"t": "a\ufffdb"}), ("n", {"t": "raw\ufffd"})]
+    assert peer.invalid_text == 3
+    # and what is sent back is valid UTF-8 whatever it holds
+    await peer.notify("echo", {"sessionId": "s\ud800"})
+    assert (await agent.receive())["params"] == {"sessionId": "s\ufffd"}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
 from broker.frontends.base import FrontendError
 from broker.frontends.http import (
@@ -10,6 +12,7 @@ from broker.frontends.http import (
     check_exposure,
     parse_head,
     parse_listen,
+    read_head,
     token_status,
 )
 
@@ -74,3 +77,17 @@ def test_token_from_query_or_bearer_header(target: str, header: str, status: int
     request = parse_head(f"GET {target} HTTP/1.1\r\n{header}\r\n".encode())
     assert token_status(request, "T") == status
     assert token_status(request, "") is None
+
+
+@pytest.mark.parametrize(("size", "status"), [(16 * 1024, None), (17 * 1024, 431)])
+async def test_the_head_limit_counts_the_bytes_read(size: int, status: int | None) -> None:
+    sending, receiving = trio.testing.memory_stream_one_way_pair()
+    head = b"GET / HTTP/1.1\r\nX-Pad: "
+    head += b"a" * (size - len(head) - 4) + b"\r\n\r\n"
+    await sending.send_all(head + b"after")
+    if status is None:
+        assert (await read_head(receiving))[0] == head
+        return
+    with pytest.raises(BadRequest) as caught:
+        await read_head(receiving)
+    assert caught.value.status == status

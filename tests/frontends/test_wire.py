@@ -243,3 +243,45 @@ def test_error_frame_names_the_problem_and_the_event() -> None:
         "schema": ERROR_SCHEMA,
         "error": "not JSON: x",
     }
+
+
+def _with_raw(path: str, raw: str) -> str:
+    """The event's JSON text with the value at ``path`` written as the raw JSON ``raw``."""
+    frame = copy.deepcopy(EVENT)
+    *parents, last = path.split(".")
+    holder = frame
+    for key in parents:
+        holder = holder[key]
+    holder[last] = "@@"
+    return json.dumps(frame).replace('"@@"', raw)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["event_id", "platform", "channel.id", "channel.thread_id", "message_id", "sender.id"],
+)
+def test_an_id_holding_a_lone_surrogate_is_refused_naming_the_field(path: str) -> None:
+    with pytest.raises(WireError) as caught:
+        parse_frame(_with_raw(path, '"x\\ud800"'))
+    assert str(caught.value) == f"field {path} is not valid text (it holds a lone UTF-16 surrogate)"
+    encode_error(caught.value).encode()  # the error frame itself always encodes
+    if path != "event_id":
+        assert caught.value.event_id == "evt_1"
+
+
+def test_lone_surrogates_in_message_text_become_replacement_characters() -> None:
+    event = parse_frame(_with_raw("content.text", '"a\\udfff b \\ud83d\\ude00"'))
+    assert isinstance(event, InboundEvent)
+    assert event.content.text == "a\ufffd b 😀"  # a valid pair stays
+    sender = parse_frame(_with_raw("sender.display_name", '"\\ud800"'))
+    assert isinstance(sender, InboundEvent) and sender.sender.display_name == "\ufffd"
+
+
+def test_json_nested_twenty_thousand_deep_is_a_wire_error() -> None:
+    with pytest.raises(WireError, match="nested too deeply"):
+        parse_frame('{"schema":' + "[" * 20_000 + "]" * 20_000 + "}")
+
+
+def test_a_reply_holding_a_lone_surrogate_still_encodes() -> None:
+    reply = OutboundReply("evt_1", "telegram", ReplyChannelRef("1001"), "a\ud800b")
+    assert parse_reply(encode_reply(reply).encode().decode()).text == "a\ufffdb"

@@ -11,9 +11,14 @@ what the prompt text asks:
   without ever ending the line, up to ``BYTES`` bytes (the client is expected
   to give up long before), then waits for stdin to close;
 * ``close-stdout``: closes its stdout and lives on until stdin closes;
+* ``surrogate SECS``: after ``SECS`` seconds, replies with a chunk holding a
+  lone UTF-16 surrogate (the JSON escape ``\\ud800``);
+* ``bad-id``: sends a response with the id ``"²"`` (a digit ``int()``
+  refuses), then replies ``pong`` as usual;
 * anything else: replies ``pong: TEXT``.
 
-Run as ``python raw_agent.py``; it exits when stdin closes.
+Run as ``python raw_agent.py [--surrogate-session]``; it exits when stdin
+closes. With ``--surrogate-session`` its session id holds a lone surrogate.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 OUT = sys.stdout.buffer
@@ -104,6 +110,12 @@ def prompt(request_id: Any, params: dict[str, Any]) -> None:
         chunk(session_id, json.dumps(answers))
     elif word == "endless-line":
         endless_line(session_id, int(rest))
+    elif word == "surrogate":
+        time.sleep(float(rest))
+        chunk(session_id, "before \ud800 after")
+    elif word == "bad-id":
+        send({"jsonrpc": "2.0", "id": "\u00b2", "result": {}})
+        chunk(session_id, "pong: after a bad id")
     elif word == "close-stdout":
         os.close(1)
         while read() is not None:
@@ -130,7 +142,8 @@ def main() -> None:
                 }
             )
         elif method == "session/new":
-            send({"jsonrpc": "2.0", "id": request_id, "result": {"sessionId": "raw-1"}})
+            session_id = "raw-\ud800" if "--surrogate-session" in sys.argv else "raw-1"
+            send({"jsonrpc": "2.0", "id": request_id, "result": {"sessionId": session_id}})
         elif method == "session/prompt":
             prompt(request_id, message["params"])
         elif request_id is not None and method is not None:
