@@ -97,6 +97,13 @@ def _permissions_map_problem(value: Mapping[str, str]) -> tuple[str, str, object
     return None
 
 
+def _snowflakes_problem(value: tuple[str, ...]) -> tuple[str, str, object] | None:
+    for index, guild in enumerate(value):
+        if not guild.isdigit():
+            return f"[{index}]", "a guild id (digits)", guild
+    return None
+
+
 def _env_names_problem(value: tuple[str, ...]) -> tuple[str, str, object] | None:
     for index, name in enumerate(value):
         if not _ENV_NAME.fullmatch(name):
@@ -129,6 +136,20 @@ class GatewayConfig:
     )
     token: str = ""
     streaming: bool = False
+
+
+@attrs.frozen
+class DiscordConfig:
+    enabled: bool = False
+    token: str = ""
+    api_base_url: str = attrs.field(
+        default="https://discord.com/api/v10",
+        metadata=_require(
+            "an http:// or https:// URL", lambda v: v.startswith(("http://", "https://"))
+        ),
+    )
+    mention_required: bool = True
+    allowed_guilds: tuple[str, ...] = attrs.field(default=(), metadata=_check(_snowflakes_problem))
 
 
 @attrs.frozen
@@ -217,6 +238,7 @@ class BrokerConfig:
 
     server: ServerConfig = ServerConfig()
     gateway: GatewayConfig = GatewayConfig()
+    discord: DiscordConfig = DiscordConfig()
     agent: AgentConfig = AgentConfig()
     pool: PoolConfig = PoolConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -229,8 +251,9 @@ class BrokerConfig:
     reactions: ReactionsConfig = ReactionsConfig()
 
     def secret_values(self) -> tuple[str, ...]:
-        """The broker's own secrets (server and gateway tokens) that are set."""
-        return tuple(t for t in (self.server.token, self.gateway.token) if t)
+        """The broker's own secrets (server, gateway and Discord tokens) that are set."""
+        tokens = (self.server.token, self.gateway.token, self.discord.token)
+        return tuple(t for t in tokens if t)
 
     def redacted(self) -> BrokerConfig:
         """This configuration with every set token shown as ``"***"``, for logs and status."""
@@ -242,6 +265,7 @@ class BrokerConfig:
                 token="***" if self.gateway.token else "",
                 url=mask_secrets(self.gateway.url, self.secret_values()),
             ),
+            discord=attrs.evolve(self.discord, token="***" if self.discord.token else ""),
             agent=attrs.evolve(
                 self.agent,
                 env={k: mask_secrets(v, self.secret_values()) for k, v in self.agent.env.items()},
@@ -544,6 +568,12 @@ def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
                 "holds the server or gateway token; an agent's command line is readable by every"
                 " local user, and the broker's secrets never reach an agent"
             ),
+        )
+    if config.discord.enabled and not config.discord.token:
+        yield (
+            "discord.token",
+            "required when [discord] enabled = true: the bot's token from the Discord "
+            'Developer Portal, e.g. token = "${DISCORD_BOT_TOKEN}"',
         )
     pool = config.pool
     if pool.warm_spares > pool.max_sessions:

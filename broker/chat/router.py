@@ -126,12 +126,13 @@ def strip_leading_mentions(text: str, bot_names: Iterable[str]) -> str:
 
 
 def streaming_enabled(config: BrokerConfig, frontend: str) -> bool:
-    """The ``streaming`` setting of the front-end a channel belongs to."""
+    """The ``streaming`` setting of the front-end a channel belongs to; Discord
+    always streams (it edits one message, paced by ``[render] edit_interval_ms``)."""
     if frontend == "server":
         return config.server.streaming
     if frontend == "gateway":
         return config.gateway.streaming
-    return False
+    return frontend == "discord"
 
 
 def _leaf_name(exc: BaseException) -> str:

@@ -91,7 +91,9 @@ def with_token(url: str, token: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
-def _default_dialer(max_frame_bytes: int) -> Dialer:
+def websocket_dialer(max_frame_bytes: int) -> Dialer:
+    """Dial a ws:// or wss:// URL with the client limits the front-ends share."""
+
     def dial(url: str) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
         return trio_websocket.open_websocket_url(
             url,
@@ -141,7 +143,7 @@ class GatewayClient:
         self.connects = 0
         self.events_received = 0
         self.last_error = ""
-        self._dial = dial or _default_dialer(max_frame_bytes)
+        self._dial = dial or websocket_dialer(max_frame_bytes)
         self._changed = trio.Event()
 
     @property

@@ -1,6 +1,7 @@
 """The ``agent-broker`` command (also ``python -m broker``).
 
-Subcommands: ``run``, ``check-config``, ``status``, ``dashboard``, ``chat``.
+Subcommands: ``run``, ``check-config``, ``status``, ``dashboard``, ``chat``,
+``discord register-commands``.
 Each loads the configuration first: ``--config PATH``, else ``./broker.toml``
 when it exists, else the embedded default. A configuration problem in any
 subcommand prints one message (no traceback) to stderr and exits with 78
@@ -73,6 +74,9 @@ def summary(config: BrokerConfig, source: str) -> str:
         frontends.append(f"server ws://{config.server.listen}/ws{token}")
     if config.gateway.url:
         frontends.append(f"gateway {config.redacted().gateway.url}")
+    if config.discord.enabled:
+        guilds = ", ".join(config.discord.allowed_guilds) or "all guilds"
+        frontends.append(f"discord bot ({guilds})")
     return (
         f"{source}: ok; agent: {agent} in {config.agent.working_dir}; "
         f"{', '.join(frontends) or 'no front-end'}; "
@@ -126,6 +130,34 @@ def cmd_chat(args: argparse.Namespace, config: BrokerConfig, source: str) -> int
     return _entry("broker.ops.chat_client", "main")(_url(args, config), args.platform)
 
 
+def cmd_discord(args: argparse.Namespace, config: BrokerConfig, source: str) -> int:
+    """``discord register-commands``: the broker's commands as Discord application
+    commands, in ``[discord] allowed_guilds`` (globally when empty)."""
+    import trio
+
+    from broker.frontends.discord.adapter import register_commands
+    from broker.frontends.discord.rest import DiscordHTTPError, DiscordUnavailable, Rest
+
+    settings = config.discord
+    if not settings.token:
+        raise ConfigError(f"{source}: discord.token: required to register commands")
+
+    async def register() -> list[str]:
+        rest = Rest(settings.api_base_url, settings.token)
+        try:
+            return await register_commands(rest, settings.allowed_guilds)
+        finally:
+            await rest.aclose()
+
+    try:
+        where = trio.run(register)
+    except (DiscordHTTPError, DiscordUnavailable) as exc:
+        _error(f"discord register-commands: {exc}")
+        return EX_UNAVAILABLE
+    print(f"registered the broker's commands: {', '.join(where)}")
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each subcommand's handler is in ``args.handler``."""
     parser = argparse.ArgumentParser(
@@ -157,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("chat", cmd_chat, "chat with an agent through the running broker")
     p.add_argument("--url", help=url_help)
     p.add_argument("--platform", default="cli", help="platform name in thread keys (default: cli)")
+    p = add("discord", cmd_discord, "Discord tasks: register-commands")
+    p.add_argument(
+        "action",
+        choices=["register-commands"],
+        help="register /status, /cancel, ... as Discord application commands",
+    )
     return parser
 
 

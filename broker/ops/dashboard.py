@@ -264,6 +264,23 @@ def frontends(doc: dict[str, Any]) -> Text:
             f", {gateway['connects']} connects, {gateway['events_received']} events"
             f"{f', {waiting} replies in the outbox' if waiting else ''}"
         )
+    discord = doc["frontends"].get("discord")
+    if discord is not None:
+        lines.append(f"\ndiscord {discord['bot'] or 'bot'}: ")
+        if discord["connected"]:
+            lines.append("ready", style="green")
+        elif discord["fatal"]:
+            lines.append(f"stopped: {discord['fatal']}", style="bold red")
+        else:
+            lines.append(discord["state"], style="bold red")
+            if discord["last_error"]:
+                lines.append(f" ({discord['last_error']})")
+        waiting = discord["outbox_waiting"]
+        lines.append(
+            f", {discord['events_received']} events, {discord['resumes']} resumes, "
+            f"{discord['rate_limited']} rate-limited"
+            f"{f', {waiting} replies in the outbox' if waiting else ''}"
+        )
     return lines
 
 

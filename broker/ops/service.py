@@ -3,7 +3,8 @@
 :func:`serve` opens, in this order, the state store (``[state] path``), the
 session pool with that store (which first stops agents a killed broker left
 behind), the router, the WebSocket server (``[server] enabled``) with the
-status routes, and the gateway client (``[gateway] url`` set). Replies that
+status routes, the gateway client (``[gateway] url`` set) and the Discord
+front-end (``[discord] enabled``). Replies that
 find no connection wait in a :class:`StoreOutbox`, so they survive a restart.
 Then it tells systemd ``READY=1`` and keeps ``STATUS=`` current
 ("3 sessions (1 busy), 2 suspended, 1 client"), pinging ``WATCHDOG=1`` when
@@ -41,6 +42,7 @@ import trio
 from broker.chat.router import Router
 from broker.config import BrokerConfig, ConfigError, load_config
 from broker.frontends.base import FrontendError, InboundSink, ReplyChannel
+from broker.frontends.discord.adapter import DiscordFrontend
 from broker.frontends.gateway import GatewayClient
 from broker.frontends.http import check_exposure, parse_listen
 from broker.frontends.server import WebSocketServer, serve_websocket
@@ -102,12 +104,21 @@ def plan_reload(old: BrokerConfig, new: BrokerConfig) -> ReloadPlan:
         kept.append("[server] enabled takes effect at the next restart")
     if (new.gateway.url, new.gateway.token) != (old.gateway.url, old.gateway.token):
         kept.append("[gateway] url and token take effect at the next restart")
+    restart_only = ("enabled", "token", "api_base_url")
+    if any(getattr(new.discord, k) != getattr(old.discord, k) for k in restart_only):
+        kept.append("[discord] enabled, token and api_base_url take effect at the next restart")
     if new.state.path != old.state.path:
         kept.append(f"[state] path stays {old.state.path} until a restart")
     applied = attrs.evolve(
         new,
         server=attrs.evolve(new.server, listen=old.server.listen, enabled=old.server.enabled),
         gateway=attrs.evolve(new.gateway, url=old.gateway.url, token=old.gateway.token),
+        discord=attrs.evolve(
+            new.discord,
+            enabled=old.discord.enabled,
+            token=old.discord.token,
+            api_base_url=old.discord.api_base_url,
+        ),
         state=old.state,
     )
     changed = tuple(
@@ -312,6 +323,7 @@ class Broker:
     outboxes: dict[str, StoreOutbox]
     server: WebSocketServer | None = None
     gateway: GatewayClient | None = None
+    discord: DiscordFrontend | None = None
     reloads: int = 0
 
     def stop(self, reason: str = "requested") -> None:
@@ -326,6 +338,8 @@ class Broker:
             line += f", {clients} client{'' if clients == 1 else 's'}"
         if self.gateway is not None:
             line += ", gateway " + ("connected" if self.gateway.connected else "disconnected")
+        if self.discord is not None:
+            line += f", discord {self.discord.gateway.state.value}"
         return line
 
     def healthy(self) -> bool:
@@ -365,6 +379,8 @@ class Broker:
         self.router.update_config(config)
         if self.server is not None:
             self.server.settings = config.server  # token and frame limit: new connections
+        if self.discord is not None:
+            self.discord.configure(config.discord, config.router, config.prompt)
         if (config.log, config.secret_values()) != (old.log, old.secret_values()):
             setup_logging(config.log, secrets=config.secret_values())
 
@@ -430,6 +446,14 @@ async def _start_frontends(broker: Broker, nursery: trio.Nursery) -> None:
         broker.gateway = await nursery.start(gateway.run)
         broker.status.gateway_snapshot = broker.gateway.snapshot
         log.info("dialing the gateway %s", config.redacted().gateway.url)
+    if config.discord.enabled:
+        discord = DiscordFrontend(
+            config.discord, broker.in_flight, outbox=broker.outboxes["discord"]
+        )
+        discord.configure(config.discord, config.router, config.prompt)
+        broker.discord = await nursery.start(discord.run)
+        broker.status.discord_snapshot = discord.snapshot
+        log.info("connecting to Discord (%s)", config.discord.api_base_url)
 
 
 @asynccontextmanager
@@ -468,7 +492,9 @@ async def serve(
                 open_store(config.state.path, lock_wait=config.state.lock_wait_secs) as store,
                 trio.open_nursery() as keepers,
             ):
-                outboxes = {name: StoreOutbox(store, name) for name in ("server", "gateway")}
+                outboxes = {
+                    name: StoreOutbox(store, name) for name in ("server", "gateway", "discord")
+                }
                 for outbox in outboxes.values():
                     if waiting := await outbox.load():
                         log.info("%d replies wait in the %s outbox", waiting, outbox.destination)

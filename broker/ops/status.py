@@ -37,6 +37,7 @@ import trio_websocket
 
 import broker
 from broker.config import mask_secrets
+from broker.frontends.discord.adapter import DiscordSnapshot
 from broker.frontends.gateway import GatewaySnapshot
 from broker.frontends.http import HttpHandler, HttpRequest, HttpResponse
 from broker.frontends.server import ServerSnapshot, WebSocketHandler
@@ -89,6 +90,7 @@ def status_document(
     version: str = broker.__version__,
     pid: int | None = None,
     gateway: GatewaySnapshot | None = None,
+    discord: DiscordSnapshot | None = None,
     secrets: Iterable[str] = (),
     closing: bool = False,
     store: StoreSnapshot | None = None,
@@ -158,6 +160,7 @@ def status_document(
         "frontends": {
             "server": None if server is None else _server_part(server),
             "gateway": None if gateway is None else _gateway_part(gateway),
+            "discord": None if discord is None else attrs.asdict(discord),
         },
         "recent": [
             {
@@ -275,6 +278,7 @@ def metrics_text(
     started_at: float,
     version: str = broker.__version__,
     gateway: GatewaySnapshot | None = None,
+    discord: DiscordSnapshot | None = None,
 ) -> str:
     """The Prometheus text exposition (format 0.0.4) of the two snapshots. Pure."""
     out = _Exposition()
@@ -321,12 +325,15 @@ def metrics_text(
         out.sample(f"{name}_bucket", count, le=_number(float(bound)))
     out.sample(f"{name}_sum", float(histogram.total))
     out.sample(f"{name}_count", histogram.count)
-    _frontend_metrics(out, server, gateway)
+    _frontend_metrics(out, server, gateway, discord)
     return "\n".join(out.lines) + "\n"
 
 
 def _frontend_metrics(
-    out: _Exposition, server: ServerSnapshot | None, gateway: GatewaySnapshot | None
+    out: _Exposition,
+    server: ServerSnapshot | None,
+    gateway: GatewaySnapshot | None,
+    discord: DiscordSnapshot | None,
 ) -> None:
     running: list[tuple[str, int, int | None]] = []
     if server is not None:
@@ -347,6 +354,26 @@ def _frontend_metrics(
             "counter",
             "Connections made to the gateway.",
             gateway.connects,
+        )
+    if discord is not None:
+        running.append(("discord", discord.events_received, discord.outbox_waiting))
+        out.one(
+            "agent_broker_discord_connected",
+            "gauge",
+            "1 while the Discord gateway session is ready.",
+            int(discord.connected),
+        )
+        out.one(
+            "agent_broker_discord_rate_limited_total",
+            "counter",
+            "HTTP 429 answers from Discord's REST API.",
+            discord.rate_limited,
+        )
+        out.one(
+            "agent_broker_discord_heartbeat_lateness_seconds",
+            "gauge",
+            "The latest a Discord heartbeat went out after it was due.",
+            discord.heartbeat_lateness_secs,
         )
     if not running:
         return
@@ -394,6 +421,7 @@ class StatusEndpoints:
         self.server_snapshot = server_snapshot
         self.gateway_snapshot = gateway_snapshot
         self.store_snapshot = store_snapshot
+        self.discord_snapshot: Callable[[], DiscordSnapshot] | None = None
         self.secrets = tuple(secrets)
         self.started_at = started_at
         self.version = version
@@ -402,14 +430,17 @@ class StatusEndpoints:
         self.closing = False
         self.feeds = 0  # live /status WebSocket feeds
 
-    def _frontends(self) -> tuple[ServerSnapshot | None, GatewaySnapshot | None]:
+    def _frontends(
+        self,
+    ) -> tuple[ServerSnapshot | None, GatewaySnapshot | None, DiscordSnapshot | None]:
         server = self.server_snapshot() if self.server_snapshot is not None else None
         gateway = self.gateway_snapshot() if self.gateway_snapshot is not None else None
-        return server, gateway
+        discord = self.discord_snapshot() if self.discord_snapshot is not None else None
+        return server, gateway, discord
 
     def document(self) -> dict[str, Any]:
         """The document now; synchronous, never waits."""
-        server, gateway = self._frontends()
+        server, gateway, discord = self._frontends()
         return status_document(
             self.pool.snapshot(),
             server,
@@ -417,6 +448,7 @@ class StatusEndpoints:
             started_at=self.started_at,
             version=self.version,
             gateway=gateway,
+            discord=discord,
             secrets=self.secrets,
             closing=self.closing,
             store=None if self.store_snapshot is None else self.store_snapshot(),
@@ -444,7 +476,7 @@ class StatusEndpoints:
 
     async def get_metrics(self, request: HttpRequest) -> HttpResponse:
         await trio.lowlevel.checkpoint()
-        server, gateway = self._frontends()
+        server, gateway, discord = self._frontends()
         text = metrics_text(
             self.pool.snapshot(),
             server,
@@ -452,6 +484,7 @@ class StatusEndpoints:
             started_at=self.started_at,
             version=self.version,
             gateway=gateway,
+            discord=discord,
         )
         return HttpResponse(200, text.encode(), METRICS_CONTENT_TYPE)
 

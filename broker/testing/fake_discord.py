@@ -46,6 +46,8 @@ import h11
 import trio
 import trio_websocket
 
+from broker.testing.http11 import Answer, serve_requests
+
 log = logging.getLogger(__name__)
 
 BOT_ID = "900000000000000001"
@@ -493,26 +495,12 @@ class FakeDiscord:
     # --- REST server -------------------------------------------------------------------
 
     async def _serve_http(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request, body = await _read_request(conn, stream)
-                if request is None:
-                    return
-                status, headers, content = self._answer(request, body)
-                if status != 204:
-                    headers = [*headers, ("content-length", str(len(content)))]
-                response = h11.Response(status_code=status, headers=headers)
-                data = conn.send(response) + (conn.send(h11.Data(data=content)) or b"")
-                await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
-                self._notify()
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            return
-        finally:
-            await stream.aclose()
+        await serve_requests(stream, self._answer_and_notify)
+
+    def _answer_and_notify(self, request: h11.Request, raw: bytes) -> Answer:
+        answer = self._answer(request, raw)
+        self._notify()
+        return answer
 
     def _answer(self, request: h11.Request, raw: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         method = request.method.decode()
@@ -823,28 +811,6 @@ def _component_problem(components: Any) -> str | None:
             if label is not None and len(label) > 80:
                 return f"button label over 80 characters: {label!r}"
     return None
-
-
-async def _read_request(
-    conn: h11.Connection, stream: trio.SocketStream
-) -> tuple[h11.Request | None, bytes]:
-    request: h11.Request | None = None
-    body = b""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(65536)
-            if not data and request is None:
-                return None, b""
-            conn.receive_data(data)
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            return request, body
-        elif isinstance(event, h11.ConnectionClosed):
-            return None, b""
 
 
 @asynccontextmanager

@@ -43,7 +43,7 @@ import h11
 import trio
 import trio_websocket
 
-from broker.testing.http11 import read_request
+from broker.testing.http11 import serve_requests
 
 log = logging.getLogger(__name__)
 
@@ -465,24 +465,7 @@ class FakeSlack:
     # -- Web API -----------------------------------------------------------------------
 
     async def _serve_http(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request = await read_request(conn, stream)
-                if request is None:
-                    return
-                status, headers, content = self._answer(*request)
-                headers.append((b"content-length", str(len(content)).encode()))
-                await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
-                await stream.send_all(conn.send(h11.Data(data=content)))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            return
-        finally:
-            await stream.aclose()
+        await serve_requests(stream, self._answer)
 
     def _answer(
         self, request: h11.Request, body: bytes

@@ -98,6 +98,16 @@ class DiscordSettings(Protocol):
     def allowed_guilds(self) -> tuple[str, ...]: ...
 
 
+class RouterSettings(Protocol):
+    @property
+    def allow_bots(self) -> bool: ...
+
+
+class PromptSettings(Protocol):
+    @property
+    def max_attachment_bytes(self) -> int: ...
+
+
 def command_definitions() -> list[dict[str, Any]]:
     """The application commands (type 1, CHAT_INPUT) the broker answers."""
     definitions = []
@@ -288,6 +298,16 @@ class DiscordFrontend:
             waiting,
             gateway.last_error,
         )
+
+    def configure(
+        self, settings: DiscordSettings, router: RouterSettings, prompt: PromptSettings
+    ) -> None:
+        """Use these settings from now on (at the start, and after a reload): the
+        filters (``mention_required``, ``allowed_guilds``, ``[router] allow_bots``)
+        and the attachment limit. The token and URL stay as they were."""
+        self.settings = settings
+        self.allow_bots = router.allow_bots
+        self.max_attachment_bytes = prompt.max_attachment_bytes
 
     @property
     def bot_id(self) -> str:

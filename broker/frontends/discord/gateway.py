@@ -25,7 +25,6 @@ import logging
 import random
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any, NoReturn
 
 import attrs
@@ -36,16 +35,14 @@ from broker.frontends.discord import protocol
 from broker.frontends.discord.messages import obj
 from broker.frontends.discord.protocol import Heartbeat, IdentifyPacer, Next, Op, Session
 from broker.frontends.discord.rest import DiscordHTTPError, DiscordUnavailable, Rest
-from broker.frontends.gateway import Backoff, BackoffPolicy
+from broker.frontends.gateway import Backoff, BackoffPolicy, Dialer, websocket_dialer
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_SECS = 10.0
 HELLO_TIMEOUT_SECS = 10.0
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 CLOSE_GRACE_SECS = 2.0
 
-Dialer = Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]
 DEFAULT_BACKOFF = BackoffPolicy()
 OnDispatch = Callable[[str, dict[str, Any]], None]
 
@@ -65,15 +62,6 @@ def with_query(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit(
         parts._replace(path=parts.path or "/", query=protocol.GATEWAY_QUERY)
-    )
-
-
-def _default_dialer(url: str) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
-    return trio_websocket.open_websocket_url(
-        url,
-        max_message_size=MAX_FRAME_BYTES,
-        connect_timeout=CONNECT_TIMEOUT_SECS,
-        disconnect_timeout=CLOSE_GRACE_SECS,
     )
 
 
@@ -123,7 +111,7 @@ class DiscordGateway:
         self.backoff = Backoff(backoff, rand)
         self.rand = rand
         self.intents = intents
-        self._dial = dial or _default_dialer
+        self._dial = dial or websocket_dialer(MAX_FRAME_BYTES)
         self.session = Session()
         self.pacer = IdentifyPacer()
         self.state = State.STARTING

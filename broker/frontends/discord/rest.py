@@ -94,8 +94,10 @@ class Rest:
         """Send ``method path`` (JSON ``body``), within the limits; see the module docstring."""
         route = route_for(method, path)
         while True:
-            while (wait := self.limiter.acquire(route, trio.current_time())) > 0:
+            wait = self.limiter.acquire(route, trio.current_time())
+            if wait > 0:
                 await trio.sleep(wait)
+                continue
             try:
                 response = await self._client.request(
                     method, self.base_url + path, json=body if body is not None else None

@@ -25,7 +25,7 @@ async def test_identify_then_ready_keeps_the_session_and_resume_url() -> None:
 
 async def test_reconnect_resumes_and_an_event_sent_in_the_gap_is_answered_once() -> None:
     sink = Recorder()
-    async with running(sink, fake_options={"heartbeat_interval_ms": 60000}) as (fake, frontend):
+    async with running(sink, fake_options={"heartbeat_interval_ms": 60000}) as (fake, _):
         fake.replay_overlap = 1  # Discord may replay one the client saw: still handled once
         await fake.post_message(CHANNEL_ID, "before", mention_bot=True)
         await sink.wait_events(1)
@@ -62,9 +62,11 @@ async def test_a_zombie_connection_is_closed_at_the_next_beat_and_resumed() -> N
 
 
 async def test_invalid_session_not_resumable_identifies_anew_after_a_pause() -> None:
-    options = {"gateway_options": {"rand": lambda: 0.0}}  # the 1-5 s pause is its minimum: 1 s
-    # Two IDENTIFYs per 5 s allowed, so the second does not wait for the window.
-    async with running(fake_options={"max_concurrency": 2}, **options) as (fake, frontend):
+    # rand 0: the 1-5 s pause is its minimum, 1 s; two IDENTIFYs per 5 s are
+    # allowed, so the second does not wait for the window.
+    async with running(
+        fake_options={"max_concurrency": 2}, gateway_options={"rand": lambda: 0.0}
+    ) as (fake, frontend):
         first = fake.session.session_id  # type: ignore[union-attr]
         await fake.invalid_session(False)
         await wait_until(fake, lambda: len(fake.identifies) == 2)

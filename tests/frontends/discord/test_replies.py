@@ -5,10 +5,10 @@ from __future__ import annotations
 import attrs
 import trio
 
-from broker.delivery import Replier
+from broker.chat.delivery import Replier
 from broker.frontends.base import ReplyChannel
 from broker.frontends.discord.adapter import command_definitions, register_commands
-from broker.frontends.wire import Command, InboundEvent, OutboundReply
+from broker.frontends.wire import Button, Command, InboundEvent, OutboundReply
 from broker.testing.fake_discord import ALICE, BOB, CHANNEL_ID, GUILD_ID
 
 from .harness import WAIT_SECS, Recorder, running, wait_until
@@ -28,9 +28,11 @@ class Scripted(Recorder):
         await self.script(event, channel)  # type: ignore[operator]
 
 
-def _edit(event: InboundEvent, message_id: str, text: str, **extra: object) -> OutboundReply:
+def _edit(
+    event: InboundEvent, message_id: str, text: str, buttons: tuple[Button, ...] = ()
+) -> OutboundReply:
     plain = OutboundReply.to_event(event, text)
-    return attrs.evolve(plain, reply_to=message_id, command=Command.EDIT_MESSAGE, **extra)
+    return attrs.evolve(plain, reply_to=message_id, command=Command.EDIT_MESSAGE, buttons=buttons)
 
 
 async def test_a_4500_character_reply_is_split_into_messages_of_at_most_2000() -> None:
