@@ -97,7 +97,9 @@ async def test_cancel_ends_the_turn_at_once_with_the_partial_text(claude: Claude
 
 
 async def test_turns_after_a_cancelled_turn_get_their_own_replies(claude: Claude) -> None:
-    config, settings = pool_setup(claude)
+    # The pinned release answers each prompt after a cancel with the previous one's reply
+    # until restarted (tests/interop/README.md): the case restart_after_cancel exists for.
+    config, settings = pool_setup(claude, agent={"restart_after_cancel": True})
     with trio.fail_after(THREE_STARTS):
         async with open_pool(config, settings=settings) as pool:
             assert (await cancel_slow_turn(pool, "cli:A")).outcome is Outcome.CANCELLED
