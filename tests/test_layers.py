@@ -83,7 +83,13 @@ PENDING = {
     *(
         f"broker.sessions.session imports broker.chat.render.{name} (a higher layer than "
         "broker.sessions)"
-        for name in ("agent_died_reason", "busy_reason", "error_reason", "timeout_reason")
+        for name in (
+            "agent_died_reason",
+            "busy_reason",
+            "error_reason",
+            "refused_reason",
+            "timeout_reason",
+        )
     ),
 }
 
