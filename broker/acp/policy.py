@@ -9,13 +9,14 @@ whoever reads its log) can act on.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-import trio
 
+from .fs import NotRegular, TooLarge, read_regular, run_fs, write_regular
 from .jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND, RpcError
 from .schema import PermissionOption
 
@@ -102,9 +103,14 @@ class FsAccess:
     """``fs/read_text_file`` and ``fs/write_text_file`` confined to ``root``.
 
     A path is accepted only if its real path (symlinks and ``..`` resolved
-    with :func:`os.path.realpath`) lies inside the real path of ``root``.
-    Relative paths are taken relative to ``root``. A disabled operation
-    answers -32601 (it is not advertised either)."""
+    with :func:`os.path.realpath`) lies inside the real path of ``root``, and
+    it is then opened from a descriptor of the root without following any
+    symlink (:mod:`broker.acp.fs`): a directory swapped for a symlink
+    meanwhile makes the open fail, never land outside. Only regular files are
+    read or written, reads stop at ``max_read_bytes`` actually read, and the
+    work runs on the fs limiter of its own. Relative paths are taken relative
+    to ``root``. A disabled operation answers -32601 (it is not advertised
+    either)."""
 
     root: str
     read: bool = False
@@ -116,12 +122,19 @@ class FsAccess:
         if "\0" in path:
             raise RpcError(INVALID_PARAMS, "path contains a NUL byte", {"path": path})
         root = os.path.realpath(self.root)
-        real = os.path.realpath(os.path.join(root, path))
-        if os.path.commonpath([root, real]) != root:
+        try:
+            real = os.path.realpath(os.path.join(root, path))
+        except OSError as exc:  # a component changed while it was resolved
             raise RpcError(
-                INVALID_PARAMS, f"path is outside the working directory {root}", {"path": path}
-            )
+                INVALID_PARAMS, f"cannot resolve the path: {exc.strerror}", {"path": path}
+            ) from None
+        if os.path.commonpath([root, real]) != root:
+            raise _outside(root, path)
         return real
+
+    def _parts(self, real: str) -> tuple[str, list[str]]:
+        root = os.path.realpath(self.root)
+        return root, os.path.relpath(real, root).split(os.sep)
 
     async def read_text_file(self, params: Any) -> dict[str, Any]:
         """``{path, line?, limit?}`` -> ``{content}``; ``line`` is 1-based."""
@@ -136,7 +149,7 @@ class FsAccess:
         limit = _param(params, "limit", int, required=False)
         if (line is not None and line < 1) or (limit is not None and limit < 0):
             raise RpcError.invalid_params("line must be >= 1 and limit >= 0")
-        text = await trio.to_thread.run_sync(self._read, path)
+        text = await run_fs(self._read, path)
         if line is not None or limit is not None:
             lines = text.splitlines(keepends=True)
             start = (line or 1) - 1
@@ -144,23 +157,20 @@ class FsAccess:
         return {"content": text}
 
     def _read(self, path: str) -> str:
+        root, parts = self._parts(path)
         try:
-            if os.path.getsize(path) > self.max_read_bytes:
-                raise RpcError(
-                    INVALID_PARAMS,
-                    f"file is larger than {self.max_read_bytes} bytes",
-                    {"path": path},
-                )
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise RpcError(RESOURCE_NOT_FOUND, "Resource not found", {"path": path}) from None
-        except (IsADirectoryError, PermissionError) as exc:
-            raise RpcError(INVALID_PARAMS, f"cannot read: {exc.strerror}", {"path": path}) from None
+            data = read_regular(root, parts, self.max_read_bytes)
+        except TooLarge:
+            raise RpcError(
+                INVALID_PARAMS, f"file is larger than {self.max_read_bytes} bytes", {"path": path}
+            ) from None
+        except (NotRegular, OSError) as exc:
+            raise _fs_error("read", root, path, exc) from None
+        return data.decode("utf-8", errors="replace")
 
     async def write_text_file(self, params: Any) -> dict[str, Any]:
         """``{path, content}`` -> ``{}``. Creates missing parent directories
-        (inside the root: the path was confined first)."""
+        (inside the root: they are made relative to their parent's descriptor)."""
         if not self.write:
             raise RpcError(
                 METHOD_NOT_FOUND,
@@ -169,15 +179,30 @@ class FsAccess:
             )
         path = self.confine(_param(params, "path", str))
         content = _param(params, "content", str)
-        await trio.to_thread.run_sync(self._write, path, content)
+        await run_fs(self._write, path, content)
         return {}
 
     def _write(self, path: str, content: str) -> None:
+        root, parts = self._parts(path)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(content)
-        except (IsADirectoryError, PermissionError, NotADirectoryError) as exc:
-            raise RpcError(
-                INVALID_PARAMS, f"cannot write: {exc.strerror}", {"path": path}
-            ) from None
+            write_regular(root, parts, content.encode("utf-8", errors="replace"))
+        except (NotRegular, OSError) as exc:
+            raise _fs_error("write", root, path, exc) from None
+
+
+def _outside(root: str, path: str, why: str = "") -> RpcError:
+    return RpcError(
+        INVALID_PARAMS, f"path is outside the working directory {root}{why}", {"path": path}
+    )
+
+
+def _fs_error(verb: str, root: str, path: str, exc: Exception) -> RpcError:
+    """The answer to a failed open, read or write of ``path``."""
+    if isinstance(exc, NotRegular):
+        return RpcError(INVALID_PARAMS, f"cannot {verb}: not a regular file", {"path": path})
+    assert isinstance(exc, OSError)
+    if exc.errno in (errno.ELOOP, errno.EXDEV):  # a symlink appeared after the check
+        return _outside(root, path, " (a symlink appeared on the way)")
+    if exc.errno == errno.ENOENT and verb == "read":
+        return RpcError(RESOURCE_NOT_FOUND, "Resource not found", {"path": path})
+    return RpcError(INVALID_PARAMS, f"cannot {verb}: {exc.strerror}", {"path": path})

@@ -7,6 +7,8 @@ what the prompt text asks:
   request to the client in turn (``sessionId`` is filled in), waits for its
   answer, and replies with one chunk holding the JSON list of the answers
   (each ``{"result": ...}`` or ``{"error": ...}``);
+* ``fs-parallel [[METHOD, PARAMS], ...]``: the same, but sends every request
+  at once and then collects the answers (in request order);
 * ``endless-line BYTES``: starts a ``session/update`` line and writes ``x``
   without ever ending the line, up to ``BYTES`` bytes (the client is expected
   to give up long before), then waits for stdin to close;
@@ -69,6 +71,20 @@ def ask_client(method: str, params: dict[str, Any]) -> dict[str, Any]:
     sys.exit(0)
 
 
+def ask_client_at_once(requests: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Send every request, then collect their answers in request order."""
+    global _next_id
+    first = _next_id + 1
+    for method, params in requests:
+        _next_id += 1
+        send({"jsonrpc": "2.0", "id": _next_id, "method": method, "params": params})
+    answers: dict[int, dict[str, Any]] = {}
+    while len(answers) < len(requests) and (message := read()) is not None:
+        if "method" not in message and isinstance(message.get("id"), int):
+            answers[message["id"]] = {k: message[k] for k in ("result", "error") if k in message}
+    return [answers[n] for n in range(first, _next_id + 1)]
+
+
 def endless_line(session_id: str, size: int) -> None:
     head = json.dumps(
         {
@@ -108,6 +124,11 @@ def prompt(request_id: Any, params: dict[str, Any]) -> None:
             for method, args in json.loads(rest)
         ]
         chunk(session_id, json.dumps(answers))
+    elif word == "fs-parallel":
+        requests = [
+            (method, {"sessionId": session_id, **args}) for method, args in json.loads(rest)
+        ]
+        chunk(session_id, json.dumps(ask_client_at_once(requests)))
     elif word == "endless-line":
         endless_line(session_id, int(rest))
     elif word == "surrogate":
