@@ -203,6 +203,7 @@ def broker_sections(
             "stop_grace_secs": 2,
         },
         "state": {"path": str(root / "state" / "broker.sqlite3")},
+        "permissions": {"default": "allow_once"},
         "log": {"level": os.environ.get("BENCH_LOG_LEVEL", "warning")},
     }
     for name, values in overrides.items():

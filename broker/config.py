@@ -38,7 +38,7 @@ from cattrs.errors import (
 
 log = logging.getLogger(__name__)
 
-PERMISSION_VALUES = ("allow_always", "allow_once", "reject")
+PERMISSION_VALUES = ("allow_always", "allow_once", "reject", "ask")
 # ACP's tool kinds: the keys [permissions] by_kind may use.
 TOOL_KINDS = (
     "read",
@@ -188,9 +188,14 @@ class TimeoutsConfig:
 
 @attrs.frozen
 class PermissionsConfig:
-    default: str = attrs.field(default="allow_once", metadata=_one_of(PERMISSION_VALUES))
+    default: str = attrs.field(default="ask", metadata=_one_of(PERMISSION_VALUES))
     by_kind: Mapping[str, str] = attrs.field(
-        factory=dict, metadata=_check(_permissions_map_problem)
+        factory=lambda: {"read": "allow_once", "search": "allow_once"},
+        metadata=_check(_permissions_map_problem),
+    )
+    approvers: tuple[str, ...] = ()
+    ask_timeout_secs: float = attrs.field(
+        default=300, metadata=_require("a number of seconds above 0", lambda v: v > 0)
     )
 
 

@@ -100,6 +100,9 @@ cancel_grace_secs = {CANCEL_GRACE_SECS}
 stop_grace_secs = {STOP_GRACE_SECS}
 drain_ms = 50
 
+[permissions]
+default = "allow_once"
+
 [state]
 path = {json.dumps(str(root / "state" / "broker.sqlite3"))}
 

@@ -100,12 +100,12 @@ BAD_FILES = [
     ),
     pytest.param(
         '[permissions]\ndefault = "yes"\n',
-        'permissions.default: expected one of allow_always | allow_once | reject, got "yes"',
+        'permissions.default: expected one of allow_always | allow_once | reject | ask, got "yes"',
         id="unknown-permission",
     ),
     pytest.param(
         '[permissions]\nby_kind = { execute = "always" }\n',
-        "permissions.by_kind.execute: expected one of allow_always | allow_once | reject",
+        "permissions.by_kind.execute: expected one of allow_always | allow_once | reject | ask",
         id="unknown-permission-by-kind",
     ),
     pytest.param(

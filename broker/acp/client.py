@@ -43,6 +43,7 @@ from .schema import (
     SessionModeState,
     SessionSetup,
     SessionUpdate,
+    ToolCall,
     UsageUpdate,
     content_to_wire,
     parse_update,
@@ -58,6 +59,9 @@ UpdateConsumer = Callable[[SessionUpdate], None]
 Approver = Callable[[PermissionRequest, "str | None"], Awaitable["str | None"]]
 """Asks someone about a permission request: gets the request and the option
 the policy would pick; returns the ``optionId`` to select (None: cancelled)."""
+
+
+ASKED_RULE = "a person in the chat"  # the rule of a decision an approver made
 
 
 class AcpError(Exception):
@@ -167,9 +171,16 @@ class SessionState:
     consumer: UpdateConsumer | None = None
     watcher: UpdateConsumer | None = None
     permission_scopes: set[trio.CancelScope] = attrs.field(factory=set)
+    tool_calls: dict[str, ToolCall] = attrs.field(factory=dict)  # of the running prompt
 
     def absorb(self, update: SessionUpdate) -> None:
-        if isinstance(update, ConfigOptionUpdate):
+        if isinstance(update, ToolCall) and update.tool_call_id and self.replay is None:
+            self.tool_calls[update.tool_call_id] = merged_tool_call(
+                self.tool_calls.get(update.tool_call_id), update
+            )
+            if len(self.tool_calls) > _MAX_TOOL_CALLS:
+                del self.tool_calls[next(iter(self.tool_calls))]
+        elif isinstance(update, ConfigOptionUpdate):
             self.config_options = update.config_options
         elif isinstance(update, CurrentModeUpdate):
             self.current_mode_id = update.current_mode_id
@@ -354,6 +365,7 @@ class AcpClient:
         if state.prompting:
             raise AcpError(f"a prompt is already running in session {session_id}")
         state.prompting, state.cancelling, state.consumer = True, False, on_update
+        state.tool_calls.clear()
         try:
             result = await self.peer.request(
                 "session/prompt",
@@ -450,9 +462,15 @@ class AcpClient:
         raise RpcError.method_not_found(method)
 
     async def _request_permission(self, request: PermissionRequest) -> dict[str, Any]:
+        """The policy's choice, or the approver's. The request's tool call is
+        completed with what earlier ``tool_call`` updates said of it (agents
+        send the title, kind and input there and only the id here)."""
         state = self.session(request.session_id)
         if state.cancelling:
             return self._decided(request, None, "the turn was being cancelled")
+        known = state.tool_calls.get(request.tool_call.tool_call_id)
+        if known is not None:
+            request = attrs.evolve(request, tool_call=merged_tool_call(known, request.tool_call))
         policy = self.options.permissions
         kind = request.tool_call.kind
         choice = policy.choose(request.options, kind)
@@ -467,7 +485,9 @@ class AcpClient:
                 state.permission_scopes.discard(scope)
         if scope.cancelled_caught:
             return self._decided(request, None, "the turn was cancelled")
-        return self._decided(request, choice, "the approver")
+        return self._decided(
+            request, choice, ASKED_RULE if policy.asks(kind) else policy.rule_for(kind)
+        )
 
     def _decided(
         self, request: PermissionRequest, option_id: str | None, rule: str
@@ -486,6 +506,30 @@ class AcpClient:
                 )
             )
         return selected_outcome(option_id)
+
+
+_MAX_TOOL_CALLS = 1000
+
+
+def merged_tool_call(known: ToolCall | None, patch: ToolCall) -> ToolCall:
+    """``known`` with the fields ``patch`` sets (None means unchanged)."""
+    if known is None:
+        return ToolCall(
+            patch.tool_call_id,
+            patch.title,
+            patch.kind,
+            patch.status,
+            patch.content,
+            patch.locations,
+            patch.raw_input,
+            patch.raw_output,
+        )
+    changes = {
+        field.name: getattr(patch, field.name)
+        for field in attrs.fields(ToolCall)
+        if getattr(patch, field.name) not in (None, "", {})
+    }
+    return attrs.evolve(known, **changes)
 
 
 def _absolute(path: str) -> str:

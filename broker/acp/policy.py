@@ -20,14 +20,16 @@ from .fs import NotRegular, TooLarge, read_regular, run_fs, write_regular
 from .jsonrpc import INVALID_PARAMS, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND, RpcError
 from .schema import PermissionOption
 
-PERMISSION_MODES = ("allow_always", "allow_once", "reject")
+PERMISSION_MODES = ("allow_always", "allow_once", "reject", "ask")
 
 # Option kinds to look for, best first, per policy mode. Allow modes fall back
-# to the other allow kind; reject never falls back to an allow kind.
+# to the other allow kind; reject never falls back to an allow kind. ``ask``
+# chooses like reject: that is the answer when nobody can be asked.
 _PREFERENCES: dict[str, tuple[str, ...]] = {
     "allow_always": ("allow_always", "allow_once"),
     "allow_once": ("allow_once", "allow_always"),
     "reject": ("reject_once", "reject_always"),
+    "ask": ("reject_once", "reject_always"),
 }
 _REJECT_KINDS = ("reject_once", "reject_always")
 
@@ -38,7 +40,8 @@ class PermissionPolicy:
 
     ``default`` and the values of ``by_kind`` (keyed by the tool call's
     ``kind``: read, edit, execute, fetch, ...) are one of allow_always,
-    allow_once or reject."""
+    allow_once, reject or ask (a person in the chat decides; see
+    :meth:`asks`)."""
 
     default: str = attrs.field(default="allow_once")
     by_kind: Mapping[str, str] = attrs.field(factory=dict)
@@ -66,6 +69,10 @@ class PermissionPolicy:
             return f'[permissions] by_kind.{tool_kind} = "{self.by_kind[tool_kind or ""]}"'
         return f'[permissions] default = "{self.default}"'
 
+    def asks(self, tool_kind: str | None) -> bool:
+        """Whether a person is to be asked about a tool call of ``tool_kind``."""
+        return self.mode_for(tool_kind) == "ask"
+
     def choose(self, options: Sequence[PermissionOption], tool_kind: str | None) -> str | None:
         """The ``optionId`` to select, or None to answer ``cancelled``.
 
@@ -74,7 +81,7 @@ class PermissionPolicy:
         allow what is not offered); a reject mode never picks an allow option.
         """
         mode = self.mode_for(tool_kind)
-        fallbacks = _PREFERENCES[mode] + (_REJECT_KINDS if mode != "reject" else ())
+        fallbacks = _PREFERENCES[mode] + (_REJECT_KINDS if mode not in ("reject", "ask") else ())
         for kind in fallbacks:
             for option in options:
                 if option.kind == kind and option.option_id:
