@@ -6,6 +6,10 @@ Nothing here knows ACP or any chat platform: the session translates ACP
 ``session/update`` notifications into these events, and front-ends render
 them (see :mod:`broker.chat.present`).
 
+A :class:`Question` is the agent asking the person in the thread for
+permission (policy ``ask``); :class:`QuestionClosed` says how it was settled.
+Each front-end renders both as it can (see :mod:`broker.chat.questions`).
+
 :class:`Transcript` folds events into the state a renderer shows: the tool
 lines in the order they started, the plan, and the text so far. Folding is
 synchronous and cheap, so a relay of many thousand chunks per second costs
@@ -96,6 +100,72 @@ class PlanUpdate:
 
 
 @attrs.frozen
+class Person:
+    """Someone in a chat: ``id`` as the platform knows them, ``name`` to show."""
+
+    id: str
+    name: str
+
+
+@attrs.frozen
+class QuestionOption:
+    """One of the agent's own answers; ``kind`` is ACP's (allow_once, allow_always,
+    reject_once, reject_always) or whatever else the agent sent."""
+
+    option_id: str
+    name: str
+    kind: str
+
+
+@attrs.frozen
+class Question:
+    """The agent asks permission to run a tool; the person in the thread decides.
+
+    ``number`` is short and unique in the thread while the broker runs;
+    ``details`` say what the tool will do (a command line, a file path and a
+    short diff summary); ``options`` are the agent's, in its order.
+    ``initiator`` may answer, and so may the configured approvers.
+    """
+
+    number: int
+    tool_call_id: str
+    title: str
+    kind: str | None
+    details: tuple[str, ...]
+    options: tuple[QuestionOption, ...]
+    initiator: Person | None
+    timeout_secs: float
+
+
+class Settled(enum.Enum):
+    """How a question was closed."""
+
+    ANSWERED = "answered"  # a person chose an option
+    TIMED_OUT = "timed_out"  # nobody answered in time: the agent got its reject option
+    CANCELLED = "cancelled"  # /cancel: the agent got `cancelled`
+    AGENT_GONE = "agent_gone"  # the agent exited or its turn ended
+    EVICTED = "evicted"  # the session was suspended to make room
+    SHUTDOWN = "shutdown"  # the broker is stopping
+    RESET = "reset"  # /reset
+    NO_OPTIONS = "no_options"  # the agent offered nothing to choose: refused
+    DUPLICATE_OPTIONS = "duplicate_options"  # two options share an id: refused
+
+
+@attrs.frozen
+class QuestionClosed:
+    """Question ``number`` is settled: ``option`` is what the agent was told
+    (None: ``cancelled``), ``by`` who chose it, ``at`` when (seconds since the
+    epoch) and ``waited_secs`` how long it was open."""
+
+    number: int
+    settled: Settled
+    option: QuestionOption | None = None
+    by: Person | None = None
+    at: float = 0.0
+    waited_secs: float = 0.0
+
+
+@attrs.frozen
 class TurnEnd:
     """The last event of every turn.
 
@@ -130,9 +200,20 @@ class Prompt:
     text: str
     images: tuple[Image, ...] = ()
     context: str | None = None
+    author: Person | None = None  # who sent it: may answer the turn's questions
 
 
-ReplyEvent = Queued | TurnStarted | TextChunk | ThoughtChunk | ToolUpdate | PlanUpdate | TurnEnd
+ReplyEvent = (
+    Queued
+    | TurnStarted
+    | TextChunk
+    | ThoughtChunk
+    | ToolUpdate
+    | PlanUpdate
+    | Question
+    | QuestionClosed
+    | TurnEnd
+)
 
 
 @attrs.define
@@ -144,12 +225,21 @@ class ToolLine:
 
 
 @attrs.define
+class QuestionLine:
+    """A question of the turn and, once settled, how."""
+
+    question: Question
+    closed: QuestionClosed | None = None
+
+
+@attrs.define
 class Transcript:
     """The accumulated state of one turn, folded from its events in order."""
 
     chunks: list[str] = attrs.field(factory=list)
     tools: dict[str, ToolLine] = attrs.field(factory=dict)
     plan: tuple[PlanEntry, ...] = ()
+    questions: dict[int, QuestionLine] = attrs.field(factory=dict)
     thought_chars: int = 0
     queued_position: int | None = None
     started: bool = False
@@ -174,6 +264,10 @@ class Transcript:
                 return line
         return None
 
+    @property
+    def open_questions(self) -> list[Question]:
+        return [q.question for q in self.questions.values() if q.closed is None]
+
     def apply(self, event: ReplyEvent) -> None:
         if isinstance(event, TextChunk):
             if not event.text:
@@ -196,6 +290,13 @@ class Transcript:
                     line.kind = event.kind
         elif isinstance(event, PlanUpdate):
             self.plan = event.entries
+        elif isinstance(event, Question):
+            self.questions[event.number] = QuestionLine(event)
+        elif isinstance(event, QuestionClosed):
+            asked = self.questions.get(event.number)
+            if asked is None or asked.closed is not None:
+                return
+            asked.closed = event
         elif isinstance(event, Queued):
             self.queued_position = event.position
         elif isinstance(event, TurnStarted):

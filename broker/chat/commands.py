@@ -29,7 +29,7 @@ from broker.acp.schema import ConfigOption
 from broker.sessions.pool import NoLiveSession, Pool
 from broker.sessions.session import SessionSnapshot
 
-COMMANDS = ("reset", "cancel", "status", "model", "mode", "help")
+COMMANDS = ("reset", "cancel", "status", "model", "mode", "help", "allow", "deny", "answer")
 _COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?:@(\S+))?(?:\s+(.*))?$", re.DOTALL)
 _AGENT_ERRORS = (AcpError, RpcError, RequestTimeout, PeerClosed)
 
@@ -40,6 +40,8 @@ Commands answered by the broker:
 /reset — stop the agent and forget this thread's conversation
 /model [list | set NAME] — show or switch the agent's model
 /mode [list | set NAME] — show or switch the agent's mode
+/allow N, /allow always N — allow what question N asks (once, or from now on)
+/deny N, /deny always N — refuse it; /answer N K — pick its K-th option
 /help — this list
 Any other /command goes to the agent as text."""
 
@@ -108,6 +110,9 @@ def _session_lines(snap: SessionSnapshot) -> str:
         if snap.current_tool:
             turn += f"; tool: {snap.current_tool}"
         lines.append(turn)
+        if snap.waiting_for is not None:
+            since = duration(snap.waiting_secs or 0)
+            lines.append(f"⏸️ Waiting for approval: {snap.waiting_for} (asked {since} ago)")
     elif snap.idle_secs is not None:
         lines.append(f"Idle for {duration(snap.idle_secs)}")
     lines.append(

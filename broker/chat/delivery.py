@@ -29,6 +29,7 @@ guarantee exactly one final or error reply per event.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -47,6 +48,7 @@ from broker.chat.present import (
     render_end,
     split_message,
 )
+from broker.chat.questions import show_questions
 from broker.frontends.base import ReplyChannel
 from broker.frontends.wire import Command, InboundEvent, OutboundReply, reply_target
 from broker.reply import Transcript, TurnHandle
@@ -169,6 +171,16 @@ async def deliver_turn(
         return with_notes(notes, handle.transcript, text)
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(
+                show_questions,
+                handle,
+                replier.channel,
+                replier.event,
+                response_timeout=response_timeout,
+                ask_ids=streaming or replier.channel.frontend != "gateway",
+            )
+        )
         if reactions:
             nursery.start_soon(_show_reactions, handle, replier, edit_interval)
         if streaming:

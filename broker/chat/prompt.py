@@ -19,7 +19,7 @@ import attrs
 
 from broker.config import PromptConfig
 from broker.frontends.wire import InboundEvent
-from broker.reply import Image, Prompt
+from broker.reply import Image, Person, Prompt
 
 
 @attrs.frozen
@@ -103,4 +103,5 @@ def build_prompt(event: InboundEvent, text: str, config: PromptConfig) -> Prompt
         why = " ".join(notes) if notes else "It has no text and no attachments."
         return Refusal(f"⚠️ Nothing to send to the agent. {why}")
     context = sender_context(event) if config.sender_context else None
-    return PromptPlan(Prompt(prompt_text, tuple(images), context), tuple(notes))
+    author = Person(event.sender.id, event.sender.name)
+    return PromptPlan(Prompt(prompt_text, tuple(images), context, author), tuple(notes))

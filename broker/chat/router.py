@@ -15,7 +15,9 @@ one per event, so a slow turn or a slow frontend holds up nothing else):
    ``@name`` in the text). Staying silent is deliberate: answering strangers,
    bots or chatter not addressed to the bot would be noise or a loop.
 2. **Broker commands** (:mod:`broker.chat.commands`): ``/reset``, ``/cancel``,
-   ``/status``, ``/model``, ``/mode``, ``/help`` are answered by the broker.
+   ``/status``, ``/model``, ``/mode``, ``/help`` are answered by the broker,
+   and so are answers to the agent's questions (``/allow``, ``/deny``,
+   ``/answer``: :mod:`broker.chat.questions`), typed or sent by a button.
    Any other ``/word`` goes to the agent as text (agents have their own).
 3. **The prompt** (:func:`~broker.chat.prompt.build_prompt`, synchronous): text,
    sender context and attachments, or a refusal that reaches no agent.
@@ -44,10 +46,13 @@ import trio
 from broker.chat.commands import parse_command, run_command
 from broker.chat.delivery import Replier, deliver_turn
 from broker.chat.prompt import Refusal, build_prompt
+from broker.chat.questions import ANSWER_COMMANDS, answer_text, parse_answer
 from broker.config import BrokerConfig, RouterConfig
 from broker.frontends.base import RESPONSE_TIMEOUT_SECS, ReplyChannel
 from broker.frontends.wire import InboundEvent, thread_key
+from broker.reply import Person
 from broker.sessions.pool import Pool
+from broker.sessions.questions import Accepted, Answerer
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +92,11 @@ def mentions_bot(event: InboundEvent, bot_names: Iterable[str]) -> bool:
 
 def ignore_reason(event: InboundEvent, config: RouterConfig) -> str | None:
     """Why ``event`` gets no reply at all, or None when it is answered."""
-    if event.event_type != "message":
+    if event.event_type == "button":
+        command = parse_command(strip_leading_mentions(event.content.text, config.bot_names))
+        if command is None:
+            return "a button whose command is not the broker's"
+    elif event.event_type != "message":
         return f"event type {event.event_type!r} is not a message"
     platform = event.platform
     if config.allowed_channels and not _listed(config.allowed_channels, platform, event.channel.id):
@@ -99,6 +108,7 @@ def ignore_reason(event: InboundEvent, config: RouterConfig) -> str | None:
     mention_platforms = {p.lower() for p in config.mention_required_platforms}
     if (
         platform.lower() in mention_platforms
+        and event.event_type != "button"
         and event.channel.type.lower() not in DIRECT_CHANNEL_TYPES
         and not event.channel.thread_id
         and not mentions_bot(event, config.bot_names)
@@ -202,6 +212,19 @@ class Router:
         key = thread_key(event)
         text = strip_leading_mentions(event.content.text, config.router.bot_names)
         command = parse_command(text)
+        if command is not None and command.name in ANSWER_COMMANDS:
+            answer = parse_answer(command)
+            if isinstance(answer, str):
+                await replier.final(answer)
+                return
+            sender = event.sender
+            answerer = Answerer(Person(sender.id, sender.name), event.platform, sender.is_bot)
+            decision = self.pool.answer(key, answer, answerer)
+            if event.event_type == "button" and isinstance(decision, Accepted):
+                replier.finished = True  # the question's message is edited to show it
+                return
+            await replier.final(answer_text(decision))
+            return
         if command is not None:
             log.info("%s: /%s from %s", key, command.name, event.sender.id)
             answer = await run_command(command, self.pool, key, timeout=self.command_timeout)

@@ -34,8 +34,18 @@ from broker.acp.client import ClientOptions
 from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import ConfigOption
 from broker.config import BrokerConfig, agent_environment, resolve_command
-from broker.reply import Outcome, Prompt, TurnEnd, TurnHandle
+from broker.reply import Outcome, Prompt, Settled, TurnEnd, TurnHandle
 from broker.sessions.decide import Refuse, decide_admission, idle_expired
+from broker.sessions.questions import (
+    ANSWER_SECONDS_BUCKETS,
+    Accepted,
+    Answer,
+    Answerer,
+    Decision,
+    QuestionBook,
+    QuestionStats,
+    decide_answer,
+)
 from broker.sessions.session import (
     SHUTDOWN_SENTENCE,
     Session,
@@ -103,6 +113,7 @@ def session_settings(
         config.pool.queue_depth,
         agent.restart_after_cancel,
         agent.auth_method,
+        ask_timeout_secs=config.permissions.ask_timeout_secs,
     )
 
 
@@ -139,6 +150,11 @@ class Pool:
         self._closing = False
         self._spare_delay = 0.0
         self.turn_seconds = Histogram()
+        self.answer_seconds = Histogram(
+            ANSWER_SECONDS_BUCKETS, [0] * len(ANSWER_SECONDS_BUCKETS), 0.0, 0
+        )
+        self._question_stats = QuestionStats(answer_seconds=self.answer_seconds)
+        self._books: dict[str, QuestionBook] = {}  # thread key -> its questions
         self.recent: deque[PoolEvent] = deque(maxlen=100)
         self._policy = RestartPolicy(
             max_restarts=config.pool.max_restarts,
@@ -199,6 +215,8 @@ class Pool:
             self.version,
             self.turn_seconds.copy(),
             tuple(self.recent),
+            self._question_stats.counters.copy(),
+            self.answer_seconds.copy(),
         )
 
     def update_config(self, config: BrokerConfig) -> list[str]:
@@ -225,6 +243,23 @@ class Pool:
     def session_snapshot(self, thread_key: str) -> SessionSnapshot | None:
         session = self._sessions.get(thread_key)
         return session.snapshot() if session else None
+
+    def answer(self, thread_key: str, answer: Answer, answerer: Answerer) -> Decision:
+        """Settle an open question of the thread with ``answer``, if
+        ``answerer`` may give it (see :func:`decide_answer`). Synchronous: the
+        agent is answered by the task that asked, right after."""
+        book = self._books.get(thread_key)
+        decision = decide_answer(book, answer, answerer, self.config.permissions.approvers)
+        if isinstance(decision, Accepted) and book is not None:
+            book.settle(decision.entry, Settled.ANSWERED, decision.option, answerer.person)
+            self._bump()
+        return decision
+
+    def _question_book(self, thread_key: str) -> QuestionBook:
+        book = self._books.get(thread_key)
+        if book is None:
+            book = self._books[thread_key] = QuestionBook(thread_key, self._question_stats)
+        return book
 
     def is_suspended(self, thread_key: str) -> bool:
         return thread_key in self._suspended
@@ -362,6 +397,7 @@ class Pool:
             )
             self._nursery.start_soon(session.run)
         self._sessions[thread_key] = session
+        session.questions = self._question_book(thread_key)
         # a taken spare is replaced once a session goes idle (session_changed), so
         # the replacement's spawn does not compete with this thread's first turn
         return session

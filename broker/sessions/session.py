@@ -33,6 +33,7 @@ import trio
 from broker import reply
 from broker.acp import schema
 from broker.acp.client import (
+    ASKED_RULE,
     AcpClient,
     AcpError,
     ClientOptions,
@@ -42,7 +43,7 @@ from broker.acp.client import (
 )
 from broker.acp.jsonrpc import AUTH_REQUIRED, PeerClosed, RequestTimeout, RpcError
 from broker.acp.policy import PermissionPolicy
-from broker.acp.schema import ConfigOption, InitializeResult, SessionUpdate
+from broker.acp.schema import ConfigOption, InitializeResult, PermissionRequest, SessionUpdate
 from broker.chat.render import (
     agent_died_reason,
     busy_reason,
@@ -52,7 +53,8 @@ from broker.chat.render import (
 )
 from broker.config import TimeoutsConfig
 from broker.logs import SessionLogger, session_logger
-from broker.reply import Outcome, Prompt, TurnEnd, TurnHandle
+from broker.reply import Outcome, Prompt, Settled, TurnEnd, TurnHandle
+from broker.sessions.questions import QuestionBook, WaitTally, ask_person
 from broker.sessions.translate import prompt_blocks, update_to_events
 from supervisor.process import Child, ChildSpec, ExitStatus, SpawnError, run_child
 
@@ -84,6 +86,7 @@ class SessionSettings:
     queue_depth: int
     restart_after_cancel: bool = False
     auth_method: str = ""
+    ask_timeout_secs: float = 300.0
 
 
 class SessionObserver(Protocol):
@@ -119,6 +122,7 @@ class Turn:
     stop_reason: str | None = None
     error: Exception | None = None
     refused: PermissionDecision | None = None
+    waiting: WaitTally = attrs.field(factory=WaitTally)  # for a person's answer
     wake: trio.Event = attrs.field(factory=trio.Event)
 
     def poke(self) -> None:
@@ -141,6 +145,8 @@ class SessionSnapshot:
     turns_done: int
     restarts: int
     agent: str
+    waiting_for: str | None = None  # the tool of the oldest open question
+    waiting_secs: float | None = None
 
 
 class _StartFailed(Exception):
@@ -195,6 +201,7 @@ class Session:
         self._wakeup = trio.Event()
         self._start_scope: trio.CancelScope | None = None
         self._update_target: Turn | None = None
+        self.questions: QuestionBook | None = None  # the thread's, set by the pool
 
     def __repr__(self) -> str:
         pid = self.child.pid if self.child else "-"
@@ -284,6 +291,7 @@ class Session:
         now = trio.current_time()
         turn = self.current
         tool = turn.handle.transcript.current_tool if turn else None
+        asked = self.questions.waiting(turn.handle) if turn and self.questions else None
         return SessionSnapshot(
             thread_key=self.key,
             state=self.state.value,
@@ -293,10 +301,16 @@ class Session:
             queue_length=len(self.queue),
             current_tool=tool.title if tool else None,
             turn_elapsed_secs=now - turn.started_at if turn and turn.started_at else None,
-            turn_deadline_in_secs=turn.hard_deadline - now if turn and turn.started_at else None,
+            turn_deadline_in_secs=(  # paused while a person is asked
+                turn.hard_deadline - (turn.waiting.since or now)
+                if turn and turn.started_at
+                else None
+            ),
             turns_done=self.turns_done,
             restarts=self.restarts,
             agent=self.settings.spec.name,
+            waiting_for=asked.question.title if asked else None,
+            waiting_secs=now - asked.asked_at if asked else None,
         )
 
     def _poke(self) -> None:
@@ -404,7 +418,9 @@ class Session:
             raise _StartFailed(str(exc)) from None
         self._observer.agent_started(self, self.child)
         client = AcpClient(
-            self.child.send, self.settings.client_options, on_permission=self._permission_decided
+            self.child.send,
+            attrs.evolve(self.settings.client_options, approver=self._ask),
+            on_permission=self._permission_decided,
         )
         self.client = client
         nursery.start_soon(self._read_agent, client)
@@ -517,7 +533,8 @@ class Session:
             decision.rule,
         )
         turn = self.current
-        if decision.refused and turn is not None and not turn.cancel_requested:
+        asked = decision.rule == ASKED_RULE  # the question already shows who refused
+        if decision.refused and not asked and turn is not None and not turn.cancel_requested:
             turn.refused = decision
 
     def _on_update(self, update: SessionUpdate) -> None:
@@ -574,6 +591,7 @@ class Session:
             self.current = None
             self.turns_done += 1
             self.last_active = trio.current_time()
+        self._settle_questions(turn)
         turn.handle.push(end)
         self._observer.turn_ended(self, turn, end)
         self._changed()
@@ -611,12 +629,17 @@ class Session:
             now = trio.current_time()
             if turn.cancel_deadline is not None and now >= turn.cancel_deadline:
                 return True
-            if not turn.cancel_sent and (now >= turn.hard_deadline or self.stop_requested):
-                turn.timed_out = now >= turn.hard_deadline
+            past_deadline = now >= turn.hard_deadline and not turn.waiting.open
+            if not turn.cancel_sent and (past_deadline or self.stop_requested):
+                turn.timed_out = past_deadline
                 await self._send_cancel(turn)
                 continue
             deadline = (
-                turn.cancel_deadline if turn.cancel_deadline is not None else turn.hard_deadline
+                turn.cancel_deadline
+                if turn.cancel_deadline is not None
+                else math.inf
+                if turn.waiting.open
+                else turn.hard_deadline
             )
             with trio.move_on_at(deadline):
                 await wake.wait()
@@ -678,10 +701,56 @@ class Session:
     def _refusal(decision: PermissionDecision) -> str:
         return refused_reason(decision.title, decision.kind, decision.rule)
 
+    # -- questions to the person in the thread (policy "ask") ----------------
+
+    async def _ask(self, request: PermissionRequest, choice: str | None) -> str | None:
+        """The client's approver: puts ``request`` to the thread when the policy
+        says ``ask`` (else ``choice``, the policy's). The time it waits is not
+        counted by the turn's hard ceiling."""
+        turn, book = self.current, self.questions
+        policy = self.settings.client_options.permissions
+        if turn is None or book is None or turn.settled or not policy.asks(request.tool_call.kind):
+            return choice
+        turn.waiting.begin(trio.current_time())
+        self._changed()
+        try:
+            return await ask_person(
+                book,
+                turn.handle,
+                request,
+                initiator=turn.prompt.author,
+                timeout_secs=self.settings.ask_timeout_secs,
+                why_cancelled=self._why_unasked,
+            )
+        finally:
+            turn.hard_deadline += turn.waiting.end(trio.current_time())
+            turn.poke()
+            self._changed()
+
+    def _why_unasked(self) -> Settled:
+        """Why a question of this session closes without an answer."""
+        stop = self.stop_requested
+        if stop is StopReason.SHUTDOWN:
+            return Settled.SHUTDOWN
+        if stop is StopReason.RESET:
+            return Settled.RESET
+        if stop is not None:
+            return Settled.EVICTED
+        if self.exit_status is not None or self._reader_gone:
+            return Settled.AGENT_GONE
+        turn = self.current
+        return Settled.CANCELLED if turn is None or turn.cancel_requested else Settled.AGENT_GONE
+
+    def _settle_questions(self, turn: Turn) -> None:
+        """Before a turn's end: no question of it stays open."""
+        if self.questions is not None:
+            self.questions.settle_all(turn.handle, self._why_unasked())
+
     def _finish(self) -> None:
         """End the session: no turn it accepted is left without its end."""
         self.state = SessionState.DEAD
         if self.current is not None:
+            self._settle_questions(self.current)
             self.current.handle.push(
                 TurnEnd(
                     Outcome.ERROR,

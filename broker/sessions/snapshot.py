@@ -11,6 +11,7 @@ import math
 
 import attrs
 
+from broker.sessions.questions import QuestionCounters
 from broker.sessions.session import SessionSnapshot, SessionState
 
 
@@ -78,6 +79,8 @@ class PoolSnapshot:
     version: int
     turn_seconds: Histogram
     recent: tuple[PoolEvent, ...]
+    questions: QuestionCounters = attrs.field(factory=QuestionCounters)
+    answer_seconds: Histogram = attrs.field(factory=Histogram)
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.sessions if s.state == state)

@@ -117,10 +117,16 @@ class LongLine:
 
 @attrs.frozen
 class Permission:
-    """Ask session/request_permission for a ``kind`` tool call titled ``title``; obey the answer."""
+    """Ask session/request_permission for a ``kind`` tool call titled ``title``; obey the answer.
+
+    ``count`` requests are asked at once (titled ``title 1``, ``title 2`` ... when more than one);
+    ``options`` is ``standard`` (the four ACP kinds), ``none`` or ``duplicate`` (two share an id).
+    """
 
     kind: str
     title: str
+    count: int = 1
+    options: str = "standard"
 
 
 @attrs.frozen
@@ -236,12 +242,25 @@ def _tool(arg: str, fail: bool) -> Tool:
     return Tool(title=title, secs=secs, kind=kind, fail=fail)
 
 
-def _permission(arg: str) -> Permission:
+def _permission(arg: str, *, count: int = 1, options: str = "standard") -> Permission:
     words = arg.split()
     kind = "edit"
     if words and words[0] in TOOL_KINDS:
         kind = words.pop(0)
-    return Permission(kind=kind, title=" ".join(words) or f"{kind} demo.txt")
+    title = " ".join(words) or f"{kind} demo.txt"
+    return Permission(kind=kind, title=title, count=count, options=options)
+
+
+def _permissions(arg: str, at: str) -> Permission:
+    count, _, rest = _one_arg(arg, at).partition(" ")
+    return _permission(rest, count=_count(count, at, minimum=1))
+
+
+def _permission_bad(arg: str, at: str) -> Permission:
+    options, _, rest = _one_arg(arg, at).partition(" ")
+    if options not in ("none", "duplicate"):
+        raise ScriptError(f"{at}: expected none or duplicate")
+    return _permission(rest, options=options)
 
 
 def _one_arg(arg: str, what: str) -> str:
@@ -279,6 +298,10 @@ def _action(name: str, arg: str) -> Action | None:
             return LongLine(_count(_one_arg(arg, at), at, minimum=1))
         case "permission":
             return _permission(arg)
+        case "permissions":
+            return _permissions(arg, at)
+        case "permission-bad":
+            return _permission_bad(arg, at)
         case "grandchild":
             return Grandchild()
         case "stderr":
@@ -347,6 +370,8 @@ _ACTION_NAMES = frozenset(
         "malformed",
         "longline",
         "permission",
+        "permissions",
+        "permission-bad",
         "grandchild",
         "stderr",
         "thought",

@@ -125,14 +125,35 @@ async def _tool(turn: Turn, tool: fs.Tool) -> None:
 
 
 async def _permission(turn: Turn, ask: fs.Permission) -> None:
-    """Ask the client; run the tool if an allow option is selected, fail it otherwise."""
+    """Ask the client (``ask.count`` requests at once); run each tool whose answer selects an
+    allow option, fail the others."""
+    if ask.count == 1:
+        await _ask_one(turn, ask, ask.title)
+        return
+    async with trio.open_nursery() as nursery:
+        for n in range(1, ask.count + 1):
+            nursery.start_soon(_ask_one, turn, ask, f"{ask.title} {n}")
+
+
+def _options(kind: str) -> list[dict[str, str]]:
+    if kind == "none":
+        return []
+    if kind == "duplicate":
+        return [{**_PERMISSION_OPTIONS[0]}, {**_PERMISSION_OPTIONS[2], "optionId": "allow_once"}]
+    return _PERMISSION_OPTIONS
+
+
+async def _ask_one(turn: Turn, ask: fs.Permission, title: str) -> None:
     call_id = turn.next_tool_id()
+    raw_input: dict[str, str] = {"title": title}
+    if ask.kind == "execute":
+        raw_input["command"] = title
     tool_call = {
         "toolCallId": call_id,
-        "title": ask.title,
+        "title": title,
         "kind": ask.kind,
         "status": "pending",
-        "rawInput": {"title": ask.title},
+        "rawInput": raw_input,
     }
     await turn.update("tool_call", **tool_call, content=[], locations=[])
     answer = await turn.wire.request(
@@ -140,15 +161,15 @@ async def _permission(turn: Turn, ask: fs.Permission) -> None:
         {
             "sessionId": turn.record.session_id,
             "toolCall": tool_call,
-            "options": _PERMISSION_OPTIONS,
+            "options": _options(ask.options),
         },
     )
     outcome = (answer or {}).get("outcome") or {}
     option = outcome.get("optionId") if outcome.get("outcome") == "selected" else None
     if option is None:
-        turn.notes.append(f"Permission for “{ask.title}” was cancelled.")
+        turn.notes.append(f"Permission for “{title}” was cancelled.")
     else:
-        turn.notes.append(f"Permission for “{ask.title}”: selected {option}.")
+        turn.notes.append(f"Permission for “{title}”: selected {option}.")
     allowed = isinstance(option, str) and option.startswith("allow")
     await turn.update(
         "tool_call_update", toolCallId=call_id, status="completed" if allowed else "failed"

@@ -100,6 +100,7 @@ class Client:
         self.answer_requests = answer_requests
         self.frames: list[Frame] = []
         self.message_event: dict[str, str] = {}  # message id we issued -> event id
+        self.request_message: dict[str, str] = {}  # request id -> the message id we issued
         self._ids = itertools.count(1)
         self._changed = trio.Event()
 
@@ -112,6 +113,7 @@ class Client:
                 if reply.request_id and self.answer_requests:
                     message_id = f"cli-m-{next(self._ids)}"
                     self.message_event[message_id] = reply.reply_to
+                    self.request_message[reply.request_id] = message_id
                     response = GatewayResponse(reply.request_id, True, message_id=message_id)
                     await self.ws.send_message(encode_response(response))
                 self._changed.set()
