@@ -131,8 +131,8 @@ async def test_a_completed_turn_after_a_refusal_says_so_and_an_allowed_tool_is_l
 async def test_reloaded_permissions_reach_a_running_session(
     make_config: Callable[..., BrokerConfig],
 ) -> None:
-    loose = make_config()
-    strict = make_config(permissions={"by_kind": {"execute": "reject"}})
+    loose = make_config(permissions={"default": "allow_once"})
+    strict = make_config(permissions={"default": "allow_once", "by_kind": {"execute": "reject"}})
     with trio.fail_after(30):
         async with open_pool(loose) as pool:
             first = await ask(pool, "cli:1", "@permission execute make")
