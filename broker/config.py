@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import sys
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -136,6 +137,28 @@ class GatewayConfig:
     )
     token: str = ""
     streaming: bool = False
+
+
+def _api_url_ok(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    return parts.scheme == "http" and is_loopback(parts.hostname or "")
+
+
+@attrs.frozen
+class SlackConfig:
+    enabled: bool = False
+    app_token: str = ""
+    bot_token: str = ""
+    api_base_url: str = attrs.field(
+        default="https://slack.com/api/",
+        metadata=_require("an https:// URL (http:// only on loopback)", _api_url_ok),
+    )
+    mention_required: bool = True
+
+
+SLACK_TOKEN_PREFIXES = {"app_token": "xapp-", "bot_token": "xoxb-"}
 
 
 @attrs.frozen
@@ -254,10 +277,17 @@ class BrokerConfig:
     prompt: PromptConfig = PromptConfig()
     render: RenderConfig = RenderConfig()
     reactions: ReactionsConfig = ReactionsConfig()
+    slack: SlackConfig = SlackConfig()
 
     def secret_values(self) -> tuple[str, ...]:
-        """The broker's own secrets (server, gateway and Discord tokens) that are set."""
-        tokens = (self.server.token, self.gateway.token, self.discord.token)
+        """The broker's own secrets (server, gateway, Discord and Slack tokens) that are set."""
+        tokens = (
+            self.server.token,
+            self.gateway.token,
+            self.discord.token,
+            self.slack.app_token,
+            self.slack.bot_token,
+        )
         return tuple(t for t in tokens if t)
 
     def redacted(self) -> BrokerConfig:
@@ -274,6 +304,11 @@ class BrokerConfig:
             agent=attrs.evolve(
                 self.agent,
                 env={k: mask_secrets(v, self.secret_values()) for k, v in self.agent.env.items()},
+            ),
+            slack=attrs.evolve(
+                self.slack,
+                app_token="***" if self.slack.app_token else "",
+                bot_token="***" if self.slack.bot_token else "",
             ),
         )
 
@@ -566,11 +601,21 @@ def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
         problem = exposure_problem(host, config.server.token) if host else None
         if problem:
             yield ("server.token", problem)
+    if config.slack.enabled:
+        for key, prefix in SLACK_TOKEN_PREFIXES.items():
+            token: str = getattr(config.slack, key)
+            if not token.startswith(prefix):
+                what = "is empty" if not token else f"does not start with {prefix}"
+                yield (
+                    f"slack.{key}",
+                    f"{what}: [slack] enabled needs the {prefix}... token from the Slack app's "
+                    "settings (see docs/slack.md); set it with ${VAR}",
+                )
     if any(_holds(arg, secret) for secret in config.secret_values() for arg in config.agent.args):
         yield (
             "agent.args",
             (
-                "holds the server or gateway token; an agent's command line is readable by every"
+                "holds one of the broker's tokens; an agent's command line is readable by every"
                 " local user, and the broker's secrets never reach an agent"
             ),
         )

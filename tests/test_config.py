@@ -358,14 +358,36 @@ def test_a_broker_token_in_the_agents_arguments_is_refused() -> None:
     data = {"server": {"token": "s3cret-token"}, "agent": {"args": ["--key=s3cret-token"]}}
     with pytest.raises(ConfigError) as caught:
         structure_config(data, file="broker.toml", environ={})
-    assert str(caught.value).startswith(
-        "broker.toml: agent.args: holds the server or gateway token"
-    )
+    assert str(caught.value).startswith("broker.toml: agent.args: holds one of the broker's tokens")
 
 
 def test_a_short_token_is_matched_in_agent_arguments_only_as_a_whole_value() -> None:
     ok = {"server": {"token": "t"}, "agent": {"args": ["-m", "broker.testing.fake_agent"]}}
     assert structure_config(ok, file="broker.toml", environ={}).server.token == "t"
     bad = {"server": {"token": "t"}, "agent": {"args": ["--token=t"]}}
-    with pytest.raises(ConfigError, match="agent.args: holds the server or gateway token"):
+    with pytest.raises(ConfigError, match="agent.args: holds one of the broker's tokens"):
         structure_config(bad, file="broker.toml", environ={})
+
+
+def test_enabled_slack_needs_tokens_of_the_right_kind_and_never_shows_them() -> None:
+    data = {"slack": {"enabled": True, "app_token": "xoxb-wrong-kind", "bot_token": ""}}
+    with pytest.raises(ConfigError) as caught:
+        structure_config(data, file="broker.toml", environ={})
+    message = str(caught.value)
+    assert "slack.app_token: does not start with xapp-" in message
+    assert "slack.bot_token: is empty" in message
+    assert "xoxb-wrong-kind" not in message
+    off = {"slack": {"app_token": "whatever"}}
+    assert not structure_config(off, file="broker.toml", environ={}).slack.enabled
+
+
+def test_slack_tokens_are_secrets_and_the_api_url_must_be_https_off_loopback() -> None:
+    data = {"slack": {"enabled": True, "app_token": "xapp-1-A-2-t", "bot_token": "xoxb-1-2-t"}}
+    config = structure_config(data, file="broker.toml", environ={})
+    assert {"xapp-1-A-2-t", "xoxb-1-2-t"} <= set(config.secret_values())
+    assert config.redacted().slack.bot_token == "***"
+    plain = {"slack": {"api_base_url": "http://slack.example/api/"}}
+    with pytest.raises(ConfigError, match="slack.api_base_url: expected an https:// URL"):
+        structure_config(plain, file="broker.toml", environ={})
+    local = {"slack": {"api_base_url": "http://127.0.0.1:9/api/"}}
+    assert structure_config(local, file="broker.toml", environ={}).slack.api_base_url

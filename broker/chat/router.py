@@ -142,7 +142,7 @@ def streaming_enabled(config: BrokerConfig, frontend: str) -> bool:
         return config.server.streaming
     if frontend == "gateway":
         return config.gateway.streaming
-    return frontend == "discord"
+    return frontend in ("discord", "slack")  # both edit their messages: always streamed
 
 
 def _leaf_name(exc: BaseException) -> str:

@@ -281,6 +281,23 @@ def frontends(doc: dict[str, Any]) -> Text:
             f"{discord['rate_limited']} rate-limited"
             f"{f', {waiting} replies in the outbox' if waiting else ''}"
         )
+    slack = doc["frontends"].get("slack")
+    if slack is not None:
+        lines.append("\nslack: ")
+        state = slack["state"]
+        if state == "connected":
+            lines.append(f"connected ({slack['connections']} socket(s))", style="green")
+        elif state == "stopped":
+            lines.append(f"stopped: {slack['fatal']}", style="bold red")
+        else:
+            lines.append(state, style="bold red")
+            if slack["last_error"]:
+                lines.append(f" ({slack['last_error']})")
+        waiting = slack["outbox_waiting"]
+        lines.append(
+            f", {slack['events_received']} events, {slack['rate_limited']} rate limited"
+            f"{f', {waiting} replies in the outbox' if waiting else ''}"
+        )
     return lines
 
 

@@ -39,6 +39,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from broker.chat.commands import COMMANDS
 from broker.chat.router import Router
 from broker.config import BrokerConfig, ConfigError, load_config
 from broker.frontends.base import FrontendError, InboundSink, ReplyChannel
@@ -46,6 +47,7 @@ from broker.frontends.discord.adapter import DiscordFrontend
 from broker.frontends.gateway import GatewayClient
 from broker.frontends.http import check_exposure, parse_listen
 from broker.frontends.server import WebSocketServer, serve_websocket
+from broker.frontends.slack.adapter import SlackFrontend
 from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode_reply, parse_reply
 from broker.logs import setup_logging
 from broker.ops.status import StatusEndpoints
@@ -107,6 +109,8 @@ def plan_reload(old: BrokerConfig, new: BrokerConfig) -> ReloadPlan:
     restart_only = ("enabled", "token", "api_base_url")
     if any(getattr(new.discord, k) != getattr(old.discord, k) for k in restart_only):
         kept.append("[discord] enabled, token and api_base_url take effect at the next restart")
+    if new.slack != old.slack:
+        kept.append("[slack] takes effect at the next restart")
     if new.state.path != old.state.path:
         kept.append(f"[state] path stays {old.state.path} until a restart")
     applied = attrs.evolve(
@@ -119,6 +123,7 @@ def plan_reload(old: BrokerConfig, new: BrokerConfig) -> ReloadPlan:
             token=old.discord.token,
             api_base_url=old.discord.api_base_url,
         ),
+        slack=old.slack,
         state=old.state,
     )
     changed = tuple(
@@ -324,6 +329,7 @@ class Broker:
     server: WebSocketServer | None = None
     gateway: GatewayClient | None = None
     discord: DiscordFrontend | None = None
+    slack: SlackFrontend | None = None
     reloads: int = 0
 
     def stop(self, reason: str = "requested") -> None:
@@ -340,6 +346,8 @@ class Broker:
             line += ", gateway " + ("connected" if self.gateway.connected else "disconnected")
         if self.discord is not None:
             line += f", discord {self.discord.gateway.state.value}"
+        if self.slack is not None:
+            line += f", slack {self.slack.state}"
         return line
 
     def healthy(self) -> bool:
@@ -454,6 +462,17 @@ async def _start_frontends(broker: Broker, nursery: trio.Nursery) -> None:
         broker.discord = await nursery.start(discord.run)
         broker.status.discord_snapshot = discord.snapshot
         log.info("connecting to Discord (%s)", config.discord.api_base_url)
+    if config.slack.enabled:
+        slack = SlackFrontend(
+            config.slack,
+            broker.in_flight,
+            outbox=broker.outboxes["slack"],
+            commands=COMMANDS,
+            max_file_bytes=config.prompt.max_attachment_bytes,
+        )
+        broker.slack = await nursery.start(slack.run)
+        broker.status.slack_snapshot = slack.snapshot
+        log.info("connecting to Slack (Socket Mode) at %s", config.slack.api_base_url)
 
 
 @asynccontextmanager
@@ -493,7 +512,8 @@ async def serve(
                 trio.open_nursery() as keepers,
             ):
                 outboxes = {
-                    name: StoreOutbox(store, name) for name in ("server", "gateway", "discord")
+                    name: StoreOutbox(store, name)
+                    for name in ("server", "gateway", "discord", "slack")
                 }
                 for outbox in outboxes.values():
                     if waiting := await outbox.load():

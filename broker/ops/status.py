@@ -41,6 +41,7 @@ from broker.frontends.discord.adapter import DiscordSnapshot
 from broker.frontends.gateway import GatewaySnapshot
 from broker.frontends.http import HttpHandler, HttpRequest, HttpResponse
 from broker.frontends.server import ServerSnapshot, WebSocketHandler
+from broker.frontends.slack.adapter import SlackSnapshot
 from broker.sessions.pool import Pool, PoolSnapshot
 from broker.sessions.session import SessionState
 from broker.store import StoreSnapshot
@@ -91,6 +92,7 @@ def status_document(
     pid: int | None = None,
     gateway: GatewaySnapshot | None = None,
     discord: DiscordSnapshot | None = None,
+    slack: SlackSnapshot | None = None,
     secrets: Iterable[str] = (),
     closing: bool = False,
     store: StoreSnapshot | None = None,
@@ -161,6 +163,7 @@ def status_document(
             "server": None if server is None else _server_part(server),
             "gateway": None if gateway is None else _gateway_part(gateway),
             "discord": None if discord is None else attrs.asdict(discord),
+            "slack": None if slack is None else attrs.asdict(slack),
         },
         "recent": [
             {
@@ -279,8 +282,9 @@ def metrics_text(
     version: str = broker.__version__,
     gateway: GatewaySnapshot | None = None,
     discord: DiscordSnapshot | None = None,
+    slack: SlackSnapshot | None = None,
 ) -> str:
-    """The Prometheus text exposition (format 0.0.4) of the two snapshots. Pure."""
+    """The Prometheus text exposition (format 0.0.4) of the snapshots. Pure."""
     out = _Exposition()
     out.family("agent_broker_info", "gauge", "Always 1; the version is a label.")
     out.sample("agent_broker_info", 1, version=version)
@@ -325,7 +329,7 @@ def metrics_text(
         out.sample(f"{name}_bucket", count, le=_number(float(bound)))
     out.sample(f"{name}_sum", float(histogram.total))
     out.sample(f"{name}_count", histogram.count)
-    _frontend_metrics(out, server, gateway, discord)
+    _frontend_metrics(out, server, gateway, discord, slack)
     return "\n".join(out.lines) + "\n"
 
 
@@ -334,6 +338,7 @@ def _frontend_metrics(
     server: ServerSnapshot | None,
     gateway: GatewaySnapshot | None,
     discord: DiscordSnapshot | None,
+    slack: SlackSnapshot | None = None,
 ) -> None:
     running: list[tuple[str, int, int | None]] = []
     if server is not None:
@@ -374,6 +379,20 @@ def _frontend_metrics(
             "gauge",
             "The latest a Discord heartbeat went out after it was due.",
             discord.heartbeat_lateness_secs,
+        )
+    if slack is not None:
+        running.append(("slack", slack.events_received, slack.outbox_waiting))
+        out.one(
+            "agent_broker_slack_connections",
+            "gauge",
+            "Open Slack Socket Mode connections (0 while reconnecting or stopped).",
+            slack.connections,
+        )
+        out.one(
+            "agent_broker_slack_rate_limited_total",
+            "counter",
+            "Slack Web API calls answered 429 and retried.",
+            slack.rate_limited,
         )
     if not running:
         return
@@ -422,6 +441,7 @@ class StatusEndpoints:
         self.gateway_snapshot = gateway_snapshot
         self.store_snapshot = store_snapshot
         self.discord_snapshot: Callable[[], DiscordSnapshot] | None = None
+        self.slack_snapshot: Callable[[], SlackSnapshot] | None = None
         self.secrets = tuple(secrets)
         self.started_at = started_at
         self.version = version
@@ -449,10 +469,14 @@ class StatusEndpoints:
             version=self.version,
             gateway=gateway,
             discord=discord,
+            slack=self._slack(),
             secrets=self.secrets,
             closing=self.closing,
             store=None if self.store_snapshot is None else self.store_snapshot(),
         )
+
+    def _slack(self) -> SlackSnapshot | None:
+        return self.slack_snapshot() if self.slack_snapshot is not None else None
 
     def http_routes(self) -> dict[str, HttpHandler]:
         return {
@@ -485,6 +509,7 @@ class StatusEndpoints:
             version=self.version,
             gateway=gateway,
             discord=discord,
+            slack=self._slack(),
         )
         return HttpResponse(200, text.encode(), METRICS_CONTENT_TYPE)
 

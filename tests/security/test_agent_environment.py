@@ -105,3 +105,24 @@ async def test_a_running_brokers_agents_get_no_token_though_its_environment_has_
     }
     assert agent_env == {**base, "CONFIGURED": "yes", "HARMLESS": "fine"}  # ...its agents do not
     assert grandchild_env == agent_env
+
+
+async def test_slack_tokens_never_reach_an_agent_even_when_inherited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_token, bot_token = "xapp-1-A0SEC-77-3f9c2a", "xoxb-5150-sec-9d1e77"
+    monkeypatch.setenv("SLACK_APP_TOKEN", app_token)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", bot_token)
+    config = fake_agent_config(
+        tmp_path,
+        slack={"app_token": "${SLACK_APP_TOKEN}", "bot_token": "${SLACK_BOT_TOKEN}"},
+        agent={"inherit_env": ["SLACK_APP_TOKEN", "SLACK_BOT_TOKEN"]},
+    )
+    with trio.fail_after(30):
+        async with open_pool(config) as pool:
+            end = await pool.submit("sec:slack", Prompt("@reply up")).result()
+            assert end.ok, end
+            snapshot = pool.session_snapshot("sec:slack")
+            assert snapshot is not None and snapshot.pid is not None
+            raw = Path(f"/proc/{snapshot.pid}/environ").read_bytes()
+    assert app_token.encode() not in raw and bot_token.encode() not in raw

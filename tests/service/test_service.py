@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import socket
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from broker.ops.service import (
 from broker.sessions.pool import Pool, PoolSnapshot
 from broker.store import OutboxItem, open_store
 from broker.testing.fake_gateway import open_fake_gateway
+from broker.testing.fake_slack import APP_TOKEN, BOT_TOKEN, open_fake_slack
 from broker.testing.harness import fake_agent_config, free_port
 from tests.service.broker_process import alive, chat, write_config
 
@@ -207,6 +209,39 @@ async def test_the_gateway_client_is_started_and_answers_through_the_router(
             assert "hello via the gateway" in final.text
             broker.stop()
         gateway.assert_clean()
+
+
+async def test_slack_is_started_beside_the_server_shown_in_status_and_answers(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with open_fake_slack() as fake, trio.open_nursery() as nursery:
+            slack = {
+                "enabled": True,
+                "app_token": APP_TOKEN,
+                "bot_token": BOT_TOKEN,
+                "api_base_url": fake.api_url,
+            }
+            config = fake_agent_config(tmp_path, slack=slack)
+            broker: Broker = await nursery.start(
+                functools.partial(serve, config, handle_signals=False)
+            )
+            assert broker.slack is not None and broker.server is not None
+            await fake.wait_for(lambda: fake.open_sockets == 1)
+            while broker.slack.state != "connected":
+                await broker.slack.socket.wait_changed()
+            assert broker.status_line().endswith(", 0 clients, slack connected")
+            part = broker.status.document()["frontends"]["slack"]
+            assert (part["state"], part["connections"], part["fatal"]) == ("connected", 1, "")
+            mention = fake.user_message("hello via slack", mention=True)
+            await fake.send_event(mention)
+            await fake.wait_for(
+                lambda: any("hello via slack" in m.text for m in fake.bot_messages("C0CHAN"))
+            )
+            document = json.dumps(broker.status.document())
+            assert APP_TOKEN not in document and BOT_TOKEN not in document
+            broker.stop()
+        fake.assert_clean()
 
 
 async def test_a_streamed_turn_cut_by_the_stop_gets_its_final_edit_before_the_server_closes(

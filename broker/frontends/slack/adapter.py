@@ -337,22 +337,38 @@ class SlackFrontend:
         """Send ``channel``'s waiting edits, one an interval; ends (dropping the
         pacer) once none waits and the last interval is over."""
         try:
-            while (wait := pacer.wait(trio.current_time())) is not None:
-                await trio.sleep(wait)
-                edit = pacer.take(trio.current_time())
-                if edit is None:
-                    continue
-                if self._backlog:
-                    self._keep(edit)
-                else:
-                    await self._deliver(edit)
+            await self._send_paced(pacer)
+        except Exception:  # a bug here must not end the broker
+            log.exception("slack: sending the edits of %s failed", channel)
         finally:
             if self._pacers.get(channel) is pacer:
                 del self._pacers[channel]
+                self._notify()
+
+    async def _send_paced(self, pacer: EditPacer) -> None:
+        while (wait := pacer.wait(trio.current_time())) is not None:
+            await trio.sleep(wait)
+            edit = pacer.take(trio.current_time())
+            if edit is None:
+                continue
+            if self._backlog:
+                self._keep(edit)
+            else:
+                await self._deliver(edit)
 
     async def _deliver_outbox(self) -> None:
         """Send the waiting replies, oldest first, whenever some wait; retry
-        with backoff while Slack does not answer."""
+        with backoff while Slack does not answer. A bug in one round is
+        logged and the next round goes on."""
+        while True:
+            try:
+                await self._outbox_rounds()
+            except Exception:
+                log.exception("slack: delivering the outbox failed")
+                self._wake_outbox.set()
+                await trio.sleep(self.backoff_policy.max_secs)
+
+    async def _outbox_rounds(self) -> None:
         backoff = Backoff(self.backoff_policy)
         while True:
             await self._wake_outbox.wait()
@@ -420,7 +436,13 @@ class SlackFrontend:
     async def _handle(self, incoming: Incoming) -> None:
         event = incoming.event
         if incoming.files:
-            attachments = [await self._attachment(ref) for ref in incoming.files]
+            attachments = []
+            for ref in incoming.files:
+                try:
+                    attachments.append(await self._attachment(ref))
+                except Exception:  # a bug here must not cost the message its answer
+                    log.exception("slack: reading file %s failed", ref.name)
+                    attachments.append(Attachment("unavailable", "", ref.name, ref.mimetype))
             content = attrs.evolve(event.content, attachments=tuple(attachments))
             event = attrs.evolve(event, content=content)
         await run_event(self.sink, event, self)
@@ -479,28 +501,45 @@ class SlackFrontend:
                 nursery.start_soon(self._deliver_outbox)
                 self._wake_outbox.set()  # replies kept by an earlier run
                 task_status.started(self)
-                bot = await self._identify()
-                if bot is None:
-                    await trio.sleep_forever()
-                self.conversations = Conversations(
-                    bot,
-                    mention_required=self.settings.mention_required,
-                    commands=self.commands,
-                )
-                log.info("slack: signed in as %s; opening Socket Mode", bot.user_id)
-                await self.socket.run()
-                self._stop_for_good(f"{self.socket.fatal} (check [slack] app_token)")
+                try:
+                    await self._receive()
+                except Exception as exc:  # a bug here must not end the broker
+                    log.exception("slack: failed")
+                    self._stop_for_good(f"internal error: {type(exc).__name__}")
                 await trio.sleep_forever()
         finally:
             if self._client is None:
                 with trio.CancelScope(shield=True):
                     await self.web.client.aclose()
 
+    async def _receive(self) -> None:
+        """Sign in, then keep Socket Mode up; returns after a fatal error."""
+        bot = await self._identify()
+        if bot is None:
+            return
+        self.conversations = Conversations(
+            bot,
+            mention_required=self.settings.mention_required,
+            commands=self.commands,
+        )
+        log.info("slack: signed in as %s; opening Socket Mode", bot.user_id)
+        await self.socket.run()
+        self._stop_for_good(f"{self.socket.fatal} (check [slack] app_token)")
+
     # -- state -------------------------------------------------------------------------
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Return at the next change of state (fatal stop, outbox, edits sent)."""
+        await self._changed.wait()
+
+    @property
+    def edits_pending(self) -> bool:
+        """Whether edits wait (or their channel's interval still runs)."""
+        return bool(self._pacers)
 
     @property
     def state(self) -> str:

@@ -295,7 +295,7 @@ async def test_invalid_bot_token_stops_slack_and_says_why() -> None:
     async with running_slack(Recorder(), fake_setup=revoke) as stack:
         with trio.fail_after(10):
             while not stack.frontend.fatal:
-                await stack.frontend._changed.wait()
+                await stack.frontend.wait_changed()
         snapshot = stack.frontend.snapshot()
         assert snapshot.state == "stopped"
         assert "invalid_auth" in snapshot.fatal

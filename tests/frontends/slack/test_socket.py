@@ -97,7 +97,7 @@ async def test_invalid_app_token_stops_socket_mode_for_good() -> None:
             await fake.set_down(True)  # drop the socket; the next open is refused
             fake.down = False
             while not frontend.fatal:
-                await frontend._changed.wait()
+                await frontend.wait_changed()
         # fatal is set only once SocketMode.run has returned: nothing dials again
         assert fake.calls_to("apps.connections.open")[-1].error == "invalid_auth"
         assert not frontend.socket.connected
