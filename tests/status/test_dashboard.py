@@ -15,11 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from rich.console import Console
 
 from broker.config import BrokerConfig
+from broker.frontends.slack.adapter import SlackSnapshot
 from broker.ops.dashboard import follow, render_dashboard, shown_url, status_url
 from broker.ops.status import status_document
 from broker.reply import Prompt
@@ -278,3 +280,18 @@ async def test_status_command_exits_69_when_the_broker_is_down(tmp_path: Path) -
         "(connection refused)\n"
     )
     assert result.stdout == b""
+
+
+def test_slack_shows_its_connection_state_and_why_it_stopped() -> None:
+    snapshot = pool_snapshot()
+    up = SlackSnapshot("connected", 2, 3, 1, 40, 7, 2, 0, "", "", "U0BOT")
+    stopped = attrs.evolve(
+        up, state="stopped", connections=0, fatal="invalid_auth (check [slack] bot_token)"
+    )
+    for slack, shown in (
+        (up, "slack: connected (2 socket(s)), 40 events, 2 rate limited"),
+        (stopped, "slack: stopped: invalid_auth (check [slack] bot_token), 40 events"),
+    ):
+        doc = status_document(snapshot, SERVER, now=NOW, started_at=NOW - 5, slack=slack)
+        assert doc["frontends"]["slack"]["state"] == slack.state
+        assert shown in screen(doc)

@@ -121,7 +121,7 @@ def test_infinite_ceiling_is_null_and_missing_server_is_null() -> None:
     )
     json.dumps(doc, allow_nan=False)
     assert doc["sessions"][0]["turn_deadline_in_secs"] is None
-    assert doc["frontends"] == {"server": None, "gateway": None, "discord": None}
+    assert doc["frontends"] == {"server": None, "gateway": None, "discord": None, "slack": None}
 
 
 def test_metrics_have_every_state_turn_outcomes_histogram_and_clients() -> None:
