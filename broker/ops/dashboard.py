@@ -221,6 +221,11 @@ def sessions_table(doc: dict[str, Any], *, expand: bool = True) -> Table:
     ):
         table.add_column(name, justify=justify, no_wrap=name != "tool")  # type: ignore[arg-type]
     for s in doc["sessions"]:
+        waiting = s.get("waiting_for_approval")
+        tool: str | Text = _text(s["current_tool"])
+        if waiting is not None:  # a person is asked: the thread waits on them, not on the agent
+            since = duration(s.get("waiting_secs"))
+            tool = Text(f"waiting for approval: {waiting} ({since})", style="bold black on yellow")
         table.add_row(
             _text(s["thread_key"]),
             _state(s["state"]),
@@ -230,7 +235,7 @@ def sessions_table(doc: dict[str, Any], *, expand: bool = True) -> Table:
             duration(s["turn_elapsed_secs"]),
             duration(s["turn_deadline_in_secs"]),
             str(s["queue_length"]),
-            _text(s["current_tool"]),
+            tool,
             str(s["restarts"]),
         )
     if not doc["sessions"]:

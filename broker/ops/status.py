@@ -42,7 +42,8 @@ from broker.frontends.gateway import GatewaySnapshot
 from broker.frontends.http import HttpHandler, HttpRequest, HttpResponse
 from broker.frontends.server import ServerSnapshot, WebSocketHandler
 from broker.frontends.slack.adapter import SlackSnapshot
-from broker.sessions.pool import Pool, PoolSnapshot
+from broker.reply import Settled
+from broker.sessions.pool import Histogram, Pool, PoolSnapshot
 from broker.sessions.session import SessionState
 from broker.store import StoreSnapshot
 
@@ -131,15 +132,11 @@ def status_document(
             "summary": snapshot.summary(),
         },
         "counters": attrs.asdict(snapshot.counters),
-        "turn_seconds": {
-            "buckets": [
-                ["+Inf" if math.isinf(bound) else bound, count]
-                for bound, count in zip(
-                    snapshot.turn_seconds.bounds, snapshot.turn_seconds.counts, strict=True
-                )
-            ],
-            "sum": _secs(snapshot.turn_seconds.total),
-            "count": snapshot.turn_seconds.count,
+        "turn_seconds": _histogram_part(snapshot.turn_seconds),
+        "questions": {
+            **attrs.asdict(snapshot.questions),
+            "open": sum(1 for s in snapshot.sessions if s.waiting_for is not None),
+            "answer_seconds": _histogram_part(snapshot.answer_seconds),
         },
         "sessions": [
             {
@@ -153,6 +150,8 @@ def status_document(
                 "turn_deadline_in_secs": _secs(s.turn_deadline_in_secs),
                 "queue_length": s.queue_length,
                 "current_tool": s.current_tool,
+                "waiting_for_approval": s.waiting_for,
+                "waiting_secs": _secs(s.waiting_secs),
                 "turns_done": s.turns_done,
                 "restarts": s.restarts,
             }
@@ -272,6 +271,13 @@ class _Exposition:
         self.family(name, kind, help_text)
         self.sample(name, value)
 
+    def histogram(self, name: str, help_text: str, histogram: Histogram) -> None:
+        self.family(name, "histogram", help_text)
+        for bound, count in zip(histogram.bounds, histogram.counts, strict=True):
+            self.sample(f"{name}_bucket", count, le=_number(float(bound)))
+        self.sample(f"{name}_sum", float(histogram.total))
+        self.sample(f"{name}_count", histogram.count)
+
 
 def metrics_text(
     snapshot: PoolSnapshot,
@@ -322,15 +328,65 @@ def metrics_text(
         out.sample("agent_broker_turns_total", getattr(counters, attribute), outcome=outcome)
     for name, attribute, help_text in _COUNTERS:
         out.one(name, "counter", help_text, getattr(counters, attribute))
-    histogram = snapshot.turn_seconds
-    name = "agent_broker_turn_duration_seconds"
-    out.family(name, "histogram", "Duration of turns from start to end.")
-    for bound, count in zip(histogram.bounds, histogram.counts, strict=True):
-        out.sample(f"{name}_bucket", count, le=_number(float(bound)))
-    out.sample(f"{name}_sum", float(histogram.total))
-    out.sample(f"{name}_count", histogram.count)
+    out.histogram(
+        "agent_broker_turn_duration_seconds",
+        "Duration of turns from start to end.",
+        snapshot.turn_seconds,
+    )
+    _question_metrics(out, snapshot)
     _frontend_metrics(out, server, gateway, discord, slack)
     return "\n".join(out.lines) + "\n"
+
+
+OPTION_KINDS = ("allow_once", "allow_always", "reject_once", "reject_always")
+
+
+def _question_metrics(out: _Exposition, snapshot: PoolSnapshot) -> None:
+    questions = snapshot.questions
+    out.one(
+        "agent_broker_questions_asked_total",
+        "counter",
+        "Permission questions put to a person (policy ask).",
+        questions.asked,
+    )
+    out.one(
+        "agent_broker_questions_waiting",
+        "gauge",
+        "Sessions whose turn waits for a person's answer.",
+        sum(1 for s in snapshot.sessions if s.waiting_for is not None),
+    )
+    name = "agent_broker_questions_answered_total"
+    out.family(name, "counter", "Questions a person answered, by the kind of option chosen.")
+    kinds = dict.fromkeys(OPTION_KINDS, 0) | questions.answered
+    for kind, count in sorted(kinds.items()):
+        out.sample(name, count, option_kind=kind)
+    out.one(
+        "agent_broker_questions_timed_out_total",
+        "counter",
+        "Questions nobody answered in time (the agent got its reject option).",
+        questions.timed_out,
+    )
+    name = "agent_broker_questions_closed_total"
+    out.family(name, "counter", "Questions settled, by how (answered, timed_out, cancelled, ...).")
+    closed = {settled.value: 0 for settled in Settled} | questions.closed
+    for how, count in sorted(closed.items()):
+        out.sample(name, count, how=how)
+    out.histogram(
+        "agent_broker_question_answer_seconds",
+        "Time from a question to a person's answer.",
+        snapshot.answer_seconds,
+    )
+
+
+def _histogram_part(histogram: Histogram) -> dict[str, Any]:
+    return {
+        "buckets": [
+            ["+Inf" if math.isinf(bound) else bound, count]
+            for bound, count in zip(histogram.bounds, histogram.counts, strict=True)
+        ],
+        "sum": _secs(histogram.total),
+        "count": histogram.count,
+    }
 
 
 def _frontend_metrics(

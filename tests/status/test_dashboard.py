@@ -295,3 +295,10 @@ def test_slack_shows_its_connection_state_and_why_it_stopped() -> None:
         doc = status_document(snapshot, SERVER, now=NOW, started_at=NOW - 5, slack=slack)
         assert doc["frontends"]["slack"]["state"] == slack.state
         assert shown in screen(doc)
+
+
+def test_a_thread_waiting_for_approval_is_highlighted_with_its_tool_and_wait() -> None:
+    snapshot = pool_snapshot(busy_session("cli:asked", waiting_for="Bash", waiting_secs=75.0))
+    doc = status_document(snapshot, SERVER, now=1_700_000_100.0, started_at=1_700_000_000.0)
+    assert "waiting for approval: Bash (1m15s)" in row_of(screen(doc), "cli:asked")[8]
+    assert "\x1b[1;30;43mwaiting for approval: Bash" in screen(doc, styles=True)

@@ -6,13 +6,15 @@ import json
 import math
 from collections.abc import Callable
 
+import attrs
 import pytest
 import trio
 
 from broker.config import BrokerConfig
 from broker.ops.status import SESSION_STATES, STATUS_SCHEMA, metrics_text, status_document
 from broker.reply import Prompt
-from broker.sessions.pool import open_pool
+from broker.sessions.pool import Histogram, open_pool
+from broker.sessions.questions import ANSWER_SECONDS_BUCKETS, QuestionCounters
 from tests.status import prometheus
 from tests.status.conftest import started
 from tests.status.samples import GATEWAY, SERVER, busy_session, pool_snapshot
@@ -67,6 +69,8 @@ def test_document_has_broker_pool_sessions_frontends_and_events() -> None:
         "turn_deadline_in_secs": 1738.75,
         "queue_length": 2,
         "current_tool": "Run tests",
+        "waiting_for_approval": None,
+        "waiting_secs": None,
         "turns_done": 3,
         "restarts": 1,
     }
@@ -200,3 +204,51 @@ async def test_no_secret_reaches_the_document_or_the_metrics(
     for exposed in (json.dumps(doc), metrics):
         for secret in secrets.values():
             assert secret not in exposed
+
+
+def test_questions_are_in_the_document_and_the_metrics() -> None:
+    snapshot = attrs.evolve(
+        pool_snapshot(busy_session("cli:asked", waiting_for="Bash", waiting_secs=12.5)),
+        questions=QuestionCounters(
+            asked=5,
+            answered={"allow_once": 2, "reject_once": 1},
+            timed_out=1,
+            closed={"answered": 3, "timed_out": 1},
+        ),
+        answer_seconds=answer_histogram(3.0, 40.0, 200.0),
+    )
+    doc = status_document(snapshot, SERVER, now=50.0, started_at=0.0)
+    (session,) = doc["sessions"]
+    assert (session["waiting_for_approval"], session["waiting_secs"]) == ("Bash", 12.5)
+    assert doc["questions"]["asked"] == 5 and doc["questions"]["open"] == 1
+    assert doc["questions"]["answer_seconds"]["count"] == 3
+    families = prometheus.parse(metrics_text(snapshot, SERVER, now=50.0, started_at=0.0))
+    single = {
+        name: value
+        for name, f in families.items()
+        for (_, labels), value in f.samples.items()
+        if not labels and f.kind != "histogram"
+    }
+    assert single["agent_broker_questions_asked_total"] == 5
+    assert single["agent_broker_questions_timed_out_total"] == 1
+    assert single["agent_broker_questions_waiting"] == 1
+    answered = families["agent_broker_questions_answered_total"]
+    assert (
+        answered.value(option_kind="allow_once"),
+        answered.value(option_kind="reject_once"),
+    ) == (
+        2,
+        1,
+    )
+    assert families["agent_broker_questions_closed_total"].value(how="timed_out") == 1
+    wait = families["agent_broker_question_answer_seconds"]
+    assert wait.kind == "histogram"
+    assert wait.value("agent_broker_question_answer_seconds_bucket", le="5.0") == 1
+    assert wait.value("agent_broker_question_answer_seconds_bucket", le="+Inf") == 3
+
+
+def answer_histogram(*values: float) -> Histogram:
+    histogram = Histogram(ANSWER_SECONDS_BUCKETS, [0] * len(ANSWER_SECONDS_BUCKETS))
+    for value in values:
+        histogram.observe(value)
+    return histogram
