@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 from collections.abc import Sequence
 
 import attrs
@@ -195,6 +196,39 @@ def decision_line(closed: QuestionClosed, question: Question | None = None) -> s
 def closed_text(line: QuestionLine) -> str:
     assert line.closed is not None
     return "\n".join([*_head(line.question), decision_line(line.closed, line.question)])
+
+
+@attrs.frozen
+class ShownOption:
+    label: str
+    command: str
+
+
+@attrs.frozen
+class ShownQuestion:
+    """An open question as a client reads it back from :func:`question_text`."""
+
+    number: int
+    options: tuple[ShownOption, ...]
+
+
+_HEAD_LINE = re.compile(r"❓ Question (\d+): ")
+_OPTION_LINE = re.compile(r"(\d+)\. (.+) — (/\S.*)")
+
+
+def read_question(text: str) -> ShownQuestion | None:
+    """The open question ``text`` shows, or None (any other message, or a
+    question already settled: it lists no commands then)."""
+    lines = text.split("\n")
+    head = _HEAD_LINE.match(lines[0]) if lines else None
+    if head is None:
+        return None
+    options = tuple(
+        ShownOption(m.group(2), m.group(3))
+        for line in lines[1:]
+        if (m := _OPTION_LINE.fullmatch(line))
+    )
+    return ShownQuestion(int(head.group(1)), options) if options else None
 
 
 # --- what an answer gets --------------------------------------------------------------------

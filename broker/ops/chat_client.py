@@ -16,6 +16,10 @@ is the local user.
   Code blocks are highlighted.
 * Ctrl-C sends ``/cancel`` (the running turn stops and its reply says so);
   a second Ctrl-C within :data:`QUIT_WINDOW_SECS`, or Ctrl-D, quits.
+* A question of the agent (a permission it asks for) is a prompt answered
+  with one key: the option's number sends the command that picks it
+  (``/allow 3``, ...). Esc leaves the prompt to type instead. Without a
+  terminal, a line holding just the number does the same.
 
 Exit status: 0 when the user quits; 69 (EX_UNAVAILABLE) when the broker
 cannot be reached or closes the connection; 77 (EX_NOPERM) when it refuses
@@ -31,7 +35,9 @@ import json
 import os
 import signal
 import sys
+import termios
 import time
+import tty
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
@@ -43,6 +49,7 @@ from rich.console import Console, Group, RenderableType
 from rich.syntax import Syntax
 from rich.text import Text
 
+from broker.chat.questions import ShownQuestion, read_question
 from broker.chat.split import Fence, fence_after
 from broker.frontends.wire import (
     ERROR_SCHEMA,
@@ -198,10 +205,11 @@ class ChatView:
             self._texts[reply.reply_to] = reply.text
             self._touch(event_id)
 
-    def user_line(self, line: str) -> None:
-        """The user sent ``line``: settle the live area and show the line below it."""
+    def user_line(self, line: str, *, echoed: bool = True) -> None:
+        """The user sent ``line``: settle the live area and show the line below it.
+        ``echoed``: the terminal has shown what was typed (not for a key)."""
         typed = 0
-        if self.echo and self.interactive:
+        if echoed and self.echo and self.interactive:
             typed = 1 + len(line) // max(self.console.width, 1)
         self._erase(typed)
         self._print_settled(list(self._active))
@@ -258,6 +266,37 @@ class ChatView:
         self._height = len(lines)
 
 
+# --- questions: one key answers --------------------------------------------------------------
+
+KEY_ESCAPE = "\x1b"
+KEY_EOF = "\x04"
+
+
+class KeyMode:
+    """The terminal reads single keys (no echo, no line editing) while a
+    question waits, and whole lines otherwise. Does nothing when ``fd`` is
+    not a terminal."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.on = False
+        self._saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+
+    def set(self, on: bool) -> None:
+        if self._saved is None or on == self.on:
+            return
+        if on:
+            tty.setcbreak(self.fd, termios.TCSANOW)
+        else:
+            termios.tcsetattr(self.fd, termios.TCSANOW, self._saved)
+        self.on = on
+
+
+def question_prompt(question: ShownQuestion) -> str:
+    keys = " · ".join(f"{n} {o.label}" for n, o in enumerate(question.options, start=1))
+    return f"❓ Question {question.number} — press a key: {keys} (Esc: type instead)"
+
+
 # --- the session ----------------------------------------------------------------------------
 
 
@@ -271,6 +310,9 @@ class ChatSession:
         self.view = view
         self.identity = identity
         self.quit = False
+        self.keys = KeyMode(sys.stdin.fileno())
+        self.questions: dict[str, ShownQuestion] = {}  # message id -> open question, oldest first
+        self._typing = False  # Esc: lines, not keys, until the next question
         self._numbers = itertools.count(1)
         self._message_ids = itertools.count(1)
         self._last_interrupt: float | None = None
@@ -299,14 +341,17 @@ class ChatSession:
     async def run(self, signals: AsyncIterator[int]) -> str | None:
         """Chat until the user quits (None) or the connection closes (its reason)."""
         closed = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.read_input, nursery.cancel_scope)
-            nursery.start_soon(self.on_interrupts, signals, nursery.cancel_scope)
-            try:
-                await self.read_frames()
-            except trio_websocket.ConnectionClosed as exc:
-                closed = str(exc.reason)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.read_input, nursery.cancel_scope)
+                nursery.start_soon(self.on_interrupts, signals, nursery.cancel_scope)
+                try:
+                    await self.read_frames()
+                except trio_websocket.ConnectionClosed as exc:
+                    closed = str(exc.reason)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.keys.set(False)
         return closed
 
     async def read_frames(self) -> None:
@@ -332,6 +377,9 @@ class ChatSession:
             await self.answer_request(reply)
         elif reply.command is Command.EDIT_MESSAGE:
             self.view.edit(reply)
+            if reply.reply_to in self.questions and read_question(reply.text) is None:
+                del self.questions[reply.reply_to]  # settled
+                self._ask_next()
         elif reply.command is None:
             self.view.plain(reply)
         # reactions (add/remove) have no place in a terminal transcript
@@ -343,24 +391,72 @@ class ChatSession:
             response = GatewayResponse(reply.request_id, True, message_id=message_id)
             await self.ws.send_message(encode_response(response))
             self.view.streamed(reply, message_id)
+            question = read_question(reply.text)
+            if question is not None:
+                self.questions[message_id] = question
+                self._typing = False
+                self._ask_next()
             return
         refusal = GatewayResponse(
             reply.request_id, False, error=f"{reply.command.value} is not supported in a terminal"
         )
         await self.ws.send_message(encode_response(refusal))
 
+    def _ask_next(self) -> None:
+        """Prompt for the oldest open question (keys on), or go back to lines."""
+        question = next(iter(self.questions.values()), None)
+        if question is not None and not self._typing:
+            self.view.note(question_prompt(question), "bold yellow")
+        self.keys.set(question is not None and not self._typing)
+
+    async def answer_key(self, key: str) -> bool:
+        """Answer the oldest open question with option ``key`` (its number);
+        False when ``key`` is no such number."""
+        if not self.questions:
+            return False
+        message_id, question = next(iter(self.questions.items()))
+        if not (key.isdigit() and 1 <= int(key) <= len(question.options)):
+            return False
+        command = question.options[int(key) - 1].command
+        del self.questions[message_id]
+        self.view.user_line(command, echoed=False)
+        await self.send_text(command)
+        self._ask_next()
+        return True
+
     async def read_input(self, done: trio.CancelScope) -> None:
-        """Send each line typed; Ctrl-D (end of input) or /quit ends the chat."""
+        """Send each line typed, or answer a question with one key; Ctrl-D
+        (end of input) or /quit ends the chat."""
+        fd = sys.stdin.fileno()
+        pending = b""
         while True:
-            line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
-            if not line or line.strip() in LOCAL_QUIT:
-                self.quit = True
-                done.cancel()
-                return
-            text = line.rstrip("\n")
-            if text.strip():
-                self.view.user_line(text)
-                await self.send_text(text)
+            chunk = await trio.to_thread.run_sync(os.read, fd, 4096, abandon_on_cancel=True)
+            if self.keys.on:
+                key = chunk.decode(errors="replace")
+                if not chunk or key == KEY_EOF:
+                    break
+                if key == KEY_ESCAPE:
+                    self._typing = True
+                    self._ask_next()
+                    self.view.note("Type your message; the question stays open.")
+                elif not await self.answer_key(key.strip()):
+                    self.view.note("Press an option's number, or Esc to type instead.")
+                continue
+            if not chunk:
+                break
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.strip() in LOCAL_QUIT:
+                    self.quit = True
+                    done.cancel()
+                    return
+                if text.strip() and not await self.answer_key(text.strip()):
+                    self.view.user_line(text)
+                    await self.send_text(text)
+        self.quit = True
+        done.cancel()
 
     async def on_interrupts(self, signals: AsyncIterator[int], done: trio.CancelScope) -> None:
         """Ctrl-C: send /cancel; a second one within the quit window quits."""
