@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -180,3 +181,38 @@ def session_logger(
     """
     base = logging.getLogger(logger) if isinstance(logger, str) else logger
     return SessionLogger(base, {"thread_key": thread_key, "pid": pid})
+
+
+class RepeatLimiter:
+    """Logs a line that repeats at most once per ``interval`` seconds.
+
+    The first occurrence is logged at once; later ones within the interval are
+    only counted, and the next line that is logged says how many were held
+    back (``... (and 41 more like it)``). One limiter per kind of line.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.held_back = 0
+        self._clock = clock
+        self._last: float | None = None
+
+    def warning(self, message: str, *args: object) -> None:
+        self.log(logging.WARNING, message, *args)
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        now = self._clock()
+        if self._last is not None and now < self._last + self.interval:
+            self.held_back += 1
+            return
+        self._last = now
+        if self.held_back:
+            message += f" (and {self.held_back} more like it)"
+            self.held_back = 0
+        self.logger.log(level, message, *args)

@@ -29,6 +29,7 @@ Nothing durable is thrown away on a transient error:
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import math
 import os
@@ -163,6 +164,13 @@ class Store:
         self._db = connection
         self._db_lock = threading.Lock()
         self._outbox_limit = outbox_limit
+        # The outbox's size and next row id, counted here rather than asked of
+        # the table on every write (read once when the store opens).
+        rows, last = connection.execute(
+            "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM outbox"
+        ).fetchone()
+        self.outbox_rows = int(rows)
+        self._outbox_ids = itertools.count(int(last) + 1)
         self._send, self._receive = trio.open_memory_channel[Operation | trio.Event](math.inf)
         self.writes = 0
         self.skipped = 0
@@ -227,41 +235,43 @@ class Store:
             )
         )
 
+    def new_outbox_id(self) -> int:
+        """A row id for :meth:`change_outbox`, above every id in the table."""
+        return next(self._outbox_ids)
+
     def push_outbox(self, destination: str, frame: str) -> None:
-        """Keep a reply for a destination that is not connected; the oldest go first
-        when more than ``outbox_limit`` wait (with an error in the log)."""
+        """Keep a reply for a destination that is not connected (see :meth:`change_outbox`)."""
+        self.change_outbox(destination, [(self.new_outbox_id(), frame)], [])
+
+    def change_outbox(
+        self, destination: str, added: list[tuple[int, str]], removed: list[int]
+    ) -> None:
+        """Add ``added`` (row id from :meth:`new_outbox_id`, frame), then delete
+        the rows ``removed`` (added ones too), in one transaction. The oldest rows go first when more
+        than ``outbox_limit`` would wait (with an error in the log); the size is
+        a counter, so no write counts the table."""
         now, limit = time.time(), self._outbox_limit
+        self.outbox_rows += len(added) - len(removed)
+        excess = max(0, self.outbox_rows - limit)
+        self.outbox_rows -= excess
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO outbox (destination, frame, created_at) VALUES (?, ?, ?)",
-                (destination, frame, now),
+            db.executemany(
+                "INSERT INTO outbox (id, destination, frame, created_at) VALUES (?, ?, ?, ?)",
+                [(i, destination, frame, now) for i, frame in added],
             )
-            (count,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-            if count > limit:
-                log.error("outbox over its limit of %d: dropping %d oldest", limit, count - limit)
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in removed])
+            if excess:
+                log.error("outbox over its limit of %d: dropping %d oldest", limit, excess)
                 db.execute(
                     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
-                    (count - limit,),
+                    (excess,),
                 )
 
         self.put(write)
 
-    def replace_outbox(self, destination: str, frames: list[str]) -> None:
-        """Make ``frames`` (oldest first) the whole outbox of ``destination``,
-        for an in-memory outbox that mirrors itself here after every change."""
-        now = time.time()
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM outbox WHERE destination = ?", (destination,))
-            db.executemany(
-                "INSERT INTO outbox (destination, frame, created_at) VALUES (?, ?, ?)",
-                [(destination, frame, now) for frame in frames],
-            )
-
-        self.put(write)
-
     def ack_outbox(self, ids: list[int]) -> None:
+        self.outbox_rows -= len(ids)
         self.put(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids]))
 
     # -- awaited reads ----------------------------------------------------------

@@ -14,7 +14,10 @@ SIGTERM and is started again on the same store.
 Checked, and reported as figures at the end (exit code 1 when one fails):
 
 * every event sent got exactly one reply (``reply_to`` = its event id;
-  streaming is off). An event whose send failed was never received and is
+  streaming is off), and only the client that sent it got it: two clients
+  share each platform, each with threads of its own, and a reply received by
+  another client is counted as misrouted. Clients and the fake gateway
+  acknowledge replies (``client_hello`` / ``hello`` with ``send_ack``). An event whose send failed was never received and is
   only counted. One sent while a stop was under way and never answered is
   reported apart (the protocol has no acknowledgement for a frame the server
   never read);
@@ -52,6 +55,7 @@ from typing import Any
 import attrs
 import trio
 
+from broker.frontends.wire import GatewayHello, PlatformCapabilities
 from broker.testing.fake_gateway import FakeGateway, open_fake_gateway
 from broker.testing.harness import free_port
 from chaos.broker_process import (
@@ -88,7 +92,8 @@ async def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     port = free_port()
     figures = Figures()
     began = time.monotonic()
-    async with open_fake_gateway(token=GATEWAY_TOKEN) as gateway:
+    acked = GatewayHello(1, {"gw": PlatformCapabilities(send_ack=True, edit_ack=True)})
+    async with open_fake_gateway(token=GATEWAY_TOKEN, hello=acked) as gateway:
         config = write_config(root, port, marker, args, gateway.url if args.gateway else "")
         runner = BrokerRunner(config, port, root, marker, figures)
         chaos = Chaos(args, runner, figures)
@@ -155,6 +160,11 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
             + "".join(f"; {e}: {attrs.asdict(ledger.sent[e])}" for e in missing[:5])
             + "".join(f"; {e} got {texts}" for e, texts in list(duplicates.items())[:3]),
         ),
+        "no_misrouted_replies": _check(
+            not ledger.misrouted,
+            f"{len(ledger.misrouted)} replies reached a client that did not send in that "
+            f"thread: {ledger.misrouted[:5]}",
+        ),
         "replies_well_formed": _check(
             not ledger.bad_replies, f"{len(ledger.bad_replies)} bad: {ledger.bad_replies[:3]}"
         ),
@@ -205,6 +215,7 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
             e: attrs.asdict(ledger.sent[e]) for e in lost_in_stop[:5]
         },
         "answered_more_than_once": len(duplicates),
+        "misrouted": len(ledger.misrouted),
         "send_failed": sum(ledger.send_failed.values()),
         "stray_replies": ledger.stray_replies,
         "connections": figures.clients_connected,

@@ -18,12 +18,17 @@ import trio
 import trio_websocket
 
 from broker.frontends.wire import (
+    HELLO_SCHEMA,
     Channel,
     Content,
+    GatewayResponse,
     InboundEvent,
+    OutboundReply,
     Sender,
     WireError,
+    encode_client_hello,
     encode_event,
+    encode_response,
     parse_reply,
 )
 from broker.testing.fake_gateway import FakeGateway
@@ -67,6 +72,7 @@ class Sent:
     at: float
     broker_state: str  # up | stopping | down
     broker_run: int
+    sender: str = ""  # the client that sent it: only that one may get its reply
 
 
 @attrs.define
@@ -77,29 +83,35 @@ class Ledger:
     replies: dict[str, list[str]] = attrs.field(factory=dict)
     send_failed: Counter[str] = attrs.field(factory=Counter)
     stray_replies: int = 0
+    misrouted: list[str] = attrs.field(factory=list)  # "evt_9 (from chaos1) to chaos0"
     bad_replies: list[str] = attrs.field(factory=list)
     changed: trio.Event = attrs.field(factory=trio.Event)
 
-    def record_reply(self, frame: str) -> None:
+    def record_reply(self, frame: str, receiver: str = "") -> OutboundReply | None:
+        """Count one reply frame received by client ``receiver``; returns it when readable."""
         try:
             reply = parse_reply(frame)
         except WireError as exc:
             self.bad_replies.append(str(exc))
-            return
-        if reply.reply_to not in self.sent:
+            return None
+        sent = self.sent.get(reply.reply_to)
+        if sent is None:
             self.stray_replies += 1
-            return
+            return reply
+        if receiver and sent.sender and receiver != sent.sender:
+            self.misrouted.append(f"{reply.reply_to} (from {sent.sender}) to {receiver}")
         self.replies.setdefault(reply.reply_to, []).append(reply.text)
         self.changed.set()
         self.changed = trio.Event()
+        return reply
 
     def unsend(self, event_id: str) -> None:
         """The send of ``event_id`` failed: the broker never got it."""
         self.send_failed[self.sent.pop(event_id).kind] += 1
 
-    def owed(self, platform: str) -> bool:
-        """Whether an event of ``platform`` still waits for its reply."""
-        return any(self.sent[e].thread.startswith(f"{platform}:") for e in self.unanswered())
+    def owed(self, sender: str) -> bool:
+        """Whether an event ``sender`` sent still waits for its reply."""
+        return any(self.sent[e].sender == sender for e in self.unanswered())
 
     def unanswered(self) -> list[str]:
         return [event_id for event_id in self.sent if event_id not in self.replies]
@@ -145,9 +157,10 @@ class Chaos:
         channel: str,
         kind: str,
         text: str,
+        sender: str = "",
     ) -> str | None:
         event_id, frame = self.event(platform, channel, text)
-        self.expect(event_id, platform, channel, kind)  # first: its reply may beat our wake-up
+        self.expect(event_id, platform, channel, kind, sender)  # first: its reply may beat us
         try:
             await ws.send_message(frame)
         except trio_websocket.ConnectionClosed:
@@ -155,44 +168,58 @@ class Chaos:
             return None
         return event_id
 
-    def expect(self, event_id: str, platform: str, channel: str, kind: str) -> None:
+    def expect(
+        self, event_id: str, platform: str, channel: str, kind: str, sender: str = ""
+    ) -> None:
         self.ledger.sent[event_id] = Sent(
             f"{platform}:{channel}",
             kind,
             round(self.runner.elapsed(), 2),
             self.runner.state,
             self.runner.runs,
+            sender,
         )
 
-    def take_frame(self, message: str | bytes) -> None:
+    async def take_frame(
+        self, ws: trio_websocket.WebSocketConnection, message: str | bytes, receiver: str = ""
+    ) -> None:
+        """Count one frame; acknowledge a reply that asks for it (``request_id``)."""
         if isinstance(message, str) and '"agent-broker.error.v1"' in message:
             self.figures.error_frames += 1
-        else:
-            self.ledger.record_reply(str(message))
+            return
+        if isinstance(message, str) and f'"{HELLO_SCHEMA}"' in message:
+            return  # the server's answer to our client_hello
+        reply = self.ledger.record_reply(str(message), receiver)
+        if reply is not None and reply.request_id:
+            ack = GatewayResponse(reply.request_id, True, outcome="delivered")
+            await ws.send_message(encode_response(ack))
 
     async def read_replies(
-        self, ws: trio_websocket.WebSocketConnection, closed: trio.Event
+        self, ws: trio_websocket.WebSocketConnection, closed: trio.Event, receiver: str
     ) -> None:
         try:
             while True:
-                self.take_frame(await ws.get_message())
+                await self.take_frame(ws, await ws.get_message(), receiver)
         except trio_websocket.ConnectionClosed:
             closed.set()
 
-    async def connected(self, platform: str, body: Body) -> None:
-        """Stay connected as a client of ``platform`` (reconnecting) until the
-        report; ``body`` runs on each connection and returns to reconnect."""
+    async def connected(self, query: str, body: Body, receiver: str = "") -> None:
+        """Stay connected (reconnecting) with ``query`` in the URL until the
+        report, acknowledging every reply (``client_hello``); ``body`` runs on
+        each connection and returns to reconnect. Replies are counted as
+        received by ``receiver``."""
         while not self.done:
             try:
                 async with (
                     trio_websocket.open_websocket_url(
-                        f"{self.url}?platforms={platform}", connect_timeout=5, disconnect_timeout=5
+                        f"{self.url}?{query}", connect_timeout=5, disconnect_timeout=5
                     ) as ws,
                     trio.open_nursery() as nursery,
                 ):
                     self.figures.clients_connected += 1
+                    await ws.send_message(encode_client_hello("chaos"))
                     closed = trio.Event()
-                    nursery.start_soon(self.read_replies, ws, closed)
+                    nursery.start_soon(self.read_replies, ws, closed, receiver)
                     await body(ws, closed)
                     nursery.cancel_scope.cancel()
             except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
@@ -200,14 +227,20 @@ class Chaos:
                 await trio.sleep(0.3)
 
     async def client(self, index: int) -> None:
-        """One chat client: its own platform, a few threads, random actions."""
-        platform = f"chaos{index}"
-        channels = [f"t{n}" for n in range(self.args.threads_per_client)]
+        """One chat client: a few threads of its own, random actions. Two
+        clients share each platform (``chaos0`` for clients 0 and 1, ...), so a
+        reply that reached the other one would be counted as misrouted. On
+        each connection it claims its threads (``?threads=``), so replies that
+        waited for it come back."""
+        name = f"client{index}"
+        platform = f"chaos{index // 2}"
+        channels = [f"c{index}t{n}" for n in range(self.args.threads_per_client)]
 
         async def act(ws: trio_websocket.WebSocketConnection, closed: trio.Event) -> None:
-            await self.act(ws, closed, platform, channels)
+            await self.act(ws, closed, platform, channels, name)
 
-        await self.connected(platform, act)
+        threads = ",".join(f"{platform}:{c}" for c in channels)
+        await self.connected(f"threads={threads}", act, name)
 
     async def listen(self, platform: str) -> None:
         """A client that only takes replies: those of the abuse connections'
@@ -216,7 +249,7 @@ class Chaos:
         async def until_closed(ws: trio_websocket.WebSocketConnection, closed: trio.Event) -> None:
             await closed.wait()
 
-        await self.connected(platform, until_closed)
+        await self.connected(f"platforms={platform}", until_closed, platform)
 
     async def act(
         self,
@@ -224,6 +257,7 @@ class Chaos:
         closed: trio.Event,
         platform: str,
         channels: list[str],
+        name: str,
     ) -> None:
         """Send random events until a disconnect is drawn or sending ends.
 
@@ -241,7 +275,7 @@ class Chaos:
                 # Abrupt (no close handshake, like a lost network) only when nothing is owed
                 # to this client: a reply already in its socket buffer would be lost, and the
                 # protocol has no acknowledgement to tell the broker.
-                if not self.ledger.owed(platform) and self.rng.random() < 0.5:
+                if not self.ledger.owed(name) and self.rng.random() < 0.5:
                     self.figures.abrupt_disconnects += 1
                     await ws._stream.aclose()
                 await ws.aclose()
@@ -250,7 +284,12 @@ class Chaos:
             _, kind, text = PROMPTS[pick]
             if (
                 await self.send_event(
-                    ws, platform, self.rng.choice(channels), kind, text.format(n=next(self.ids))
+                    ws,
+                    platform,
+                    self.rng.choice(channels),
+                    kind,
+                    text.format(n=next(self.ids)),
+                    name,
                 )
                 is None
             ):
@@ -288,6 +327,7 @@ class Chaos:
         closed_1009 = False
         async with trio_websocket.open_websocket_url(url, connect_timeout=5) as ws:
             _, frame = self.event("abuse", "big", "x" * (MAX_FRAME_BYTES + 1024))
+            await ws.send_message(encode_client_hello("chaos"))
             try:
                 await ws.send_message(frame)
                 while True:
@@ -297,6 +337,7 @@ class Chaos:
         async with trio_websocket.open_websocket_url(
             f"{self.url}?platforms=abuse", connect_timeout=5
         ) as ws:
+            await ws.send_message(encode_client_hello("chaos"))
             return closed_1009, await self.answered(ws, "after-big", "@reply served")
 
     async def malformed_frames(self) -> tuple[bool, bool]:
@@ -304,6 +345,7 @@ class Chaos:
         async with trio_websocket.open_websocket_url(
             f"{self.url}?platforms=abuse", connect_timeout=5
         ) as ws:
+            await ws.send_message(encode_client_hello("chaos"))
             for frame in BAD_FRAMES:
                 await ws.send_message(frame)
             errors_before = self.figures.error_frames
@@ -314,10 +356,10 @@ class Chaos:
         self, ws: trio_websocket.WebSocketConnection, channel: str, text: str
     ) -> bool:
         """Send one event and read this connection until its reply came (bounded)."""
-        event_id = await self.send_event(ws, "abuse", channel, "normal", text)
+        event_id = await self.send_event(ws, "abuse", channel, "normal", text, "abuse")
         with trio.move_on_after(15):
             while event_id is not None and event_id not in self.ledger.replies:
-                self.take_frame(await ws.get_message())
+                await self.take_frame(ws, await ws.get_message(), "abuse")
         return event_id in self.ledger.replies
 
     async def gateway_chat(self, gateway: FakeGateway) -> None:
@@ -335,7 +377,7 @@ class Chaos:
             _, kind, text = PROMPTS[self.rng.choices(range(len(PROMPTS)), weights)[0]]
             channel = f"g{self.rng.randrange(self.args.threads_per_client)}"
             event_id, frame = self.event("gw", channel, text.format(n=next(self.ids)))
-            self.expect(event_id, "gw", channel, kind)
+            self.expect(event_id, "gw", channel, kind, "gateway")
             try:
                 await gateway.send_raw(frame)
             except (RuntimeError, trio_websocket.ConnectionClosed):
@@ -351,7 +393,7 @@ class Chaos:
             await gateway.wait_for(more)
             for received in gateway.received[seen:]:
                 if received.reply is not None:
-                    self.ledger.record_reply(received.text)
+                    self.ledger.record_reply(received.text, "gateway")
             seen = len(gateway.received)
 
     async def restarts(self, times: list[float]) -> None:

@@ -16,6 +16,7 @@ import trio
 SECS = float(os.environ.get("CHAOS_SECS", "60"))
 INVARIANTS = {
     "one_reply_per_event",
+    "no_misrouted_replies",
     "replies_well_formed",
     "no_process_outlives_the_broker",
     "no_zombie_children",

@@ -82,16 +82,20 @@ async def test_outbox_is_bounded_and_keeps_the_newest(tmp_path: Path) -> None:
             assert [item.frame for item in await store.outbox("telegram")] == ["frame-4"]
 
 
-async def test_replacing_an_outbox_keeps_other_destinations_and_survives_a_reopen(
-    tmp_path: Path,
-) -> None:
+async def test_outbox_changes_are_one_write_and_its_size_a_counter(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     with trio.fail_after(10):
         async with open_store(path) as store:
             store.push_outbox("gateway", "g1")
-            store.replace_outbox("server", ["a", "b"])
-            store.replace_outbox("server", ["b", "c"])
+            first, second = store.new_outbox_id(), store.new_outbox_id()
+            store.change_outbox("server", [(first, "a"), (second, "b")], [])
+            await store.flush()
+            writes = store.writes
+            store.change_outbox("server", [(store.new_outbox_id(), "c")], [first])
+            await store.flush()
+            assert store.writes == writes + 1 and store.outbox_rows == 3
         async with open_store(path) as store:
+            assert store.outbox_rows == 3
             assert [i.frame for i in await store.outbox("server")] == ["b", "c"]
             assert [i.frame for i in await store.outbox("gateway")] == ["g1"]
 

@@ -8,20 +8,25 @@ calls :meth:`ReplyChannel.send_reply` for plain replies, edits and
 reactions, and :meth:`ReplyChannel.request` when it needs the platform's
 answer (the message_id of the first streamed message, a created topic).
 
-Replies that cannot be delivered because the connection is gone go to an
-:class:`Outbox`; the transport delivers them when a client connects again.
-:class:`MemoryOutbox` is the bounded in-memory one; the SQLite store can
-provide a durable one with the same two methods.
+Replies that no connection has taken go to an :class:`Outbox`; the
+transport hands each to a connection that serves its thread (a
+:class:`Claim`) when one connects or claims the thread, and forgets it only
+once that connection took it. :class:`MemoryOutbox` is the bounded in-memory
+one; the service keeps a durable one in the SQLite store.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+import attrs
+
 from broker.frontends.wire import Command, GatewayResponse, InboundEvent, OutboundReply
+from broker.logs import RepeatLimiter
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +88,10 @@ class ReplyChannel(Protocol):
     async def send_reply(self, reply: OutboundReply) -> None:
         """Send ``reply``; never raises for a lost connection.
 
-        If the connection is gone (or goes while sending), the reply is put in
-        the transport's outbox and delivered when a client connects again. It
-        waits only for the socket write (backpressure of a slow peer).
+        If the connection is gone (or goes before it has taken the reply),
+        the reply waits in the transport's outbox for a connection that
+        serves its thread. It waits only for the socket write (backpressure
+        of a slow peer).
         """
         ...
 
@@ -119,17 +125,69 @@ class InboundSink(Protocol):
         ...
 
 
+def reply_thread(reply: OutboundReply) -> str:
+    """The thread key a reply belongs to: the same ``{platform}:{thread_id or
+    channel.id}`` as :func:`~broker.frontends.wire.thread_key` of its event."""
+    return f"{reply.platform}:{reply.channel.thread_id or reply.channel.id}"
+
+
+@attrs.frozen
+class Claim:
+    """Which waiting replies a connection serves: those of ``threads`` (thread
+    keys), of every thread of ``platforms``, or all of them (``everything``:
+    the gateway client, a server client with ``?platforms=*``)."""
+
+    threads: frozenset[str] = frozenset()
+    platforms: frozenset[str] = frozenset()
+    everything: bool = False
+
+    def covers(self, reply: OutboundReply) -> bool:
+        return (
+            self.everything
+            or reply.platform in self.platforms
+            or reply_thread(reply) in self.threads
+        )
+
+
+EVERYTHING = Claim(everything=True)
+
+
+@attrs.define(eq=False)
+class Parcel:
+    """A reply on its way to a connection. ``ticket`` is its place in the
+    outbox it was taken from (None: it was sent straight, never waited);
+    ``resent`` counts sends again after a gateway could not say whether it
+    was delivered. Compared by identity, so two equal replies stay two."""
+
+    reply: OutboundReply
+    ticket: int | None = None
+    resent: int = 0
+
+
 class Outbox(Protocol):
-    """Replies waiting for a connection. Both methods are synchronous and never wait."""
+    """Replies waiting for a connection that serves their thread.
+
+    Every method is synchronous and never waits. A reply leaves the outbox
+    only once a connection has taken it: :meth:`take` hands it out,
+    :meth:`delivered` forgets it for good, :meth:`put_back` returns it (in
+    order, before everything that waits) when its connection closed first.
+    """
 
     def on_undeliverable(self, reply: OutboundReply) -> None:
-        """Keep ``reply``; its connection is gone."""
+        """Keep ``reply`` (newest last); no connection took it."""
         ...
 
-    def take(self, platforms: frozenset[str] | None) -> list[OutboundReply]:
-        """Remove and return the waiting replies for ``platforms`` (all when
-        None), oldest first. The transport puts back, with
-        :meth:`on_undeliverable`, any it then fails to send."""
+    def take(self, claim: Claim) -> list[Parcel]:
+        """Hand out the waiting replies ``claim`` covers, oldest first."""
+        ...
+
+    def delivered(self, parcels: Sequence[Parcel]) -> None:
+        """``parcels`` were taken by a connection: forget them."""
+        ...
+
+    def put_back(self, parcels: Sequence[Parcel]) -> None:
+        """``parcels`` (in the order they were sent) were not taken: keep
+        them again, ahead of everything waiting."""
         ...
 
 
@@ -138,61 +196,51 @@ class MemoryOutbox:
 
     An ``edit_message`` replaces a waiting edit of the same message (only the
     last full text matters), so a stream of edits during an outage costs one
-    entry. When full, the oldest reply is dropped with a warning.
-
-    To make it durable, pass the replies kept from the last run as
-    ``initial`` and an ``on_change`` that records the whole waiting list
-    (synchronously, e.g. by queueing a write to the store); it is called after
-    every change with the replies in order.
+    entry. When full, the oldest reply is dropped with a warning (repeats of
+    that warning are rate-limited, with a count).
     """
 
-    def __init__(
-        self,
-        capacity: int = 1000,
-        *,
-        initial: Iterable[OutboundReply] = (),
-        on_change: Callable[[list[OutboundReply]], None] | None = None,
-    ) -> None:
+    def __init__(self, capacity: int = 1000, *, initial: Iterable[OutboundReply] = ()) -> None:
         self.capacity = capacity
-        self._replies: collections.deque[OutboundReply] = collections.deque(initial)
-        self._on_change = on_change
+        self._tickets = itertools.count(1)
+        self._parcels: collections.deque[Parcel] = collections.deque(
+            Parcel(reply, next(self._tickets)) for reply in initial
+        )
         self.dropped = 0
+        self._full = RepeatLimiter(log)
 
     def __len__(self) -> int:
-        return len(self._replies)
+        return len(self._parcels)
 
     def on_undeliverable(self, reply: OutboundReply) -> None:
-        self._keep(reply)
-        self._changed()
-
-    def _keep(self, reply: OutboundReply) -> None:
         if reply.command is Command.EDIT_MESSAGE:
-            for index, waiting in enumerate(self._replies):
-                if waiting.command is Command.EDIT_MESSAGE and _same_message(waiting, reply):
-                    self._replies[index] = reply
+            for index, waiting in enumerate(self._parcels):
+                if waiting.reply.command is Command.EDIT_MESSAGE and _same_message(
+                    waiting.reply, reply
+                ):
+                    self._parcels[index] = Parcel(reply, waiting.ticket)
                     return
-        if len(self._replies) >= self.capacity:
-            lost = self._replies.popleft()
+        if len(self._parcels) >= self.capacity:
+            lost = self._parcels.popleft().reply
             self.dropped += 1
-            log.warning(
-                "outbox full (%d): dropped the oldest reply to %s:%s",
+            self._full.warning(
+                "outbox full (%d): dropped the oldest reply to %s",
                 self.capacity,
-                lost.platform,
-                lost.channel.id,
+                reply_thread(lost),
             )
-        self._replies.append(reply)
+        self._parcels.append(Parcel(reply, next(self._tickets)))
 
-    def take(self, platforms: frozenset[str] | None) -> list[OutboundReply]:
-        taken = [r for r in self._replies if platforms is None or r.platform in platforms]
-        kept = [r for r in self._replies if not (platforms is None or r.platform in platforms)]
-        self._replies = collections.deque(kept)
+    def take(self, claim: Claim) -> list[Parcel]:
+        taken = [p for p in self._parcels if claim.covers(p.reply)]
         if taken:
-            self._changed()
+            self._parcels = collections.deque(p for p in self._parcels if not claim.covers(p.reply))
         return taken
 
-    def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(list(self._replies))
+    def delivered(self, parcels: Sequence[Parcel]) -> None:
+        pass
+
+    def put_back(self, parcels: Sequence[Parcel]) -> None:
+        self._parcels.extendleft(reversed(parcels))
 
 
 def _same_message(a: OutboundReply, b: OutboundReply) -> bool:

@@ -7,12 +7,19 @@ step), back to 1 s after a good connection (one that lasted 10 s or brought
 an event). The backoff is a synchronous decision (:class:`Backoff`); the loop
 only sleeps what it says.
 
+Right after connecting, the client sends openab's newer ``client_hello``; a
+gateway that knows it answers ``hello`` with what each platform can do
+(message limit, editing, streaming mode, acknowledgements), which the
+channel then offers to delivery (:meth:`LinkChannel.capabilities`) and the
+link honours (acknowledged replies). A gateway that never answers is spoken
+to in plain v1, at once: nothing waits for the hello.
+
 Events go to the sink, each in its own task that outlives the connection it
 came on. All of them share one :class:`~broker.frontends.base.ReplyChannel`
 (the client's :attr:`GatewayClient.channel`), which always writes to the
 current connection; while there is none, finished replies wait in the
-outbox and are delivered once, on the next connection, before anything else
-is read from it.
+outbox, and so do replies a connection closed on before taking them; each
+is delivered once, on the next connection, before the replies that follow.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import urllib.parse
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from contextlib import AbstractAsyncContextManager
 from typing import NoReturn
 
@@ -28,9 +35,25 @@ import attrs
 import trio
 import trio_websocket
 
-from broker.frontends.base import FrontendError, GatewaySettings, InboundSink, MemoryOutbox, Outbox
-from broker.frontends.link import CLOSE_GRACE_SECS, Link, LinkChannel, deliver_outbox, run_event
-from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode_reply, error_reply
+from broker.frontends.base import (
+    EVERYTHING,
+    FrontendError,
+    GatewaySettings,
+    InboundSink,
+    MemoryOutbox,
+    Outbox,
+    Parcel,
+)
+from broker.frontends.link import CLOSE_GRACE_SECS, Link, LinkChannel, deliver_parcels, run_event
+from broker.frontends.wire import (
+    GatewayHello,
+    Hello,
+    InboundEvent,
+    OutboundReply,
+    WireError,
+    encode_client_hello,
+    error_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +61,7 @@ CONNECT_TIMEOUT_SECS = 10.0
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # events carry base64 attachments
 PING_INTERVAL_SECS = 20.0
 PONG_TIMEOUT_SECS = 10.0
+CLIENT_NAME = "agent-broker"
 
 Dialer = Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]
 
@@ -172,16 +196,25 @@ class GatewayClient:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _keep(self, reply: OutboundReply) -> None:
-        """A reply whose send failed: a newer live connection takes it, else
-        the outbox keeps it (no checkpoint between looking and keeping)."""
-        while True:
-            link = self.channel.link
-            if link is None or link.closed:
-                self.outbox.on_undeliverable(reply)
-                return
-            if await link.send(encode_reply(reply)):
-                return
+    def _keep(self, reply: OutboundReply) -> None:
+        """A reply no connection could write: it waits for the next one."""
+        self.outbox.on_undeliverable(reply)
+        self._notify()
+
+    def _put_back(self, parcels: Sequence[Parcel]) -> None:
+        self.outbox.put_back(parcels)
+        self._notify()
+
+    async def _hand_waiting(self, link: Link) -> None:
+        """Write the waiting replies on ``link``, oldest first, now and
+        whenever more wait, until it closes."""
+        while not link.closed:
+            changed = self._changed
+            parcels = self.outbox.take(EVERYTHING)
+            if parcels:
+                await deliver_parcels(link, parcels, self._put_back)
+            else:
+                await changed.wait()
 
     async def run(
         self, *, task_status: trio.TaskStatus[GatewayClient] = trio.TASK_STATUS_IGNORED
@@ -210,7 +243,13 @@ class GatewayClient:
             async with self._dial(url) as ws:
                 started = trio.current_time()
                 self.connects += 1
-                link = Link(ws, f"gateway-{self.connects}", max_frame_bytes=self.max_frame_bytes)
+                link = Link(
+                    ws,
+                    f"gateway-{self.connects}",
+                    max_frame_bytes=self.max_frame_bytes,
+                    on_lost=self._put_back,
+                    on_taken=self.outbox.delivered,
+                )
                 await self._serve(link, events)
         except (trio_websocket.HandshakeError, OSError) as exc:
             self.last_error = _describe(exc)
@@ -240,15 +279,32 @@ class GatewayClient:
             if reply is not None:
                 await self.channel.send_reply(reply)
 
+        def on_hello(hello: Hello) -> None:
+            if not isinstance(hello, GatewayHello):
+                log.warning("gateway %s: sent a client_hello; ignored", self.settings.url)
+                return
+            link.hello = hello
+            link.acks = any(c.send_ack for c in hello.capabilities.values())
+            log.info(
+                "gateway %s: hello, protocol %d, platforms %s%s",
+                self.settings.url,
+                hello.protocol_version,
+                ", ".join(sorted(hello.capabilities)) or "none named",
+                ", replies acknowledged" if link.acks else "",
+            )
+
         async with trio.open_nursery() as nursery:
-            # Waiting replies first, so they go before newer ones; then those
-            # that were put in the outbox while the first batch was sent.
-            await deliver_outbox(link, self.outbox, None)
+            if not await link.send(encode_client_hello(CLIENT_NAME)):
+                return
+            # Waiting replies go first: the pump writes them before the channel
+            # points at this link, then keeps writing what comes to wait later.
+            await deliver_parcels(link, self.outbox.take(EVERYTHING), self._put_back)
             self.channel.link = link
             self._notify()
-            await deliver_outbox(link, self.outbox, None)
+            nursery.start_soon(self._hand_waiting, link)
             nursery.start_soon(link.heartbeat, self.ping_interval, self.pong_timeout)
-            await link.read_frames(on_event, on_bad_frame)
+            nursery.start_soon(link.settle_written)
+            await link.read_frames(on_event, on_bad_frame, on_hello)
             nursery.cancel_scope.cancel()
         log.info("gateway %s: disconnected (%s)", self.settings.url, link.ws.closed)
 

@@ -10,8 +10,11 @@ One TCP port serves:
 
 Every event runs in its own task in the server's nursery, so a slow turn
 never delays the connection's reader, and a turn outlives the connection it
-came on: its replies then go to another live connection that serves the
-platform (a reconnected client), or wait in the outbox until one connects.
+came on. A reply goes only to a connection that serves its thread: the one
+the event came on, or later one that has sent events in that thread or
+declared it with ``?threads=`` or ``?platforms=`` (see docs/protocol.md). A
+reply no such connection has taken waits in the outbox; each connection
+takes what it serves as soon as it serves it.
 """
 
 from __future__ import annotations
@@ -19,14 +22,21 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sized
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from typing import NoReturn
 
 import attrs
 import trio
 import trio_websocket
 
-from broker.frontends.base import InboundSink, MemoryOutbox, Outbox, ServerSettings
+from broker.frontends.base import (
+    Claim,
+    InboundSink,
+    MemoryOutbox,
+    Outbox,
+    Parcel,
+    ServerSettings,
+)
 from broker.frontends.http import (
     HEAD_TIMEOUT_SECS,
     BadRequest,
@@ -44,10 +54,21 @@ from broker.frontends.link import (
     CLOSE_GRACE_SECS,
     Link,
     LinkChannel,
-    deliver_outbox,
+    deliver_parcels,
     run_event,
 )
-from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode_error, encode_reply
+from broker.frontends.wire import (
+    ClientHello,
+    GatewayHello,
+    Hello,
+    InboundEvent,
+    OutboundReply,
+    PlatformCapabilities,
+    WireError,
+    encode_error,
+    encode_hello,
+    thread_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +78,7 @@ WS_PATH = "/ws"
 PUBLIC_PATHS = frozenset({"/healthz"})
 PING_INTERVAL_SECS = 20.0
 PONG_TIMEOUT_SECS = 10.0
+MAX_EVENTS_IN_FLIGHT = 64  # per connection; more are refused with "slow down"
 
 WebSocketHandler = Callable[[trio_websocket.WebSocketRequest], Awaitable[None]]
 
@@ -68,16 +90,25 @@ class ServerSnapshot:
     connections: tuple[str, ...]
     events_received: int
     outbox_waiting: int | None  # None when the outbox cannot count
+    untaken: int = 0  # replies written whose connection has not taken them yet
 
 
-@attrs.define
+def declared_claim(platforms: str | None, threads: str | None) -> Claim:
+    """What a client declared it serves in its URL: ``?platforms=a,b`` (every
+    thread of those platforms; ``*`` for all) and ``?threads=p:1,p:2``."""
+
+    def names(value: str | None) -> frozenset[str]:
+        return frozenset(filter(None, (value or "").split(",")))
+
+    wanted = names(platforms)
+    return Claim(names(threads), wanted - {"*"}, "*" in wanted)
+
+
+@attrs.define(eq=False)
 class _Client:
     link: Link
     channel: LinkChannel
-    platforms: frozenset[str] | None  # None: serves every platform
-
-    def serves(self, platform: str) -> bool:
-        return not self.link.closed and (self.platforms is None or platform in self.platforms)
+    claim: Claim  # declared, plus every thread it has sent an event in
 
 
 class WebSocketServer:
@@ -108,8 +139,10 @@ class WebSocketServer:
         self.pong_timeout = pong_timeout
         self.events_received = 0
         self._events = event_nursery
+        self.max_events_in_flight = MAX_EVENTS_IN_FLIGHT
         self._clients: dict[str, _Client] = {}
         self._ids = itertools.count(1)
+        self._waiting_changed = trio.Event()
 
     @property
     def url(self) -> str:
@@ -120,7 +153,12 @@ class WebSocketServer:
         """Synchronous, never waits."""
         waiting = len(self.outbox) if isinstance(self.outbox, Sized) else None
         return ServerSnapshot(
-            self.host, self.port, tuple(self._clients), self.events_received, waiting
+            self.host,
+            self.port,
+            tuple(self._clients),
+            self.events_received,
+            waiting,
+            sum(c.link.untaken for c in self._clients.values()),
         )
 
     # --- connections -----------------------------------------------------
@@ -206,29 +244,60 @@ class WebSocketServer:
         self, ws: trio_websocket.WebSocketConnection, head: HttpRequest, peer: str
     ) -> None:
         connection_id = f"ws-{next(self._ids)}"
-        link = Link(ws, connection_id, max_frame_bytes=self.settings.max_frame_bytes)
-        channel = LinkChannel("server", connection_id, link, self._reroute)
-        names = head.query_value("platforms")
-        platforms = frozenset(filter(None, names.split(","))) if names else None
-        client = self._clients[connection_id] = _Client(link, channel, platforms)
-        log.info("%s connected from %s (platforms: %s)", connection_id, peer, names or "all")
+        link = Link(
+            ws,
+            connection_id,
+            max_frame_bytes=self.settings.max_frame_bytes,
+            max_in_flight=self.max_events_in_flight,
+            on_lost=self._put_back,
+            on_taken=self.outbox.delivered,
+        )
+        channel = LinkChannel("server", connection_id, link, self._keep)
+        claim = declared_claim(head.query_value("platforms"), head.query_value("threads"))
+        client = self._clients[connection_id] = _Client(link, channel, claim)
+        log.info("%s connected from %s (serves %s)", connection_id, peer, _describe(claim))
 
         def on_event(event: InboundEvent) -> None:
             self.events_received += 1
-            self._events.start_soon(run_event, self.sink, event, channel)
+            key = thread_key(event)
+            waiting: list[Parcel] = []
+            if key not in client.claim.threads:
+                # The thread's waiting replies are now this client's, and go before
+                # anything the new event brings.
+                client.claim = attrs.evolve(client.claim, threads=client.claim.threads | {key})
+                waiting = self.outbox.take(Claim(threads=frozenset({key})))
+            self._events.start_soon(self._run_event, waiting, event, channel, link)
 
         async def on_bad_frame(error: WireError) -> None:
             await link.send(encode_error(error))
 
+        def on_hello(hello: Hello) -> None:
+            if not isinstance(hello, ClientHello):
+                self._events.start_soon(on_bad_frame, WireError("a hello is the gateway's to send"))
+                return
+            # The client acknowledges every reply from now on (exactly once, not
+            # at least once) and may name the platforms it serves.
+            link.acks = True
+            platforms = client.claim.platforms | set(hello.requested_platforms) - {"*"}
+            client.claim = attrs.evolve(
+                client.claim,
+                platforms=frozenset(platforms),
+                everything=client.claim.everything or "*" in hello.requested_platforms,
+            )
+            self._notify_waiting()
+            self._events.start_soon(link.send, encode_hello(server_hello(hello)))
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.heartbeat, self.ping_interval, self.pong_timeout)
-                nursery.start_soon(deliver_outbox, link, self.outbox, platforms)
-                await link.read_frames(on_event, on_bad_frame)
+                nursery.start_soon(link.settle_written)
+                nursery.start_soon(self._hand_waiting, client)
+                await link.read_frames(on_event, on_bad_frame, on_hello)
                 nursery.cancel_scope.cancel()
         finally:
             if self._clients.get(connection_id) is client:
                 del self._clients[connection_id]
+            link.mark_closed()
             log.info("%s disconnected (%s)", connection_id, ws.closed)
             # when the server is stopping, the task that would read the peer's close
             # answer is cancelled already: send the close frame, do not wait for it
@@ -237,27 +306,51 @@ class WebSocketServer:
                 scope.shield = True
                 await ws.aclose()
 
-    async def _reroute(self, reply: OutboundReply) -> None:
-        """A reply whose connection is gone: the newest live connection that
-        serves its platform takes it, else the outbox keeps it.
+    async def _run_event(
+        self, waiting: list[Parcel], event: InboundEvent, channel: LinkChannel, link: Link
+    ) -> None:
+        if waiting:
+            await deliver_parcels(link, waiting, self._put_back)
+        await run_event(self.sink, event, channel, link)
 
-        Picking a connection and putting into the outbox happen with no
-        checkpoint between, so a client that connects meanwhile either finds
-        the reply in the outbox or is picked here.
-        """
-        while True:
-            client = self._newest_serving(reply.platform)
-            if client is None:
-                self.outbox.on_undeliverable(reply)
-                return
-            if await client.link.send(encode_reply(reply)):
-                return
+    async def _hand_waiting(self, client: _Client) -> None:
+        """Write to ``client`` the waiting replies it serves, oldest first, now
+        and whenever more wait or it claims another thread, until it closes."""
+        while not client.link.closed:
+            changed = self._waiting_changed
+            parcels = self.outbox.take(client.claim)
+            if parcels:
+                await deliver_parcels(client.link, parcels, self._put_back)
+            else:
+                await changed.wait()
 
-    def _newest_serving(self, platform: str) -> _Client | None:
-        for client in reversed(self._clients.values()):
-            if client.serves(platform):
-                return client
-        return None
+    def _notify_waiting(self) -> None:
+        self._waiting_changed.set()
+        self._waiting_changed = trio.Event()
+
+    def _keep(self, reply: OutboundReply) -> None:
+        """A reply its own connection could not write: it waits for a
+        connection that serves its thread (one may be connected already)."""
+        self.outbox.on_undeliverable(reply)
+        self._notify_waiting()
+
+    def _put_back(self, parcels: Sequence[Parcel]) -> None:
+        self.outbox.put_back(parcels)
+        self._notify_waiting()
+
+
+def server_hello(hello: ClientHello) -> GatewayHello:
+    """The server's answer to a client's ``client_hello``: every platform it
+    asked for (``*`` when it named none) takes edits and acknowledges replies."""
+    acked = PlatformCapabilities(send_ack=True, edit_ack=True)
+    return GatewayHello(1, {name: acked for name in hello.requested_platforms or ("*",)})
+
+
+def _describe(claim: Claim) -> str:
+    if claim.everything:
+        return "every thread"
+    named = [*sorted(claim.platforms), *sorted(claim.threads)]
+    return ", ".join(named) if named else "the threads it sends in"
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -7,6 +7,10 @@ Three frame kinds travel as JSON text frames over WebSocket:
 * ``openab.gateway.response.v1`` (chat -> broker, answering a
   ``request_id``): :class:`GatewayResponse`
 
+and, where the gateway speaks openab's newer handshake, the broker's
+``openab.gateway.client_hello.v1`` and the gateway's answer
+``openab.gateway.hello.v1`` (:class:`GatewayHello`, see :func:`parse_hello`).
+
 plus the broker's own ``agent-broker.error.v1`` frame, sent back to a client
 whose frame could not be read (see docs/protocol.md).
 
@@ -37,6 +41,8 @@ EVENT_SCHEMA = "openab.gateway.event.v1"
 REPLY_SCHEMA = "openab.gateway.reply.v1"
 RESPONSE_SCHEMA = "openab.gateway.response.v1"
 ERROR_SCHEMA = "agent-broker.error.v1"
+CLIENT_HELLO_SCHEMA = "openab.gateway.client_hello.v1"
+HELLO_SCHEMA = "openab.gateway.hello.v1"
 
 REQUEST_ID_RE = re.compile(r"^req_[0-9a-f]{32}$")
 
@@ -132,6 +138,9 @@ class GatewayResponse:
     thread_id: str | None = None
     message_id: str | None = None
     error: str | None = None
+    outcome: str | None = None  # newer gateways: delivered | rejected | unknown
+    error_code: str | None = None
+    retry_after_ms: int | None = None
     schema: str = RESPONSE_SCHEMA
 
 
@@ -189,7 +198,51 @@ class OutboundReply:
         return cls(event.event_id, event.platform, reply_target(event), text)
 
 
-Frame = InboundEvent | GatewayResponse
+@attrs.frozen
+class PlatformCapabilities:
+    """What a gateway's ``hello`` says one platform can do.
+
+    ``message_limit`` is in characters (a limit in bytes is divided by the
+    most bytes a character can take, so a split never overflows); None when
+    unlimited or not said. ``streaming_mode`` is ``disabled``, ``edit`` or
+    ``native``; ``send_ack`` and ``edit_ack`` promise a response (with an
+    ``outcome``) to every reply and edit that carries a ``request_id``.
+    """
+
+    message_limit: int | None = None
+    can_edit: bool = True
+    streaming_mode: str = "edit"
+    send_ack: bool = False
+    edit_ack: bool = False
+
+    @property
+    def streams(self) -> bool:
+        return self.can_edit and self.streaming_mode != "disabled"
+
+
+@attrs.frozen
+class GatewayHello:
+    """``openab.gateway.hello.v1``: the gateway's answer to ``client_hello``."""
+
+    protocol_version: int
+    capabilities: Mapping[str, PlatformCapabilities]
+    delivery_mode: str = ""
+    schema: str = HELLO_SCHEMA
+
+
+@attrs.frozen
+class ClientHello:
+    """``openab.gateway.client_hello.v1``: a client of the broker's own server
+    asks for acknowledged replies (and may name the platforms it serves)."""
+
+    protocol_version: int
+    client_name: str = ""
+    requested_platforms: tuple[str, ...] = ()
+    schema: str = CLIENT_HELLO_SCHEMA
+
+
+Hello = GatewayHello | ClientHello
+Frame = InboundEvent | GatewayResponse | GatewayHello | ClientHello
 
 
 def reply_target(event: InboundEvent) -> ReplyChannelRef:
@@ -340,6 +393,11 @@ def parse_frame(text: str | bytes) -> Frame:
     if schema == RESPONSE_SCHEMA:
         response: GatewayResponse = _structure(raw, GatewayResponse)
         return response
+    if schema == HELLO_SCHEMA:
+        return parse_hello(raw)
+    if schema == CLIENT_HELLO_SCHEMA:
+        hello: ClientHello = _structure(raw, ClientHello)
+        return hello
     if schema == REPLY_SCHEMA:
         raise WireError(
             f"unexpected schema '{schema}': the broker accepts {EVENT_SCHEMA} and {RESPONSE_SCHEMA}",
@@ -464,4 +522,87 @@ def error_reply(error: WireError) -> OutboundReply | None:
         error.platform,
         ReplyChannelRef(error.channel_id, error.thread_id),
         f"⚠️ This message could not be read: {error.message}",
+    )
+
+
+# --- the newer handshake (protocols.md 2b) -------------------------------------
+
+_BYTES_PER_CHARACTER = {"characters": 1, "bytes": 4, "utf16_bytes": 4}
+
+
+def _platform_capabilities(raw: object) -> PlatformCapabilities:
+    raw = raw if isinstance(raw, Mapping) else {}
+    limit = raw.get("message_limit")
+    characters = None
+    if isinstance(limit, Mapping) and type(limit.get("value")) is int and limit["value"] > 0:
+        per = _BYTES_PER_CHARACTER.get(str(limit.get("unit", "characters")))
+        characters = None if per is None else max(1, limit["value"] // per)
+    nested = raw.get("acks")
+    acks: Mapping[str, Any] = nested if isinstance(nested, Mapping) else raw
+
+    def flag(holder: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = holder.get(key, default)
+        return value if isinstance(value, bool) else default
+
+    mode = raw.get("streaming_mode")
+    return PlatformCapabilities(
+        message_limit=characters,
+        can_edit=flag(raw, "can_edit", True),
+        streaming_mode=mode if mode in ("disabled", "edit", "native") else "edit",
+        send_ack=flag(acks, "send_ack", False),
+        edit_ack=flag(acks, "edit_ack", False),
+    )
+
+
+def parse_hello(raw: Mapping[str, Any]) -> GatewayHello:
+    """Read a gateway's ``hello`` leniently: what it does not say keeps the
+    v1 behaviour (editable, no acks, the platform's known limit)."""
+    version = raw.get("protocol_version")
+    if type(version) is not int:
+        raise WireError("field protocol_version: expected number")
+    capabilities = raw.get("capabilities")
+    capabilities = capabilities if isinstance(capabilities, Mapping) else {}
+    topology = raw.get("topology")
+    mode = topology.get("delivery_mode") if isinstance(topology, Mapping) else None
+    return GatewayHello(
+        version,
+        {str(name): _platform_capabilities(c) for name, c in capabilities.items()},
+        mode if isinstance(mode, str) else "",
+    )
+
+
+def encode_client_hello(client_name: str, platforms: tuple[str, ...] = ()) -> str:
+    """The ``client_hello`` the gateway client sends right after connecting."""
+    return _dumps(
+        {
+            "schema": CLIENT_HELLO_SCHEMA,
+            "protocol_version": 1,
+            "client_name": client_name,
+            "requested_platforms": list(platforms),
+        }
+    )
+
+
+def encode_hello(hello: GatewayHello) -> str:
+    """The ``hello`` frame for ``hello`` (the gateway side)."""
+
+    def platform(caps: PlatformCapabilities) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "can_edit": caps.can_edit,
+            "streaming_mode": caps.streaming_mode,
+            "acks": {"send_ack": caps.send_ack, "edit_ack": caps.edit_ack, "delete_ack": False},
+        }
+        limit = caps.message_limit
+        out["message_limit"] = (
+            {"value": limit, "unit": "characters"} if limit else {"value": 0, "unit": "unlimited"}
+        )
+        return out
+
+    return _dumps(
+        {
+            "schema": HELLO_SCHEMA,
+            "protocol_version": hello.protocol_version,
+            "capabilities": {name: platform(c) for name, c in hello.capabilities.items()},
+            "topology": {"delivery_mode": hello.delivery_mode or "best_effort_broadcast"},
+        }
     )

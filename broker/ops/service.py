@@ -29,30 +29,37 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
 import trio
+import trio.lowlevel
 
 from broker.chat.commands import COMMANDS
 from broker.chat.router import Router
 from broker.config import BrokerConfig, ConfigError, load_config
-from broker.frontends.base import FrontendError, InboundSink, ReplyChannel
+from broker.frontends.base import (
+    Claim,
+    FrontendError,
+    InboundSink,
+    Parcel,
+    ReplyChannel,
+    reply_thread,
+)
 from broker.frontends.discord.adapter import DiscordFrontend
 from broker.frontends.gateway import GatewayClient
 from broker.frontends.http import check_exposure, parse_listen
 from broker.frontends.server import WebSocketServer, serve_websocket
 from broker.frontends.slack.adapter import SlackFrontend
 from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode_reply, parse_reply
-from broker.logs import setup_logging
+from broker.logs import RepeatLimiter, setup_logging
 from broker.ops.status import StatusEndpoints
 from broker.sessions.pool import Pool, open_pool, session_settings
-from broker.store import OutboxItem, Store, StoreError, open_store
+from broker.store import Store, StoreError, open_store
 from supervisor.notify import Notifier, run_watchdog
 
 log = logging.getLogger(__name__)
@@ -156,26 +163,18 @@ def check_usable(config: BrokerConfig, source: str) -> None:
 # -- the durable outbox -------------------------------------------------------------
 
 
-def rows_to_ack(rows: Iterable[OutboxItem], frames: Iterable[str]) -> list[int]:
-    """The ids of the oldest row for each of ``frames`` (a frame twice: two rows)."""
-    wanted = collections.Counter(frames)
-    ids = []
-    for row in rows:
-        if wanted[row.frame] > 0:
-            wanted[row.frame] -= 1
-            ids.append(row.id)
-    return ids
-
-
 class StoreOutbox:
     """A front-end's :class:`~broker.frontends.base.Outbox`, written through to the store.
 
     The transports call it synchronously, so the replies are held in memory
     and every one is also recorded in the store under ``destination``
-    (``"server"`` / ``"gateway"``); a reply taken out for delivery is deleted
-    from the store by :meth:`keep` a moment later. A broker that is killed
-    meanwhile delivers it again after the restart: at least once, never lost.
-    Bounded: over ``capacity`` the oldest reply is dropped with a warning.
+    (``"server"`` / ``"gateway"``), with its row id as the parcel's ticket. A
+    reply handed out for delivery stays in the store until a connection has
+    taken it (:meth:`delivered`); one put back is in memory again. A broker
+    that is killed meanwhile delivers it again after the restart: at least
+    once, never lost. The store writes are batched by :meth:`keep`, one
+    transaction for everything that changed meanwhile. Bounded: over
+    ``capacity`` the oldest reply is dropped with a (rate-limited) warning.
     """
 
     def __init__(self, store: Store, destination: str, capacity: int = OUTBOX_CAPACITY) -> None:
@@ -183,76 +182,90 @@ class StoreOutbox:
         self.destination = destination
         self.capacity = capacity
         self.dropped = 0
-        self._replies: collections.deque[tuple[OutboundReply, str]] = collections.deque()
-        self._send, self._receive = trio.open_memory_channel[str](math.inf)
+        self._parcels: collections.deque[Parcel] = collections.deque()
+        self._added: list[tuple[int, str]] = []
+        self._removed: list[int] = []
+        self._dirty = trio.Event()
+        self._closed = False
+        self._full = RepeatLimiter(log)
 
     def __len__(self) -> int:
-        return len(self._replies)
+        return len(self._parcels)
 
     async def load(self) -> int:
         """Take in the replies a previous run left in the store; returns how many.
         A stored frame that cannot be read is logged and deleted."""
-        unreadable = []
         for item in await self.store.outbox(self.destination):
             try:
-                self._replies.append((parse_reply(item.frame), item.frame))
+                self._parcels.append(Parcel(parse_reply(item.frame), item.id))
             except WireError as exc:
                 log.error(
                     "outbox %s: dropping unreadable reply %d: %s", self.destination, item.id, exc
                 )
-                unreadable.append(item.id)
-        if unreadable:
-            self.store.ack_outbox(unreadable)
-        return len(self._replies)
+                self._forget(item.id)
+        return len(self._parcels)
 
     def on_undeliverable(self, reply: OutboundReply) -> None:
-        if len(self._replies) >= self.capacity:
-            lost, frame = self._replies.popleft()
+        if len(self._parcels) >= self.capacity:
+            lost = self._parcels.popleft()
             self.dropped += 1
-            self._forget(frame)
-            log.warning(
-                "outbox %s full (%d): dropped the oldest reply to %s:%s",
+            if lost.ticket is not None:
+                self._forget(lost.ticket)
+            self._full.warning(
+                "outbox %s full (%d): dropped the oldest reply to %s",
                 self.destination,
                 self.capacity,
-                lost.platform,
-                lost.channel.id,
+                reply_thread(lost.reply),
             )
-        frame = encode_reply(reply)
-        self._replies.append((reply, frame))
-        self.store.push_outbox(self.destination, frame)
+        self._parcels.append(self._recorded(Parcel(reply)))
 
-    def take(self, platforms: frozenset[str] | None) -> list[OutboundReply]:
-        taken: list[tuple[OutboundReply, str]] = []
-        kept: collections.deque[tuple[OutboundReply, str]] = collections.deque()
-        for entry in self._replies:
-            (taken if platforms is None or entry[0].platform in platforms else kept).append(entry)
-        self._replies = kept
-        for _, frame in taken:
-            self._forget(frame)
-        return [reply for reply, _ in taken]
+    def _recorded(self, parcel: Parcel) -> Parcel:
+        if parcel.ticket is None:
+            parcel.ticket = self.store.new_outbox_id()
+            self._added.append((parcel.ticket, encode_reply(parcel.reply)))
+            self._changed()
+        return parcel
 
-    def _forget(self, frame: str) -> None:
-        try:
-            self._send.send_nowait(frame)
-        except trio.ClosedResourceError:
-            log.warning("outbox %s: closed; a delivered reply stays in the store", self.destination)
+    def take(self, claim: Claim) -> list[Parcel]:
+        taken = [p for p in self._parcels if claim.covers(p.reply)]
+        if taken:
+            self._parcels = collections.deque(p for p in self._parcels if not claim.covers(p.reply))
+        return taken
+
+    def delivered(self, parcels: Sequence[Parcel]) -> None:
+        for parcel in parcels:
+            if parcel.ticket is not None:
+                self._forget(parcel.ticket)
+
+    def put_back(self, parcels: Sequence[Parcel]) -> None:
+        self._parcels.extendleft(reversed([self._recorded(p) for p in parcels]))
+
+    def _forget(self, ticket: int) -> None:
+        self._removed.append(ticket)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._closed:
+            log.warning("outbox %s: closed; a change was not recorded", self.destination)
+        self._dirty.set()
 
     def close(self) -> None:
-        """No more changes; :meth:`keep` finishes what was asked and returns."""
-        self._send.close()
+        """No more changes; :meth:`keep` writes what is left and returns."""
+        self._closed = True
+        self._dirty.set()
 
     async def keep(self) -> None:
-        """Delete delivered replies from the store, in batches, until :meth:`close`."""
-        async with self._receive:
-            async for first in self._receive:
-                frames = [first]
-                while True:
-                    try:
-                        frames.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                rows = await self.store.outbox(self.destination)
-                self.store.ack_outbox(rows_to_ack(rows, frames))
+        """Write the changes to the store, batched, until :meth:`close`."""
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            added, self._added = self._added, []
+            removed, self._removed = self._removed, []
+            if added or removed:
+                self.store.change_outbox(self.destination, added, removed)
+            if self._closed:
+                return
+            await trio.lowlevel.checkpoint()  # let a burst of changes gather into one write
 
 
 # -- events in flight -------------------------------------------------------------

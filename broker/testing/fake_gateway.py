@@ -6,6 +6,13 @@ events, answers ``request_id`` frames with responses (message ids ``m-1``,
 against the protocol. It can drop the connection mid-turn and accept the
 reconnect, refuse connections, and refuse, delay or ignore responses.
 
+It speaks either dialect: by default a plain v1 gateway, which ignores the
+broker's ``client_hello`` (recorded in :attr:`FakeGateway.client_hellos`);
+given a ``hello`` (:func:`open_fake_gateway` ``hello=``), it answers the
+``client_hello`` with it, and where a platform offers ``send_ack`` every
+reply with a ``request_id`` gets a response with ``outcome``
+(:attr:`FakeGateway.ack_outcome`: delivered, rejected or unknown).
+
 Every frame that breaks the protocol is recorded in :attr:`FakeGateway.violations`
 with the reason; :meth:`FakeGateway.assert_clean` fails a test on any.
 """
@@ -24,16 +31,19 @@ import trio
 import trio_websocket
 
 from broker.frontends.wire import (
+    CLIENT_HELLO_SCHEMA,
     ERROR_SCHEMA,
     Channel,
     Command,
     Content,
+    GatewayHello,
     GatewayResponse,
     InboundEvent,
     OutboundReply,
     Sender,
     WireError,
     encode_event,
+    encode_hello,
     encode_response,
     parse_reply,
 )
@@ -87,8 +97,11 @@ class Received:
 class FakeGateway:
     """State and controls of a running fake gateway (see :func:`open_fake_gateway`)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, hello: GatewayHello | None = None) -> None:
         self.token = token
+        self.hello = hello
+        self.ack_outcome = "delivered"
+        self.client_hellos: list[dict[str, object]] = []
         self.port = 0
         self.response_mode = ResponseMode.ANSWER
         self.response_delay = 0.0
@@ -207,7 +220,11 @@ class FakeGateway:
         text = message if isinstance(message, str) else message.decode(errors="replace")
         reply = None
         try:
-            if json.loads(text).get("schema") == ERROR_SCHEMA:
+            schema = json.loads(text).get("schema")
+            if schema == CLIENT_HELLO_SCHEMA:
+                await self._greet(json.loads(text))
+                return
+            if schema == ERROR_SCHEMA:
                 self.received.append(Received(text, None, connection))
                 self._notify()
                 return
@@ -219,7 +236,22 @@ class FakeGateway:
         self.received.append(Received(text, reply, connection))
         self._notify()
         if reply is not None and reply.request_id and self._nursery is not None:
-            self._nursery.start_soon(self._respond, reply.request_id)
+            self._nursery.start_soon(self._respond, reply.request_id, self._acked(reply))
+
+    def _acked(self, reply: OutboundReply) -> bool:
+        """Whether ``reply`` is a plain reply or edit that the hello promised to acknowledge."""
+        caps = None if self.hello is None else self.hello.capabilities.get(reply.platform)
+        if caps is None:
+            return False
+        if reply.command is None:
+            return caps.send_ack
+        return reply.command is Command.EDIT_MESSAGE and caps.edit_ack
+
+    async def _greet(self, frame: dict[str, object]) -> None:
+        self.client_hellos.append(frame)
+        self._notify()
+        if self.hello is not None and self._ws is not None:
+            await self._ws.send_message(encode_hello(self.hello))
 
     def _check(self, reply: OutboundReply, text: str) -> None:
         """The rules a gateway relies on beyond the frame's shape."""
@@ -237,16 +269,19 @@ class FakeGateway:
         if problem:
             self.violations.append(f"{problem}: {text[:200]}")
 
-    async def _respond(self, request_id: str) -> None:
+    async def _respond(self, request_id: str, acked: bool) -> None:
         if self.response_mode is ResponseMode.IGNORE:
             return
         await trio.sleep(self.response_delay)
-        if self.response_mode is ResponseMode.REFUSE:
-            response = GatewayResponse(request_id, False, error="refused by the test")
+        outcome = self.ack_outcome if acked else None
+        if self.response_mode is ResponseMode.REFUSE or outcome == "rejected":
+            response = GatewayResponse(
+                request_id, False, error="refused by the test", outcome=outcome
+            )
         else:
             message_id = f"m-{next(self._message_ids)}"
             self._issued.add(message_id)
-            response = GatewayResponse(request_id, True, message_id=message_id)
+            response = GatewayResponse(request_id, True, message_id=message_id, outcome=outcome)
         try:
             await self.send_raw(encode_response(response))
         except (RuntimeError, trio_websocket.ConnectionClosed):
@@ -254,9 +289,12 @@ class FakeGateway:
 
 
 @asynccontextmanager
-async def open_fake_gateway(*, token: str = "") -> AsyncIterator[FakeGateway]:
-    """Run a fake gateway on 127.0.0.1 (a free port) for the ``async with`` body."""
-    gateway = FakeGateway(token)
+async def open_fake_gateway(
+    *, token: str = "", hello: GatewayHello | None = None
+) -> AsyncIterator[FakeGateway]:
+    """Run a fake gateway on 127.0.0.1 (a free port) for the ``async with`` body;
+    with ``hello``, one that speaks the newer handshake."""
+    gateway = FakeGateway(token, hello)
     async with trio.open_nursery() as nursery:
         gateway._nursery = nursery
         server = await nursery.start(

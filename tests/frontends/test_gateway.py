@@ -10,7 +10,7 @@ import trio
 import trio_websocket
 
 from broker.config import GatewayConfig
-from broker.frontends.base import FrontendError
+from broker.frontends.base import EVERYTHING, FrontendError
 from broker.frontends.gateway import (
     Backoff,
     BackoffPolicy,
@@ -209,7 +209,7 @@ async def test_reply_sent_while_never_connected_waits_in_the_outbox() -> None:
     with trio.fail_after(5):
         await client.channel.send_reply(reply)
         assert await client.channel.request(reply) is None
-    assert client.outbox.take(None) == [reply]
+    assert [p.reply for p in client.outbox.take(EVERYTHING)] == [reply]
     assert (client.channel.frontend, client.channel.connection_id) == ("gateway", "gateway")
 
 

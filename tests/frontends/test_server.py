@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from wsproto.events import CloseConnection
 
 from broker.config import ServerConfig
 from broker.frontends.base import FrontendError
@@ -142,7 +143,7 @@ async def test_a_slow_event_does_not_delay_the_next_event_on_the_same_connection
             assert (await receive_json(ws))["reply_to"] == slow.event_id
 
 
-async def test_reply_finished_after_disconnect_reaches_the_reconnected_client() -> None:
+async def test_reply_finished_after_disconnect_reaches_a_client_that_claims_its_thread() -> None:
     sink = EchoSink()
     with trio.fail_after(10):
         async with running(sink) as server:
@@ -150,35 +151,107 @@ async def test_reply_finished_after_disconnect_reaches_the_reconnected_client() 
             async with open_websocket_url(server.url) as ws:
                 await ws.send_message(encode_event(slow))
                 await receive_json_after_echo(ws)
+                await settled(server)
             await wait_until(lambda: not server.snapshot().connections)
             sink.release.set()
-            while slow.event_id not in sink.replied:
-                await sink.replied_changed.wait()
+            await sink.wait_replied(slow.event_id)
             assert server.snapshot().outbox_waiting == 1
-            # A client for another platform does not take it; one for discord does.
+            # A client for another platform does not take it; one for its thread does.
             async with open_websocket_url(server.url + "?platforms=slack") as other:
                 await other.send_message(encode_event(make_event("x", platform="slack")))
                 assert (await receive_json(other))["content"]["text"] == "echo: x"
-            async with open_websocket_url(server.url + "?platforms=discord") as ws:
+                await settled(server)
+            async with open_websocket_url(server.url + "?threads=discord:1001") as ws:
                 frame = await receive_json(ws)
-                assert (
-                    frame["reply_to"] == slow.event_id and frame["content"]["text"] == "echo: slow"
-                )
+                assert frame["reply_to"] == slow.event_id
+                assert frame["content"]["text"] == "echo: slow"
+                await settled(server)
             assert server.snapshot().outbox_waiting == 0
 
 
-async def test_reply_finished_after_disconnect_goes_straight_to_a_live_client() -> None:
+async def test_waiting_reply_goes_only_to_a_client_of_its_thread_and_once() -> None:
+    """Client A sends in thread X and leaves before the reply; client B (same
+    platform) sends in thread Y and never sees X's reply; A comes back and
+    sends in X: it gets the waiting reply, once."""
+    sink = EchoSink()
+    with trio.fail_after(15):
+        async with running(sink) as server:
+            x = make_event("slow", channel_id="X")
+            async with open_websocket_url(server.url) as a:
+                await a.send_message(encode_event(x))
+                await wait_until(lambda: x.event_id in sink.channels)
+            await wait_until(lambda: not server.snapshot().connections)
+            async with open_websocket_url(server.url) as b:
+                y = make_event("in y", channel_id="Y")
+                await b.send_message(encode_event(y))
+                assert (await receive_json(b))["reply_to"] == y.event_id
+                await settled(server)
+                sink.release.set()
+                await sink.wait_replied(x.event_id)
+                # B asks again in Y: its next frame is its own echo, not X's reply.
+                again = make_event("again", channel_id="Y")
+                await b.send_message(encode_event(again))
+                assert (await receive_json(b))["reply_to"] == again.event_id
+                assert server.snapshot().outbox_waiting == 1
+                await settled(server)
+            async with open_websocket_url(server.url) as a:
+                back = make_event("back", channel_id="X")
+                await a.send_message(encode_event(back))
+                frames = [await receive_json(a), await receive_json(a)]
+                assert sorted(f["reply_to"] for f in frames) == sorted([x.event_id, back.event_id])
+                later = make_event("later", channel_id="X")
+                await a.send_message(encode_event(later))
+                assert (await receive_json(a))["reply_to"] == later.event_id
+                await settled(server)
+            assert server.snapshot().outbox_waiting == 0
+
+
+async def test_reply_finished_after_disconnect_goes_straight_to_a_live_client_of_its_platform() -> (
+    None
+):
     sink = EchoSink()
     with trio.fail_after(10):
-        async with running(sink) as server, open_websocket_url(server.url) as live:
+        async with (
+            running(sink) as server,
+            open_websocket_url(server.url + "?platforms=telegram") as live,
+        ):
             slow = make_event("slow")
             async with open_websocket_url(server.url) as gone:
                 await gone.send_message(encode_event(slow))
-                await receive_json_after_echo(gone)
+                await wait_until(lambda: slow.event_id in sink.channels)
             await wait_until(lambda: len(server.snapshot().connections) == 1)
             sink.release.set()
             frame = await receive_json(live)
             assert frame["reply_to"] == slow.event_id
+            await settled(server)
+            assert server.snapshot().outbox_waiting == 0
+
+
+async def test_a_reply_written_as_its_client_closes_is_delivered_again_on_its_next_connection() -> (
+    None
+):
+    """The client's close frame crosses the reply: the write completed, but
+    the client never read it. The reply goes back to the outbox, in order,
+    and reaches the client's next connection in that thread, once."""
+    sink = EchoSink()
+    with trio.fail_after(15):
+        async with running(sink) as server:
+            slow = make_event("slow", channel_id="Z")
+            async with open_websocket_url(server.url) as ws:
+                await ws.send_message(encode_event(slow))
+                await wait_until(lambda: slow.event_id in sink.channels)
+                # The client starts closing; the reply is written before the
+                # server reads the close frame.
+                await ws._send(CloseConnection(code=1000))
+                sink.release.set()
+                await sink.wait_replied(slow.event_id)
+            await wait_until(lambda: server.snapshot().outbox_waiting == 1)
+            async with open_websocket_url(server.url) as ws:
+                back = make_event("back", channel_id="Z")
+                await ws.send_message(encode_event(back))
+                first, second = await receive_json(ws), await receive_json(ws)
+                assert (first["reply_to"], second["reply_to"]) == (slow.event_id, back.event_id)
+                await settled(server)
             assert server.snapshot().outbox_waiting == 0
 
 
@@ -187,6 +260,12 @@ async def receive_json_after_echo(ws: trio_websocket.WebSocketConnection) -> Non
     probe = make_event("probe", platform="discord")
     await ws.send_message(encode_event(probe))
     assert (await receive_json(ws))["reply_to"] == probe.event_id
+
+
+async def settled(server: WebSocketServer) -> None:
+    """Wait until every reply written has been taken (plain v1: its connection
+    stayed open a moment after the write), so closing now loses nothing."""
+    await wait_until(lambda: server.snapshot().untaken == 0)
 
 
 async def wait_until(condition: Any) -> None:

@@ -189,7 +189,7 @@ async def test_a_slow_turn_holds_up_no_other_thread(
             assert client.for_event(slow.event_id) == []
 
 
-async def test_a_client_that_disconnects_mid_turn_gets_the_reply_when_it_reconnects(
+async def test_a_client_that_disconnects_mid_turn_gets_the_reply_when_it_reconnects_for_the_thread(
     make_config: Callable[..., BrokerConfig],
 ) -> None:
     with trio.fail_after(60):
@@ -197,5 +197,5 @@ async def test_a_client_that_disconnects_mid_turn_gets_the_reply_when_it_reconne
             async with connect(stack) as client:
                 event = await client.send("@delay 1\n@reply kept for you")
             await stack.tracked.wait_ended(event.event_id)
-            async with connect(stack) as again:
+            async with connect(stack, url=stack.server.url + "?threads=cli:1001") as again:
                 assert await again.reply_to(event) == ["kept for you"]

@@ -132,8 +132,10 @@ class Chat:
 
 
 @asynccontextmanager
-async def chat(port: int) -> AsyncIterator[Chat]:
-    url = f"ws://127.0.0.1:{port}/ws"
+async def chat(port: int, query: str = "") -> AsyncIterator[Chat]:
+    """A chat client of the broker at ``port``; ``query`` is added to the URL
+    (``?threads=telegram:away`` to take over that thread's waiting replies)."""
+    url = f"ws://127.0.0.1:{port}/ws{query}"
     async with trio_websocket.open_websocket_url(url) as ws, trio.open_nursery() as nursery:
         client = Chat(ws)
         nursery.start_soon(client.read)

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from broker.config import BrokerConfig, load_config
+from broker.frontends.base import EVERYTHING, Claim, Parcel
 from broker.frontends.wire import OutboundReply, ReplyChannelRef
 from broker.ops.service import (
     EX_CONFIG,
@@ -22,12 +23,11 @@ from broker.ops.service import (
     Broker,
     StoreOutbox,
     plan_reload,
-    rows_to_ack,
     run,
     serve,
 )
 from broker.sessions.pool import Pool, PoolSnapshot
-from broker.store import OutboxItem, open_store
+from broker.store import open_store
 from broker.testing.fake_gateway import open_fake_gateway
 from broker.testing.fake_slack import APP_TOKEN, BOT_TOKEN, open_fake_slack
 from broker.testing.harness import fake_agent_config, free_port
@@ -72,20 +72,7 @@ def test_reload_applies_router_pool_and_log_but_keeps_listen_gateway_and_state()
     assert plan_reload(old, old).kept == () and plan_reload(old, old).changed == ()
 
 
-def test_each_delivered_frame_acks_its_oldest_row_once() -> None:
-    rows = [
-        OutboxItem(1, "server", "a"),
-        OutboxItem(2, "server", "b"),
-        OutboxItem(3, "server", "a"),
-    ]
-    assert rows_to_ack(rows, ["a"]) == [1]
-    assert rows_to_ack(rows, ["a", "a", "b", "c"]) == [1, 2, 3]
-    assert rows_to_ack(rows, []) == []
-
-
-async def test_undelivered_replies_survive_a_restart_and_delivered_ones_leave_the_store(
-    tmp_path: Path,
-) -> None:
+async def test_a_reply_leaves_the_store_only_once_a_connection_took_it(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     with trio.fail_after(20):
         async with open_store(path) as store, trio.open_nursery() as nursery:
@@ -94,13 +81,37 @@ async def test_undelivered_replies_survive_a_restart_and_delivered_ones_leave_th
             outbox.on_undeliverable(reply("one"))
             outbox.on_undeliverable(reply("two", platform="line"))
             outbox.on_undeliverable(reply("three"))
-            assert [r.text for r in outbox.take(frozenset({"telegram"}))] == ["one", "three"]
+            outbox.on_undeliverable(reply("four"))
+            taken = outbox.take(Claim(platforms=frozenset({"telegram"})))
+            assert [p.reply.text for p in taken] == ["one", "three", "four"]
+            outbox.delivered(taken[:2])  # "four" was handed out, but never taken
             outbox.close()
         async with open_store(path) as store:
             again = StoreOutbox(store, "server")
-            assert await again.load() == 1
-            assert [r.text for r in again.take(None)] == ["two"]
+            assert await again.load() == 2
+            assert [p.reply.text for p in again.take(EVERYTHING)] == ["two", "four"]
+            assert store.outbox_rows == 2
             assert await StoreOutbox(store, "gateway").load() == 0
+
+
+async def test_a_reply_put_back_goes_first_and_stays_in_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    with trio.fail_after(20):
+        async with open_store(path) as store, trio.open_nursery() as nursery:
+            outbox = StoreOutbox(store, "server")
+            nursery.start_soon(outbox.keep)
+            outbox.on_undeliverable(reply("waited"))
+            taken = outbox.take(EVERYTHING)
+            outbox.on_undeliverable(reply("newer"))
+            outbox.put_back([*taken, Parcel(reply("sent straight"))])
+            assert [p.reply.text for p in outbox.take(EVERYTHING)] == [
+                "waited",
+                "sent straight",
+                "newer",
+            ]
+            outbox.close()
+        async with open_store(path) as store:
+            assert await StoreOutbox(store, "server").load() == 3
 
 
 async def test_a_full_outbox_drops_its_oldest_reply_from_memory_and_store(tmp_path: Path) -> None:
@@ -115,7 +126,7 @@ async def test_a_full_outbox_drops_its_oldest_reply_from_memory_and_store(tmp_pa
         async with open_store(tmp_path / "s.sqlite3") as store:
             kept = StoreOutbox(store, "server")
             await kept.load()
-            assert [r.text for r in kept.take(None)] == ["mid", "new"]
+            assert [p.reply.text for p in kept.take(EVERYTHING)] == ["mid", "new"]
 
 
 def taken_port() -> socket.socket:
@@ -161,7 +172,7 @@ async def test_a_reply_finished_while_the_client_is_away_is_delivered_after_a_re
             broker = await nursery.start(serve_once)
             assert broker.server is not None
             assert len(broker.outboxes["server"]) == 1
-            async with chat(broker.server.port) as client:
+            async with chat(broker.server.port, "?threads=telegram:away") as client:
                 assert "done while away" in await client.reply(event_id, "done while away")
             broker.stop()
 

@@ -45,7 +45,14 @@ from typing import Any, NoReturn, Protocol
 import attrs
 import trio
 
-from broker.frontends.base import RESPONSE_TIMEOUT_SECS, InboundSink, MemoryOutbox, Outbox
+from broker.frontends.base import (
+    RESPONSE_TIMEOUT_SECS,
+    Claim,
+    InboundSink,
+    MemoryOutbox,
+    Outbox,
+    Parcel,
+)
 from broker.frontends.discord import messages
 from broker.frontends.discord.gateway import DiscordGateway, State
 from broker.frontends.discord.messages import PLATFORM, Filters, Skip, Turn
@@ -245,7 +252,7 @@ class DiscordFrontend:
         self._commands: dict[str, str] = {}  # custom_id -> command, for long commands
         self._pending_edits: dict[str, OutboundReply] = {}
         self._editing: set[str] = set()
-        self._in_hand: list[OutboundReply] = []  # taken from the outbox, being retried
+        self._in_hand: list[Parcel] = []  # taken from the outbox, being retried
         self._outage = False
         self._outage_started = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -640,22 +647,21 @@ class DiscordFrontend:
         try:
             while True:
                 await self._outage_started.wait()
-                in_hand += self.outbox.take(frozenset({PLATFORM}))
+                in_hand += self.outbox.take(Claim(platforms=frozenset({PLATFORM})))
                 if not in_hand:
                     self._outage = False
                     self._outage_started = trio.Event()
                     failures = 0
                     continue
-                while in_hand and await self._send_waiting(in_hand[0]):
-                    in_hand.pop(0)
+                while in_hand and await self._send_waiting(in_hand[0].reply):
+                    self.outbox.delivered([in_hand.pop(0)])
                 if in_hand:
                     await trio.sleep(reconnect_delay(failures, self.retry, 0.0))
                     failures += 1
                 else:
                     log.info("discord: answering again; the waiting replies are delivered")
         finally:
-            for reply in in_hand:
-                self.outbox.on_undeliverable(reply)
+            self.outbox.put_back(in_hand)
             in_hand.clear()
 
     async def _send_waiting(self, reply: OutboundReply) -> bool:

@@ -50,6 +50,7 @@ import trio
 
 from broker.frontends.base import (
     RESPONSE_TIMEOUT_SECS,
+    Claim,
     InboundSink,
     MemoryOutbox,
     Outbox,
@@ -374,24 +375,25 @@ class SlackFrontend:
             await self._wake_outbox.wait()
             self._wake_outbox = trio.Event()
             while True:
-                waiting = self.outbox.take(PLATFORMS)
+                waiting = self.outbox.take(Claim(platforms=PLATFORMS))
                 if not waiting:
                     if self._backlog:
                         log.info("slack: the outbox is empty again")
                     self._backlog = False
                     self._notify()
                     break
-                for index, reply in enumerate(waiting):
+                for index, parcel in enumerate(waiting):
+                    reply = parcel.reply
                     try:
                         await self._send(reply)
                     except SlackUnavailable as exc:
                         self._unavailable(exc)
-                        for unsent in waiting[index:]:
-                            self.outbox.on_undeliverable(unsent)
+                        self.outbox.put_back(waiting[index:])
                         await trio.sleep(backoff.after(None, 0))
                         break
                     except SlackApiError as exc:
                         log.warning("slack: waiting reply to %s dropped: %s", reply.reply_to, exc)
+                    self.outbox.delivered([parcel])
                 else:
                     backoff.failures = 0
                     log.info("slack: delivered %d waiting replies", len(waiting))
