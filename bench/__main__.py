@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 import bench.latency
+import bench.platforms
 import bench.pool
 from bench.harness import Context, Result, machine
 
@@ -52,6 +53,7 @@ SCENARIOS: dict[str, Scenario] = {
     "crash": bench.latency.crash,
     "coldstart": bench.latency.cold_start,
     "shutdown": bench.pool.shutdown,
+    "slack": bench.platforms.slack,
 }
 
 

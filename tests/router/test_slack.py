@@ -15,7 +15,7 @@ from broker.chat.router import Router
 from broker.config import BrokerConfig
 from broker.frontends.slack.adapter import SlackFrontend
 from broker.sessions.pool import open_pool
-from broker.testing.fake_slack import APP_TOKEN, BOT_TOKEN, FakeSlack, open_fake_slack
+from broker.testing.fake_slack import APP_TOKEN, BOT_TOKEN, FakeSlack, Message, open_fake_slack
 from tests.frontends.slack.stack import FAST
 
 SILENT_SECS = 20  # a tool call that says nothing for this long
@@ -149,3 +149,39 @@ async def test_other_bots_are_ignored_unless_allowed(
             await fake.wait_for(lambda: bool(final_text(fake, person["ts"])))
             await fake.wait_for(lambda: "i am a person" in "".join(final_text(fake, person["ts"])))
         assert not final_text(fake, bot["ts"])
+
+
+def question_message(fake: FakeSlack, thread_ts: str) -> Message | None:
+    return next((m for m in fake.bot_messages("C0CHAN", thread_ts) if m.blocks), None)
+
+
+async def test_a_permission_question_is_answered_with_its_buttons(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    async with slack_broker(make_config(permissions={"default": "ask"})) as broker:
+        fake = broker.fake
+        with trio.fail_after(30):
+            mention = fake.user_message("@permission execute make build", mention=True)
+            await fake.send_event(mention)
+            await fake.wait_for(lambda: question_message(fake, mention["ts"]) is not None)
+            question = question_message(fake, mention["ts"])
+            assert question is not None
+            values = [
+                e["value"] for b in question.blocks if b["type"] == "actions" for e in b["elements"]
+            ]
+            assert "/allow 1" in values and "/deny 1" in values
+            stranger = await fake.send(
+                "interactive", fake.block_actions(question, "/allow 1", user="U0BOB")
+            )
+            await fake.wait_for(lambda: bool(fake.ephemeral))
+            assert question.blocks  # still open
+            await fake.send("interactive", fake.block_actions(question, "/allow 1"))
+            await fake.wait_for(lambda: not question.blocks)
+            await fake.wait_for(
+                lambda: any("selected allow_once" in t for t in final_text(fake, mention["ts"]))
+            )
+        assert stranger.envelope_id in fake.acks
+        (refusal,) = fake.ephemeral
+        assert refusal["user"] == "U0BOB" and refusal["thread_ts"] == mention["ts"]
+        assert "allowed once by @U0ALICE" in question.text
+        fake.assert_clean()

@@ -24,7 +24,8 @@ The thread key comes out as ``slack:<channel>:<thread_ts>``: the event's
 Text: the leading ``<@bot>`` mention is removed and ``&lt; &gt; &amp;``
 unescaped. Because Slack's client takes a leading ``/`` for its own slash
 commands, ``!cancel`` is read as ``/cancel``, and a mention followed by just a
-broker command word (``@bot cancel``, ``@bot model list``) as that command.
+broker command word (``@bot cancel``, ``@bot model list``, ``@bot allow 3``) as that
+command.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ ANSWERED_SUBTYPES = frozenset({"file_share", "thread_broadcast", "bot_message"})
 SEEN_CAPACITY = 10_000
 THREADS_CAPACITY = 50_000
 # Commands that take words after them; the others are read from a bare word only.
-COMMANDS_WITH_ARGS = frozenset({"model", "mode"})
+COMMANDS_WITH_ARGS = frozenset({"model", "mode", "allow", "deny", "answer"})
 
 Json = dict[str, Any]
 
@@ -123,7 +124,8 @@ def unescape(text: str) -> str:
 
 def command_text(text: str, commands: Iterable[str], *, mentioned: bool) -> str:
     """``!word ...`` as ``/word ...``; after a mention, a bare broker command
-    word (``cancel``, or ``model``/``mode`` with its words) as that command."""
+    word (``cancel``; ``model``, ``mode``, ``allow``, ``deny``, ``answer`` with
+    their words) as that command."""
     stripped = text.strip()
     if stripped.startswith("!") and len(stripped) > 1 and not stripped[1].isspace():
         return "/" + stripped[1:]
@@ -259,7 +261,7 @@ class Conversations:
         message = message if isinstance(message, dict) else {}
         user = payload.get("user")
         user_id = str(user.get("id") or "") if isinstance(user, dict) else ""
-        name = str(user.get("username") or user_id) if isinstance(user, dict) else user_id
+        name = user_id  # as in message events, which carry no user name
         channel = container.get("channel_id") or (payload.get("channel") or {}).get("id")
         message_ts = container.get("message_ts") or message.get("ts")
         if not isinstance(channel, str) or not isinstance(message_ts, str) or not user_id:

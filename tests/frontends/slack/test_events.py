@@ -17,7 +17,7 @@ from broker.frontends.slack.events import (
 from broker.frontends.wire import thread_key
 
 BOT = BotIdentity("U0BOT", "B0BOT")
-COMMANDS = ("cancel", "status", "reset", "help", "model", "mode")
+COMMANDS = ("cancel", "status", "reset", "help", "model", "mode", "allow", "deny", "answer")
 
 
 def payload(event: dict[str, Any], event_id: str = "Ev1") -> dict[str, Any]:
@@ -97,6 +97,7 @@ def test_slash_commands_can_be_typed_with_a_bang_or_after_a_mention() -> None:
     assert command_text("!compact now", COMMANDS, mentioned=False) == "/compact now"
     assert command_text("cancel", COMMANDS, mentioned=True) == "/cancel"
     assert command_text("model set opus", COMMANDS, mentioned=True) == "/model set opus"
+    assert command_text("allow always 3", COMMANDS, mentioned=True) == "/allow always 3"
     assert command_text("help me read this", COMMANDS, mentioned=True) == "help me read this"
     assert command_text("cancel", COMMANDS, mentioned=False) == "cancel"
     assert command_text("! not a command", COMMANDS, mentioned=False) == "! not a command"
