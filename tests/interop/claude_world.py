@@ -33,6 +33,7 @@ from .harness import RunningAgent, exact_env, running_agent
 HELLO = "Hello from the fake model, streamed in several pieces."
 WRITTEN = "written by the agent\n"
 THOUGHT = "The user wants a greeting; keep it short."
+COMMAND = "echo ran > bash.txt"
 
 
 @attrs.define
@@ -41,7 +42,8 @@ class ScriptedModel:
 
     ``[hello]``: :data:`HELLO`; ``[say] X``: ``X``; ``[write]``: a ``Write``
     tool_use creating ``out.txt`` in ``cwd``, then (on the tool result) a text
-    quoting the result; ``[slow]``: 30 s of text in 5-character deltas every
+    quoting the result; ``[bash]``: a ``Bash`` tool_use running :data:`COMMAND`
+    (which would create ``bash.txt``), then the same; ``[slow]``: 30 s of text in 5-character deltas every
     50 ms; ``[think]``: a thinking block (:data:`THOUGHT`), then :data:`HELLO`.
     Requests without tools (the agent's side calls) get a short text.
     """
@@ -58,10 +60,13 @@ class ScriptedModel:
             self.tool_result_texts.append(said)
             return text_reply(f"The tool said: {said}")
         text = last_user_text(request)
-        marker = max(("[hello]", "[say]", "[write]", "[slow]", "[think]"), key=text.rfind)
+        marker = max(("[hello]", "[say]", "[write]", "[bash]", "[slow]", "[think]"), key=text.rfind)
         if marker == "[write]":
             write = ToolUse("Write", {"file_path": str(self.cwd / "out.txt"), "content": WRITTEN})
             return ModelReply(blocks=(Text("Writing the file."), write), stop_reason="tool_use")
+        if marker == "[bash]":
+            bash = ToolUse("Bash", {"command": COMMAND, "description": "Create bash.txt"})
+            return ModelReply(blocks=(Text("Running it."), bash), stop_reason="tool_use")
         if marker == "[think]":
             return ModelReply(blocks=(Thinking(THOUGHT), Text(HELLO)), chunk_size=8)
         if marker == "[slow]":
