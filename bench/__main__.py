@@ -36,6 +36,7 @@ from rich.table import Table
 import bench.latency
 import bench.platforms
 import bench.pool
+import bench.questions
 from bench.harness import Context, Result, machine
 
 Scenario = Callable[[Context], Awaitable[Result]]
@@ -54,6 +55,7 @@ SCENARIOS: dict[str, Scenario] = {
     "coldstart": bench.latency.cold_start,
     "shutdown": bench.pool.shutdown,
     "slack": bench.platforms.slack,
+    "questions": bench.questions.questions,
 }
 
 

@@ -67,6 +67,7 @@ class Exchange:
     done_at: float | None = None
     frames_after_done: int = 0
     done: trio.Event = attrs.field(factory=trio.Event)
+    changed: trio.Event = attrs.field(factory=trio.Event)  # set (and replaced) on every frame
 
     @property
     def text(self) -> str:
@@ -89,6 +90,8 @@ class Exchange:
     def record_frame(self, now: float) -> None:
         """A frame for this exchange arrived at ``now`` (after it was applied)."""
         self.frame_times.append(now)
+        self.changed.set()
+        self.changed = trio.Event()
         if self.first_frame_at is None:
             self.first_frame_at = now
         if self.done_at is not None:
@@ -103,6 +106,12 @@ class Exchange:
         if self.done_when(self):
             self.done_at = now
             self.done.set()
+
+
+async def until(exchange: Exchange, condition: Callable[[Exchange], bool]) -> None:
+    """Wait (unbounded: wrap it) until ``condition`` holds for ``exchange``."""
+    while not condition(exchange):
+        await exchange.changed.wait()
 
 
 def text_is(expected: str) -> Callable[[Exchange], bool]:

@@ -70,6 +70,7 @@ class Options:
     auth_required: bool = False
     auth_methods: tuple[str, ...] = ()  # "ID" (a login) or "ID=VAR,VAR" (env_var)
     session_id: str | None = None  # every session/new answers this id
+    permission_timings: Path | None = None  # a JSON line per permission request answered
 
 
 def _done_event() -> trio.Event:
@@ -414,7 +415,13 @@ class FakeAgent:
                 script = fs.parse_script(text)
             except fs.ScriptError as exc:
                 raise RpcError(INVALID_PARAMS, f"bad directive: {exc}") from None
-            turn = Turn(self.wire, live.record, ticket.control, images=images)
+            turn = Turn(
+                self.wire,
+                live.record,
+                ticket.control,
+                images=images,
+                timings=self.options.permission_timings,
+            )
             late, cancelled = await self._run_turn(turn, ticket, script)
             if script.error is not None and not cancelled:
                 raise RpcError(script.error.code, script.error.message)
@@ -584,6 +591,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
         metavar="ID",
         help="answer every session/new with this id (like agents that reuse id 0)",
     )
+    p.add_argument(
+        "--permission-timings",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="append {sent, received} (time.perf_counter) per permission request to FILE",
+    )
     a = p.parse_args(argv)
     return Options(
         name=a.name,
@@ -600,6 +614,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         auth_required=a.auth_required,
         auth_methods=tuple(a.auth_method),
         session_id=a.session_id,
+        permission_timings=a.permission_timings,
     )
 
 

@@ -8,8 +8,10 @@ not sent: the caller sends them after the prompt response.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -51,6 +53,7 @@ class Turn:
     record: SessionRecord
     control: TurnControl
     images: int = 0
+    timings: Path | None = None  # --permission-timings
     sent: list[str] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
     _tool_ids: int = 0
@@ -156,6 +159,7 @@ async def _ask_one(turn: Turn, ask: fs.Permission, title: str) -> None:
         "rawInput": raw_input,
     }
     await turn.update("tool_call", **tool_call, content=[], locations=[])
+    timing: list[float] = []
     answer = await turn.wire.request(
         "session/request_permission",
         {
@@ -163,7 +167,11 @@ async def _ask_one(turn: Turn, ask: fs.Permission, title: str) -> None:
             "toolCall": tool_call,
             "options": _options(ask.options),
         },
+        timing=timing,
     )
+    if turn.timings is not None:
+        with turn.timings.open("a") as out:
+            out.write(json.dumps({"sent": timing[0], "received": timing[1]}) + "\n")
     outcome = (answer or {}).get("outcome") or {}
     option = outcome.get("optionId") if outcome.get("outcome") == "selected" else None
     if option is None:

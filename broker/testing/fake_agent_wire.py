@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,6 +71,7 @@ class _Slot:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.message: JSON = None
+        self.received_at = 0.0  # time.perf_counter() when the response was read
 
 
 class Wire:
@@ -98,23 +100,30 @@ class Wire:
     async def respond_error(self, request_id: JSON, error: RpcError) -> None:
         await self.send({"jsonrpc": "2.0", "id": request_id, "error": error.to_json()})
 
-    async def request(self, method: str, params: JSON) -> JSON:
+    async def request(
+        self, method: str, params: JSON, *, timing: list[float] | None = None
+    ) -> JSON:
         """Send a request and wait for its response; return ``result`` or raise :class:`RpcError`.
 
         If the caller is cancelled (e.g. session/cancel while a permission request is open), the
-        request is abandoned: its slot is dropped and a late answer is ignored.
+        request is abandoned: its slot is dropped and a late answer is ignored. ``timing`` gets
+        two ``time.perf_counter()`` values: just before the request was written, and when its
+        response was read.
         """
         self._next_id += 1
         request_id = self._next_id
         slot = _Slot()
         self._pending[request_id] = slot
         try:
+            sent_at = time.perf_counter()
             await self.send(
                 {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
             )
             await slot.done.wait()
         finally:
             del self._pending[request_id]
+        if timing is not None:
+            timing += [sent_at, slot.received_at]
         if "error" in slot.message:
             error = slot.message["error"] or {}
             raise RpcError(int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")))
@@ -126,6 +135,7 @@ class Wire:
         if slot is None or slot.done.is_set():
             return False
         slot.message = message
+        slot.received_at = time.perf_counter()
         slot.done.set()
         return True
 
