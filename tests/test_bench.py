@@ -73,6 +73,20 @@ async def test_overhead_scenario_runs_end_to_end_and_reports_every_figure(
     assert "overhead" in done.stdout.decode()  # the table was printed
 
 
+async def test_questions_scenario_measures_both_spans_of_every_question(tmp_path: Path) -> None:
+    done, report = await run_bench(tmp_path, "questions")
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode in (EXIT_OK, EXIT_MISSED), output
+    assert report is not None, output
+    questions = report["scenarios"]["questions"]
+    assert questions["failed"] is False
+    metrics = questions["metrics"]
+    for span in ("asked", "answered"):
+        assert metrics[span]["n"] == metrics["rounds"]
+        assert 0 < metrics[span]["p50_ms"] <= metrics[span]["max_ms"]
+    assert len(questions["checks"]) == 2
+
+
 async def test_unknown_scenario_is_refused_with_the_list_of_names(tmp_path: Path) -> None:
     done, report = await run_bench(tmp_path, "nonsense")
     assert done.returncode == 2

@@ -69,6 +69,21 @@ def test_error_directive_parses_negative_codes_and_message() -> None:
     )
 
 
+def test_several_permissions_at_once_and_unusable_options() -> None:
+    assert fs.parse_script("@permissions 3 execute job").actions == (
+        fs.Permission("execute", "job", count=3),
+    )
+    assert fs.parse_script("@permission-bad none").actions == (
+        fs.Permission("edit", "edit demo.txt", options="none"),
+    )
+    assert fs.parse_script("@permission-bad duplicate fetch url").actions == (
+        fs.Permission("fetch", "url", options="duplicate"),
+    )
+    for bad in ("@permissions", "@permissions 0", "@permission-bad odd", "@permission-bad"):
+        with pytest.raises(fs.ScriptError):
+            fs.parse_script(bad)
+
+
 def test_permission_defaults_and_explicit_kind() -> None:
     assert fs.parse_script("@permission").actions == (fs.Permission("edit", "edit demo.txt"),)
     assert fs.parse_script("@permission execute make").actions == (
