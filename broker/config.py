@@ -626,7 +626,7 @@ def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
             'Developer Portal, e.g. token = "${DISCORD_BOT_TOKEN}"',
         )
     pool = config.pool
-    if pool.warm_spares > pool.max_sessions:
+    if pool.warm_spares > pool.max_sessions >= 1:  # a bad max_sessions is reported already
         yield (
             "pool.warm_spares",
             (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,27 @@ def test_install_script_rejects_unknown_arguments() -> None:
     )
     assert result.returncode == 2
     assert "unknown argument: --frobnicate" in result.stderr
+
+
+def test_a_listen_address_in_use_is_named_in_the_one_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "broker.toml").write_text(
+            f'[server]\nlisten = "127.0.0.1:{port}"\n[state]\npath = "state/b.sqlite3"\n'
+        )
+        result = agent_broker("run", cwd=tmp_path)
+    assert result.returncode == 69
+    lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], result.stderr
+    assert "Address already in use" in lines[0]
+
+
+def test_a_negative_max_sessions_is_one_message_without_a_knock_on_error(tmp_path: Path) -> None:
+    (tmp_path / "broker.toml").write_text("[pool]\nmax_sessions = -1\n")
+    result = agent_broker("check-config", cwd=tmp_path)
+    assert result.returncode == 78
+    assert result.stderr.strip().splitlines() == [
+        "agent-broker: broker.toml: pool.max_sessions: expected an integer >= 1, got -1"
+    ]

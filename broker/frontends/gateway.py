@@ -252,10 +252,10 @@ class GatewayClient:
                 )
                 await self._serve(link, events)
         except (trio_websocket.HandshakeError, OSError) as exc:
-            self.last_error = _describe(exc)
+            self.last_error = describe_dial_error(exc)
             log.warning("gateway %s: %s", self.settings.url, self.last_error)
         except Exception as exc:  # a bug here must not end the gateway for good
-            self.last_error = _describe(exc)
+            self.last_error = describe_dial_error(exc)
             log.exception("gateway %s: connection failed", self.settings.url)
         finally:
             if link is not None:
@@ -309,11 +309,22 @@ class GatewayClient:
         log.info("gateway %s: disconnected (%s)", self.settings.url, link.ws.closed)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_dial_error(exc: BaseException) -> str:
+    """Why a dial failed, never an empty reason: trio-websocket's handshake
+    errors carry no text, their cause (refused, unreachable) does."""
     if isinstance(exc, trio_websocket.ConnectionRejected):
         return f"refused with HTTP {exc.status_code}"
+    if isinstance(exc, trio_websocket.ConnectionTimeout):
+        return "timed out while connecting"
+    if isinstance(exc, trio_websocket.DisconnectionTimeout):
+        return "timed out while closing"
     cause = exc.__cause__ or exc.__context__
-    return f"{type(exc).__name__}: {exc or cause or 'failed'}"
+    if isinstance(exc, trio_websocket.HandshakeError) and cause is not None:
+        exc = cause
+    attempts = exc.__cause__  # trio: "all attempts to connect ... failed", from a group
+    if isinstance(attempts, BaseExceptionGroup) and attempts.subgroup(ConnectionRefusedError):
+        return "connection refused"
+    return f"{type(exc).__name__}: {str(exc) or 'failed without a reason'}"
 
 
 async def run_gateway(

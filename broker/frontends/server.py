@@ -392,7 +392,11 @@ async def serve_websocket(
     """
     host, port = parse_listen(settings.listen)
     check_exposure(host, settings.token)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # name the address: "Address already in use" alone says too little
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"[server] listen = {settings.listen}: {reason}") from exc
     async with trio.open_nursery() as nursery:
         server = WebSocketServer(
             settings,

@@ -15,11 +15,13 @@ from broker.frontends.gateway import (
     Backoff,
     BackoffPolicy,
     GatewayClient,
+    describe_dial_error,
     reconnect_delay,
     with_token,
 )
 from broker.frontends.wire import Command, OutboundReply, ReplyChannelRef
 from broker.testing.fake_gateway import FakeGateway, ResponseMode, open_fake_gateway
+from broker.testing.harness import free_port
 from tests.frontends.echo import EchoSink
 
 FAST = BackoffPolicy(initial_secs=0.05, max_secs=0.2)
@@ -253,3 +255,30 @@ async def test_gateway_that_stops_answering_pings_is_dropped_and_redialed() -> N
             await client.wait_connected()  # the second connection, the first was dropped
             assert client.snapshot().connects == 2
             nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_dial_says_refused_never_an_empty_handshake_error() -> None:
+    config = GatewayConfig(url=f"ws://127.0.0.1:{free_port()}/gw")
+    client = GatewayClient(config, EchoSink(), backoff=FAST)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            while not client.last_error:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert client.last_error == "connection refused"
+
+
+def test_every_dial_failure_has_a_reason() -> None:
+    def raised_from(cause: BaseException) -> trio_websocket.HandshakeError:
+        error = trio_websocket.HandshakeError()
+        error.__cause__ = cause
+        return error
+
+    assert describe_dial_error(trio_websocket.ConnectionTimeout()) == "timed out while connecting"
+    assert describe_dial_error(raised_from(OSError("no route to host"))) == (
+        "OSError: no route to host"
+    )
+    assert describe_dial_error(trio_websocket.HandshakeError()) == (
+        "HandshakeError: failed without a reason"
+    )
