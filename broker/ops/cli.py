@@ -127,7 +127,9 @@ def cmd_dashboard(args: argparse.Namespace, config: BrokerConfig, source: str) -
 
 
 def cmd_chat(args: argparse.Namespace, config: BrokerConfig, source: str) -> int:
-    return _entry("broker.ops.chat_client", "main")(_url(args, config), args.platform)
+    return _entry("broker.ops.chat_client", "main")(
+        _url(args, config), args.platform, args.thread, args.reconnect_secs
+    )
 
 
 def cmd_discord(args: argparse.Namespace, config: BrokerConfig, source: str) -> int:
@@ -189,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("chat", cmd_chat, "chat with an agent through the running broker")
     p.add_argument("--url", help=url_help)
     p.add_argument("--platform", default="cli", help="platform name in thread keys (default: cli)")
+    p.add_argument(
+        "--thread", metavar="ID", help="continue this thread (its id is printed at start and exit)"
+    )
+    p.add_argument(
+        "--reconnect-secs",
+        type=float,
+        default=300.0,
+        metavar="SECS",
+        help="how long to try reconnecting when the broker goes away (default: 300)",
+    )
     p = add("discord", cmd_discord, "Discord tasks: register-commands")
     p.add_argument(
         "action",
