@@ -353,13 +353,18 @@ class ChatView:
         if echoed and self.echo and self.interactive:
             width = max(self.console.width, 1)
             lines = (PROMPT + message).split("\n")
-            typed = sum(len(line) // width + 1 for line in lines) - 1  # the prompt's line counts
+            typed = sum(len(line) // width + 1 for line in lines)
         self._erase(typed)
         self._print_settled([item for item in self._active if not self._in_progress(item)])
         first, *rest = message.split("\n")
         self.console.print(Text.assemble((PROMPT, "bold green"), first))
         for line in rest:
             self.console.print(Text(" " * len(PROMPT) + line))
+        self._draw()
+
+    def prompt(self) -> None:
+        """Draw the input prompt (and the live area) now."""
+        self._erase()
         self._draw()
 
     def settle(self) -> None:
@@ -737,6 +742,7 @@ async def _connect_and_chat(
                             (HELLO, "dim"),
                         )
                     )
+                    view.prompt()
                     nursery.start_soon(session.read_input, nursery.cancel_scope)
                 else:
                     view.note("Reconnected; the conversation goes on.", "green")

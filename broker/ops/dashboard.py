@@ -16,6 +16,7 @@ never printed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -173,74 +174,162 @@ def header(doc: dict[str, Any]) -> Text:
     return line
 
 
-def gauges(doc: dict[str, Any]) -> Table:
+def gauges(doc: dict[str, Any], width: int | None = None) -> Table:
     pool = doc["pool"]
     states = pool["by_state"]
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
+    grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
-    grid.add_column()
-    bar = ProgressBar(total=max(1, pool["max_sessions"]), completed=pool["active"], width=30)
+    narrow = width is not None and width < 100
+    bar = ProgressBar(
+        total=max(1, pool["max_sessions"]), completed=pool["active"], width=16 if narrow else 30
+    )
     detail = ", ".join(
         f"{states.get(state, 0)} {state}" for state in ("busy", "idle", "starting", "stopping")
     )
-    grid.add_row("active", bar, f"{pool['active']}/{pool['max_sessions']} ({detail})")
-    grid.add_row("suspended", "", str(pool["suspended"]))
-    grid.add_row("spares", "", f"{pool['spares_ready']}/{pool['spares']} ready")
-    grid.add_row("queued", "", str(pool["queued"]))
+    active = Table.grid(padding=(0, 1))
+    active.add_row(bar, f"{pool['active']}/{pool['max_sessions']} ({detail})")
+    grid.add_row("active", active)
+    grid.add_row("suspended", str(pool["suspended"]))
+    grid.add_row("spares", f"{pool['spares_ready']}/{pool['spares']} ready")
+    grid.add_row("queued", str(pool["queued"]))
     counters = doc["counters"]
     grid.add_row(
         "turns",
-        "",
         f"{counters['turns_submitted']} submitted, {counters['turns_completed']} completed, "
         f"{counters['timed_out']} timed out, {counters['cancelled']} cancelled, "
         f"{counters['refused_busy'] + counters['refused_pool_full']} refused",
     )
     grid.add_row(
         "agents",
-        "",
         f"{counters['spawned']} spawned, {counters['resumed']} resumed, "
         f"{counters['evicted']} evicted, {counters['crashed']} crashed",
     )
     return grid
 
 
-def sessions_table(doc: dict[str, Any], *, expand: bool = True) -> Table:
-    table = Table(title="Sessions", title_justify="left", expand=expand)
-    for name, justify in (
-        ("thread", "left"),
-        ("state", "left"),
-        ("pid", "right"),
-        ("up", "right"),
-        ("idle", "right"),
-        ("turn", "right"),
-        ("ceiling in", "right"),
-        ("queue", "right"),
-        ("tool", "left"),
-        ("restarts", "right"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=name != "tool")  # type: ignore[arg-type]
-    for s in doc["sessions"]:
-        waiting = s.get("waiting_for_approval")
-        tool: str | Text = _text(s["current_tool"])
-        if waiting is not None:  # a person is asked: the thread waits on them, not on the agent
-            since = duration(s.get("waiting_secs"))
-            tool = Text(f"waiting for approval: {waiting} ({since})", style="bold black on yellow")
-        table.add_row(
-            _text(s["thread_key"]),
-            _state(s["state"]),
-            _text(s["pid"]),
-            duration(s["age_secs"]),
-            duration(s["idle_secs"]),
-            duration(s["turn_elapsed_secs"]),
-            duration(s["turn_deadline_in_secs"]),
-            str(s["queue_length"]),
-            tool,
-            str(s["restarts"]),
+def _tool(session: dict[str, Any]) -> str | Text:
+    """The running tool, or the approval a person is asked for (highlighted)."""
+    waiting = session.get("waiting_for_approval")
+    if waiting is None:
+        return _text(session["current_tool"])
+    since = duration(session.get("waiting_secs"))  # the thread waits on a person, not the agent
+    return Text(f"waiting for approval: {waiting} ({since})", style="bold black on yellow")
+
+
+# The sessions table's columns: (name, justify, the cell of a session), in display order.
+_COLUMNS: tuple[tuple[str, str, Callable[[dict[str, Any]], str | Text]], ...] = (
+    ("thread", "left", lambda s: _text(s["thread_key"])),
+    ("state", "left", lambda s: _state(s["state"])),
+    ("pid", "right", lambda s: _text(s["pid"])),
+    ("up", "right", lambda s: duration(s["age_secs"])),
+    ("idle", "right", lambda s: duration(s["idle_secs"])),
+    ("turn", "right", lambda s: duration(s["turn_elapsed_secs"])),
+    ("ceiling in", "right", lambda s: duration(s["turn_deadline_in_secs"])),
+    ("queue", "right", lambda s: str(s["queue_length"])),
+    ("tool", "left", lambda s: _tool(s)),
+    ("restarts", "right", lambda s: str(s["restarts"])),
+)
+# Which columns stay when the screen is narrow, most wanted first.
+_PRIORITY = ("thread", "state", "tool", "up", "turn", "idle", "queue", "pid", "ceiling in")
+# Thread and tool get this many characters before lower columns are added (and never fewer),
+# then what is left; longer values are cut with "…".
+_SHRINKING = {"thread": 24, "tool": 16}
+
+
+def table_columns(doc: dict[str, Any], width: int | None) -> dict[str, int | None]:
+    """The columns that fit in ``width`` characters, in display order, each
+    with its width (None: as wide as it needs; all of them when ``width`` is
+    None). Columns are taken by priority; thread and state always. Thread
+    and tool share what is left, cut with "…" but never below their minimum."""
+    names = [name for name, _, _ in _COLUMNS]
+    cells = {name: cell for name, _, cell in _COLUMNS}
+    if width is None:
+        return dict.fromkeys(names)
+
+    def content(name: str) -> int:
+        return max([len(name)] + [len(str(cells[name](s))) for s in doc["sessions"]])
+
+    def need(name: str) -> int:
+        return min(content(name), _SHRINKING.get(name, content(name))) + 3  # padding, border
+
+    chosen: list[str] = []
+    used = 1
+    for name in (*_PRIORITY, *(n for n in names if n not in _PRIORITY)):
+        if len(chosen) < 2 or used + need(name) <= width:
+            chosen.append(name)
+            used += need(name)
+    widths: dict[str, int | None] = {n: need(n) - 3 for n in names if n in chosen}
+    spare = width - used
+    for name in ("thread", "tool"):  # the rest goes to the thread, then to the tool
+        if name in widths:
+            grow = max(min(content(name) - (widths[name] or 0), spare), 0)
+            widths[name] = (widths[name] or 0) + grow
+            spare -= grow
+    return widths
+
+
+def middle_cut(text: str, width: int) -> str:
+    """``text`` in ``width`` characters, its middle replaced by "…" when too long."""
+    if len(text) <= width:
+        return text
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + "…" + text[len(text) - tail :]
+
+
+def sessions_table(
+    doc: dict[str, Any],
+    *,
+    expand: bool = True,
+    width: int | None = None,
+    max_rows: int | None = None,
+) -> Table:
+    """The live sessions, with the columns that fit ``width`` and at most
+    ``max_rows`` rows (the rest counted in the caption)."""
+    shown = table_columns(doc, width)
+    table = Table(title="Sessions", title_justify="left", expand=expand and width is None)
+    columns = [(name, justify, cell) for name, justify, cell in _COLUMNS if name in shown]
+    for name, justify, _ in columns:
+        table.add_column(
+            name,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=True,
+            overflow="ellipsis",
+            width=shown[name],
         )
-    if not doc["sessions"]:
+    sessions = doc["sessions"]
+    rows = sessions if max_rows is None else sessions[: max(max_rows, 1)]
+    for s in rows:
+        values = [cell(s) for _, _, cell in columns]
+        thread_width = shown["thread"]
+        if thread_width is not None and isinstance(values[0], str):
+            values[0] = middle_cut(values[0], thread_width)  # thread keys differ at the end
+        table.add_row(*values)
+    if not sessions:
         table.caption = "no live sessions"
+    elif len(rows) < len(sessions):
+        table.caption = f"… {len(sessions) - len(rows)} more"
     return table
+
+
+def threads_without_agent(doc: dict[str, Any]) -> Text:
+    """The suspended and the blocked threads, by name."""
+    pool = doc["pool"]
+    lines = Text()
+    suspended = pool.get("suspended_threads", [])
+    if suspended:
+        more = pool["suspended"] - len(suspended)
+        lines.append("suspended: ", style="bold")
+        lines.append(", ".join(suspended) + (f" and {more} more" if more > 0 else ""))
+    for blocked in pool.get("blocked_threads", []):
+        if lines:
+            lines.append("\n")
+        lines.append("blocked: ", style="bold red")
+        lines.append(
+            f"{blocked['thread_key']} for {duration(blocked['secs_left'])} ({blocked['reason']})"
+        )
+    lines.no_wrap = False
+    return lines
 
 
 def frontends(doc: dict[str, Any]) -> Text:
@@ -306,15 +395,15 @@ def frontends(doc: dict[str, Any]) -> Text:
     return lines
 
 
-def events(doc: dict[str, Any]) -> Table:
+def events(doc: dict[str, Any], limit: int = EVENTS_SHOWN) -> Table:
     table = Table.grid(padding=(0, 2))
     table.title = "Recent events"
     table.title_justify = "left"
-    for event in reversed(doc["recent"][-EVENTS_SHOWN:]):
+    for event in reversed(doc["recent"][-limit:] if limit > 0 else []):
         table.add_row(
             _clock(event["at"]),
             Text(event["kind"], style=EVENT_STYLES.get(event["kind"], "")),
-            event["thread_key"],
+            Text(event["thread_key"], overflow="ellipsis", no_wrap=True),
             Text(event["detail"], overflow="ellipsis", no_wrap=True),
         )
     if not doc["recent"]:
@@ -322,11 +411,26 @@ def events(doc: dict[str, Any]) -> Table:
     return table
 
 
-def render_dashboard(doc: dict[str, Any] | None, *, error: str | None) -> RenderableType:
+def _lines(renderable: RenderableType, width: int) -> int:
+    """How many lines ``renderable`` takes at ``width`` (rendered in memory)."""
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    return len(console.render_lines(renderable, pad=False))
+
+
+def render_dashboard(
+    doc: dict[str, Any] | None,
+    *,
+    error: str | None,
+    width: int | None = None,
+    height: int | None = None,
+) -> RenderableType:
     """The whole screen for the last status document ``doc`` (None before the
     first) and the connection problem ``error`` (None while connected).
 
     With both, the last known state is shown under the error, marked as such.
+    Given the screen's ``width`` and ``height``, the sessions table keeps the
+    columns that fit (by priority: thread, state, tool, age first) and the
+    rows that fit, and the recent events take what height is left.
     """
     parts: list[RenderableType] = []
     if error is not None:
@@ -337,7 +441,21 @@ def render_dashboard(doc: dict[str, Any] | None, *, error: str | None) -> Render
         return Group(*parts)
     if error is not None:
         parts.append(Text(f"last known state, as of {_clock(doc['generated_at'])}:", style="dim"))
-    parts += [header(doc), gauges(doc), frontends(doc), sessions_table(doc), events(doc)]
+    parts += [header(doc), gauges(doc, width), frontends(doc)]
+    without_agent = threads_without_agent(doc)
+    if without_agent:
+        parts.append(without_agent)
+    if height is None:
+        parts += [sessions_table(doc, width=width), events(doc)]
+        return Group(*parts)
+    measure = width or 80
+    left = height - _lines(Group(*parts), measure)
+    rows = max(min(len(doc["sessions"]), left - 6), 1)  # title, borders, header, caption
+    table = sessions_table(doc, width=width, max_rows=rows)
+    left -= _lines(table, measure)
+    parts.append(table)
+    if left >= 3:
+        parts.append(events(doc, limit=left - 1))
     return Group(*parts)
 
 
@@ -409,7 +527,9 @@ async def _dashboard(url: str, console: Console) -> None:
     ) as live:
 
         def show(doc: dict[str, Any] | None, error: str | None) -> None:
-            live.update(render_dashboard(doc, error=error), refresh=True)
+            width, height = console.size
+            screen = render_dashboard(doc, error=error, width=width, height=height)
+            live.update(screen, refresh=True)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow, url, show)

@@ -124,6 +124,15 @@ def status_document(
             "max_sessions": snapshot.max_sessions,
             "by_state": by_state,
             "suspended": snapshot.suspended,
+            "suspended_threads": list(snapshot.suspended_threads),
+            "blocked_threads": [
+                {
+                    "thread_key": b.thread_key,
+                    "secs_left": _secs(b.secs_left),
+                    "reason": mask_secrets(b.reason, secrets),
+                }
+                for b in snapshot.blocked_threads
+            ],
             "spares": snapshot.spares,
             "spares_ready": snapshot.spares_ready,
             "queued": sum(s.queue_length for s in snapshot.sessions),

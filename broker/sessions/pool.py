@@ -56,6 +56,8 @@ from broker.sessions.session import (
     Turn,
 )
 from broker.sessions.snapshot import (
+    LISTED_THREADS,
+    BlockedThread,
     Histogram,
     PoolCounters,
     PoolEvent,
@@ -204,6 +206,7 @@ class Pool:
         sessions = [s.snapshot() for s in self._sessions.values()]
         sessions += [s.snapshot() for s in self._stopping if s.key is not None]
         ready = sum(1 for s in self._spares if s.state is SessionState.SPARE)
+        now = trio.current_time()
         return PoolSnapshot(
             tuple(sessions),
             self.config.pool.max_sessions,
@@ -217,6 +220,12 @@ class Pool:
             tuple(self.recent),
             self._question_stats.counters.copy(),
             self.answer_seconds.copy(),
+            tuple(sorted(self._suspended)[:LISTED_THREADS]),
+            tuple(
+                BlockedThread(key, until - now, reason)
+                for key, (until, reason) in sorted(self._blocked.items())
+                if until > now
+            ),
         )
 
     def update_config(self, config: BrokerConfig) -> list[str]:

@@ -65,6 +65,18 @@ class PoolEvent:
     detail: str = ""
 
 
+LISTED_THREADS = 100  # suspended threads a snapshot names (all are counted)
+
+
+@attrs.frozen
+class BlockedThread:
+    """A thread refused for a while after its agent kept failing."""
+
+    thread_key: str
+    secs_left: float
+    reason: str
+
+
 @attrs.frozen
 class PoolSnapshot:
     """The pool at one instant; built synchronously, so it never waits."""
@@ -81,6 +93,8 @@ class PoolSnapshot:
     recent: tuple[PoolEvent, ...]
     questions: QuestionCounters = attrs.field(factory=QuestionCounters)
     answer_seconds: Histogram = attrs.field(factory=Histogram)
+    suspended_threads: tuple[str, ...] = ()  # the first LISTED_THREADS, sorted
+    blocked_threads: tuple[BlockedThread, ...] = ()
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.sessions if s.state == state)

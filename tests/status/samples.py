@@ -6,6 +6,7 @@ from broker.frontends.gateway import GatewaySnapshot
 from broker.frontends.server import ServerSnapshot
 from broker.sessions.pool import Histogram, PoolCounters, PoolEvent, PoolSnapshot
 from broker.sessions.session import SessionSnapshot
+from broker.sessions.snapshot import BlockedThread
 
 SERVER = ServerSnapshot("127.0.0.1", 8765, ("ws-1", "ws-3"), 17, 2)
 GATEWAY = GatewaySnapshot(
@@ -47,4 +48,6 @@ def pool_snapshot(*sessions: SessionSnapshot, closing: bool = False) -> PoolSnap
         version=33,
         turn_seconds=histogram,
         recent=(PoolEvent(1_700_000_000.0, "crashed", "discord:9", "exited with code 3"),),
+        suspended_threads=("cli:old-1", "slack:C1"),
+        blocked_threads=(BlockedThread("discord:9", 42.0, "The agent keeps failing."),),
     )

@@ -103,7 +103,11 @@ def test_recent_events_are_listed_newest_first() -> None:
          "detail": "hard ceiling"}
     )  # fmt: skip
     text = screen(doc)
-    lines = [line for line in text.splitlines() if "cli:slow" in line or "discord:9" in line]
+    lines = [
+        line
+        for line in text.splitlines()
+        if re.search(r"\d\d:\d\d:\d\d  (timed_out|crashed)", line)
+    ]
     assert "timed_out  cli:slow   hard ceiling" in lines[0]
     assert "crashed    discord:9  exited with code 3" in lines[1]
 
@@ -302,3 +306,32 @@ def test_a_thread_waiting_for_approval_is_highlighted_with_its_tool_and_wait() -
     doc = status_document(snapshot, SERVER, now=1_700_000_100.0, started_at=1_700_000_000.0)
     assert "waiting for approval: Bash (1m15s)" in row_of(screen(doc), "cli:asked")[8]
     assert "\x1b[1;30;43mwaiting for approval: Bash" in screen(doc, styles=True)
+
+
+def crowded_doc() -> dict[str, Any]:
+    sessions = [
+        busy_session(f"discord:a-rather-long-thread-name-{i}", current_tool=f"Compiling module {i}")
+        for i in range(12)
+    ]
+    snapshot = pool_snapshot(*sessions)
+    return status_document(
+        snapshot, SERVER, now=NOW, started_at=NOW - 3725, version="9.9", gateway=GATEWAY
+    )
+
+
+def test_the_dashboard_fits_80_by_24_giving_way_by_priority_and_lists_threads_without_agent() -> (
+    None
+):
+    console = Console(record=True, width=80, height=24, color_system=None)
+    console.print(render_dashboard(crowded_doc(), error=None, width=80, height=24))
+    lines = console.export_text().splitlines()
+    assert len(lines) <= 24 and all(len(line) <= 80 for line in lines), "\n".join(lines)
+    header = row_of("\n".join(lines), "thread")
+    assert header[:2] == ["thread", "state"] and {"tool", "up"} <= set(header)
+    assert all(name for name in header), "no column is squeezed to nothing"
+    first = row_of("\n".join(lines), "-name-0")
+    assert first[0].startswith("discord:a-") and first[1] == "busy"
+    assert first[header.index("tool")].startswith("Compiling")
+    assert "suspended: cli:old-1, slack:C1 and 2 more" in "\n".join(lines)
+    assert "blocked: discord:9 for 42s (The agent keeps failing.)" in "\n".join(lines)
+    assert any(line.strip().startswith("… ") and "more" in line for line in lines)
