@@ -241,6 +241,7 @@ class RouterConfig:
     allow_bots: bool = False
     mention_required_platforms: tuple[str, ...] = ()
     bot_names: tuple[str, ...] = ()
+    dedup_window_secs: float = attrs.field(default=600, metadata=_at_least(0))
 
 
 @attrs.frozen

@@ -1,4 +1,5 @@
-"""Persisted broker state in SQLite: thread -> ACP session id, running agents, the reply outbox.
+"""Persisted broker state in SQLite: thread -> ACP session id, running agents, the reply outbox,
+the journal of accepted events.
 
 The store is written by one writer task that takes operations from an
 unbounded in-memory queue and applies them in a worker thread, in order. So
@@ -98,7 +99,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and _primary_code(exc) in _TRANSIENT
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the events journal
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS threads (
@@ -113,6 +114,18 @@ CREATE TABLE IF NOT EXISTS agents (
     start_ticks INTEGER NOT NULL,
     broker_pid INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    event_key TEXT PRIMARY KEY,
+    frontend TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    thread_id TEXT,
+    event_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    done_at REAL,
+    final TEXT
+);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     destination TEXT NOT NULL,
@@ -144,6 +157,21 @@ class StoreSnapshot:
     retrying: bool  # a write is failing right now and being retried
     last_error: str | None
     queued: int  # operations recorded, not yet committed
+
+
+@attrs.frozen
+class EventRecord:
+    """An accepted event as the journal keeps it: where its reply goes, and
+    whether it was answered (``done``)."""
+
+    event_key: str
+    frontend: str
+    platform: str
+    channel_id: str
+    thread_id: str | None
+    event_id: str
+    received_at: float
+    done: bool
 
 
 @attrs.frozen
@@ -239,6 +267,43 @@ class Store:
         """A row id for :meth:`change_outbox`, above every id in the table."""
         return next(self._outbox_ids)
 
+    def record_event(self, record: EventRecord) -> None:
+        """Journal an accepted event before work on it begins (a second record
+        of the same key changes nothing)."""
+        self.put(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO events (event_key, frontend, platform, channel_id,"
+                " thread_id, event_id, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.event_key,
+                    record.frontend,
+                    record.platform,
+                    record.channel_id,
+                    record.thread_id,
+                    record.event_id,
+                    record.received_at,
+                ),
+            )
+        )
+
+    def finish_event(self, event_key: str, final: str) -> None:
+        """The event was answered with ``final``."""
+        now = time.time()
+        self.put(
+            lambda db: db.execute(
+                "UPDATE events SET done_at = ?, final = ? WHERE event_key = ?",
+                (now, final, event_key),
+            )
+        )
+
+    def forget_events(self, before: float) -> None:
+        """Drop the answered events received before ``before`` (epoch seconds)."""
+        self.put(
+            lambda db: db.execute(
+                "DELETE FROM events WHERE received_at < ? AND done_at IS NOT NULL", (before,)
+            )
+        )
+
     def push_outbox(self, destination: str, frame: str) -> None:
         """Keep a reply for a destination that is not connected (see :meth:`change_outbox`)."""
         self.change_outbox(destination, [(self.new_outbox_id(), frame)], [])
@@ -297,6 +362,27 @@ class Store:
             (destination,),
         )
         return [OutboxItem(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def events(self, since: float) -> list[EventRecord]:
+        """The journal: every event received since ``since`` and every one not
+        answered yet, oldest first."""
+        rows = await self._read(
+            "SELECT event_key, frontend, platform, channel_id, thread_id, event_id, received_at,"
+            " done_at IS NOT NULL FROM events WHERE received_at >= ? OR done_at IS NULL"
+            " ORDER BY received_at",
+            (since,),
+        )
+        return [
+            EventRecord(
+                str(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], str(r[5]), float(r[6]), bool(r[7])
+            )
+            for r in rows
+        ]
+
+    async def event_final(self, event_key: str) -> str | None:
+        """The final reply an answered event got (None: not answered, or unknown)."""
+        rows = await self._read("SELECT final FROM events WHERE event_key = ?", (event_key,))
+        return None if not rows or rows[0][0] is None else str(rows[0][0])
 
     async def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         await self.flush()
@@ -402,8 +488,11 @@ def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
             raise _Corrupt("PRAGMA quick_check failed")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        if row is None or (row[0].isdecimal() and int(row[0]) < SCHEMA_VERSION):
+            # new, or older: the script above added what is missing
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
         elif not row[0].isdecimal() or int(row[0]) > SCHEMA_VERSION:
             raise StoreError(
                 f"state store {path} has schema version {row[0]}, newer than this broker's"

@@ -44,7 +44,9 @@ from collections.abc import Iterable
 import trio
 
 from broker.chat.commands import parse_command, run_command
-from broker.chat.delivery import Replier, deliver_turn
+from broker.chat.delivery import Replier, deliver_turn, with_notes
+from broker.chat.journal import Duplicate, EventJournal
+from broker.chat.present import render_end
 from broker.chat.prompt import Refusal, build_prompt
 from broker.chat.questions import ANSWER_COMMANDS, answer_text, parse_answer
 from broker.config import BrokerConfig, RouterConfig
@@ -157,7 +159,9 @@ class Router:
 
     ``response_timeout`` is how long a streamed reply waits for the response
     to its first message (the protocol's 5 s); ``command_timeout`` bounds
-    what ``/model`` and ``/mode`` wait for the agent.
+    what ``/model`` and ``/mode`` wait for the agent. ``journal`` answers
+    each event id once (default: in memory only; the service gives it the
+    store, so the window and the restart notice survive a crash).
     """
 
     def __init__(
@@ -167,9 +171,13 @@ class Router:
         *,
         response_timeout: float = RESPONSE_TIMEOUT_SECS,
         command_timeout: float = COMMAND_TIMEOUT_SECS,
+        journal: EventJournal | None = None,
     ) -> None:
         self.pool = pool
         self.config = config
+        self.journal = (
+            journal if journal is not None else EventJournal(None, config.router.dedup_window_secs)
+        )
         self.response_timeout = response_timeout
         self.command_timeout = command_timeout
         self.events_handled = 0
@@ -180,6 +188,7 @@ class Router:
         mention gating, prompt limits, streaming, edit interval, reactions.
         Events already being handled keep the config they started with."""
         self.config = config
+        self.journal.window = config.router.dedup_window_secs
 
     async def handle_event(self, event: InboundEvent, channel: ReplyChannel) -> None:
         """Handle one event to its end: ignore it, or send exactly one final
@@ -193,22 +202,43 @@ class Router:
             return
         self.events_handled += 1
         replier = Replier(event, channel)
+        seen = self.journal.begin(event, channel.frontend)
+        if isinstance(seen, Duplicate):
+            await self._answer_duplicate(seen, replier)
+            return
+        final = SHUTDOWN_REPLY
         try:
-            await self._handle(event, replier, config)
+            final = await self._handle(event, replier, config)
         except Exception as exc:
             log.exception("handling %s from %s failed", event.event_id, channel.connection_id)
             if not replier.finished:
-                await replier.final(
+                final = (
                     f"⚠️ Internal error while handling this message ({_leaf_name(exc)}). "
                     "It was logged; please try again."
                 )
+                await replier.final(final)
         finally:
             if not replier.finished:
+                final = SHUTDOWN_REPLY
                 with trio.move_on_after(CANCELLED_REPLY_GRACE_SECS) as scope:
                     scope.shield = True
                     await replier.final(SHUTDOWN_REPLY)
+            self.journal.finish(seen.key, final)
 
-    async def _handle(self, event: InboundEvent, replier: Replier, config: BrokerConfig) -> None:
+    async def _answer_duplicate(self, seen: Duplicate, replier: Replier) -> None:
+        """A second delivery of an event: the first's final reply again when it is
+        done, nothing while it is in flight (its reply is on its way)."""
+        event, connection = replier.event, replier.channel.connection_id
+        if not seen.done:
+            log.info("%s from %s again while in flight: nothing new", event.event_id, connection)
+            return
+        final = await self.journal.final_reply(seen)
+        log.info("%s from %s again: its reply again", event.event_id, connection)
+        if final is not None:
+            await replier.final(final)
+
+    async def _handle(self, event: InboundEvent, replier: Replier, config: BrokerConfig) -> str:
+        """Answer ``event``; returns the text of its final reply."""
         key = thread_key(event)
         text = strip_leading_mentions(event.content.text, config.router.bot_names)
         command = parse_command(text)
@@ -229,11 +259,11 @@ class Router:
             log.info("%s: /%s from %s", key, command.name, event.sender.id)
             answer = await run_command(command, self.pool, key, timeout=self.command_timeout)
             await replier.final(answer)
-            return
+            return answer
         plan = build_prompt(event, text, config.prompt)
         if isinstance(plan, Refusal):
             await replier.final(plan.text)
-            return
+            return plan.text
         handle = self.pool.submit(key, plan.prompt)
         await deliver_turn(
             handle,
@@ -244,3 +274,5 @@ class Router:
             reactions=config.reactions.enabled,
             notes=plan.notes,
         )
+        end = await handle.result()
+        return with_notes(plan.notes, handle.transcript, render_end(end, handle.transcript))

@@ -40,6 +40,7 @@ import trio
 import trio.lowlevel
 
 from broker.chat.commands import COMMANDS
+from broker.chat.journal import EventJournal, tell_unfinished
 from broker.chat.router import Router
 from broker.config import BrokerConfig, ConfigError, load_config
 from broker.frontends.base import (
@@ -532,11 +533,13 @@ async def serve(
                     if waiting := await outbox.load():
                         log.info("%d replies wait in the %s outbox", waiting, outbox.destination)
                     keepers.start_soon(outbox.keep)
+                journal = EventJournal(store, config.router.dedup_window_secs)
+                tell_unfinished(journal, await journal.load(), outboxes)
                 # The front-ends' nursery encloses the pool's, so they outlive the
                 # pool's close and carry its last replies out.
                 async with trio.open_nursery() as frontends:
                     async with open_pool(config, store=store) as pool:
-                        router = Router(pool, config)
+                        router = Router(pool, config, journal=journal)
                         broker = Broker(
                             config,
                             config_path,
