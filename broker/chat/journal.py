@@ -35,7 +35,7 @@ RESTARTED_REPLY = "🔌 The broker restarted before finishing this message; plea
 
 
 @attrs.frozen
-class Accepted:
+class NewEvent:
     """A new event: handle it, then call :meth:`EventJournal.finish` with ``key``."""
 
     key: str
@@ -75,7 +75,7 @@ class EventJournal:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def begin(self, event: InboundEvent, frontend: str) -> Accepted | Duplicate:
+    def begin(self, event: InboundEvent, frontend: str) -> NewEvent | Duplicate:
         """Decide about ``event`` and, when it is new, record it; never waits."""
         now = self.clock()
         self._forget_before(now - self.window)
@@ -99,7 +99,7 @@ class EventJournal:
                     False,
                 )
             )
-        return Accepted(key)
+        return NewEvent(key)
 
     def finish(self, key: str, final: str) -> None:
         """The event of ``key`` got its final reply ``final``; never waits."""

@@ -234,7 +234,7 @@ class Router:
             return
         final = await self.journal.final_reply(seen)
         log.info("%s from %s again: its reply again", event.event_id, connection)
-        if final is not None:
+        if final:  # "": it was answered by an edit (a button), not a reply
             await replier.final(final)
 
     async def _handle(self, event: InboundEvent, replier: Replier, config: BrokerConfig) -> str:
@@ -246,15 +246,15 @@ class Router:
             answer = parse_answer(command)
             if isinstance(answer, str):
                 await replier.final(answer)
-                return
+                return answer
             sender = event.sender
             answerer = Answerer(Person(sender.id, sender.name), event.platform, sender.is_bot)
             decision = self.pool.answer(key, answer, answerer)
             if event.event_type == "button" and isinstance(decision, Accepted):
                 replier.finished = True  # the question's message is edited to show it
-                return
+                return ""
             await replier.final(answer_text(decision))
-            return
+            return answer_text(decision)
         if command is not None:
             log.info("%s: /%s from %s", key, command.name, event.sender.id)
             answer = await run_command(command, self.pool, key, timeout=self.command_timeout)

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import trio
 
-from broker.chat.journal import RESTARTED_REPLY, Accepted, Duplicate, EventJournal, tell_unfinished
+from broker.chat.journal import RESTARTED_REPLY, Duplicate, EventJournal, NewEvent, tell_unfinished
 from broker.frontends.base import Claim, MemoryOutbox
 from broker.store import open_store
 from broker.testing.fake_gateway import make_event
-
 
 EVERYTHING = Claim(everything=True)
 
@@ -28,14 +27,14 @@ async def test_a_duplicate_within_the_window_gets_the_first_reply_and_none_in_fl
     journal = EventJournal(None, 600, clock)
     event = make_event("hi")
     first = journal.begin(event, "server")
-    assert isinstance(first, Accepted)
+    assert isinstance(first, NewEvent)
     assert journal.begin(event, "server") == Duplicate(first.key, done=False)
     journal.finish(first.key, "the answer")
     again = journal.begin(event, "gateway")
     assert again == Duplicate(first.key, done=True)
     assert await journal.final_reply(again) == "the answer"
     clock.now += 601
-    assert isinstance(journal.begin(event, "server"), Accepted)  # out of the window: new
+    assert isinstance(journal.begin(event, "server"), NewEvent)  # out of the window: new
 
 
 async def test_an_event_still_in_flight_is_never_forgotten_however_old() -> None:

@@ -108,7 +108,7 @@ async def test_an_agent_writing_lone_surrogates_and_a_bad_id_disturbs_no_one(
             async with chat(port) as client:
                 assert "pong: after a bad id" in await client.ask("bad-id", "a", "pong")
                 away = await client.send("surrogate 1", "a")
-            async with chat(port) as client:
+            async with chat(port, "?threads=telegram:a") as client:  # takes over thread a
                 assert "before \ufffd after" in await client.reply(away)
                 assert "pong" in await client.ask("and again", "b", "pong")
             store = await store_status(port)

@@ -81,7 +81,7 @@ async def test_turns_in_flight_when_the_broker_is_killed_get_an_explicit_reply_a
                 assert await broker.wait() == -signal.SIGKILL
     async with broker_process(config, name="restarted") as broker:
         with trio.fail_after(60):
-            async with chat(port) as client:
+            async with chat(port, "?platforms=telegram") as client:  # serves those threads
                 for event in events:
                     assert RESTARTED in await client.reply(event.event_id)
                 assert all(len(client.replies[event.event_id]) == 1 for event in events)
