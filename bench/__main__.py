@@ -33,6 +33,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+import bench.discord
 import bench.latency
 import bench.platforms
 import bench.pool
@@ -56,6 +57,7 @@ SCENARIOS: dict[str, Scenario] = {
     "shutdown": bench.pool.shutdown,
     "slack": bench.platforms.slack,
     "questions": bench.questions.questions,
+    "discord": bench.discord.discord,
 }
 
 

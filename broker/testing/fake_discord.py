@@ -97,6 +97,7 @@ class Request:
 class _Bucket:
     remaining: int
     reset_at: float
+    reset_epoch: float  # X-RateLimit-Reset: the same for every answer of the window
 
 
 @attrs.define
@@ -573,7 +574,8 @@ class FakeDiscord:
         key = self._bucket_key(method, path)
         bucket = self._buckets.get(key)
         if bucket is None or now >= bucket.reset_at:
-            bucket = self._buckets[key] = _Bucket(self.route_limit, now + self.route_window)
+            epoch = round(time.time() + self.route_window, 3)
+            bucket = self._buckets[key] = _Bucket(self.route_limit, now + self.route_window, epoch)
         if bucket.remaining <= 0:
             self.violations.append(f"request on an exhausted bucket: {method} {path}")
             return self._too_many(bucket.reset_at - now, False, key)
@@ -587,7 +589,7 @@ class FakeDiscord:
         return [
             ("x-ratelimit-limit", str(self.route_limit)),
             ("x-ratelimit-remaining", str(bucket.remaining)),
-            ("x-ratelimit-reset", f"{time.time() + reset_after:.3f}"),
+            ("x-ratelimit-reset", f"{bucket.reset_epoch:.3f}"),
             ("x-ratelimit-reset-after", f"{reset_after:.3f}"),
             (
                 "x-ratelimit-bucket",

@@ -639,30 +639,42 @@ class DiscordFrontend:
             self._editing.discard(key)
 
     async def _retry_outbox(self) -> None:
-        """During an outage: send the oldest waiting reply, with backoff while
-        Discord does not answer; once the outbox has none left, the outage ends.
-        Replies taken but not yet sent go back to the outbox if this is cancelled."""
+        """During an outage: deliver the waiting replies in order; when Discord still
+        does not answer, put them back in front (they stay in the durable outbox
+        meanwhile) and ask ``GET /gateway/bot``, with backoff, until it answers. The
+        outage ends when the outbox has no Discord reply left."""
+        claim = Claim(platforms=frozenset({PLATFORM}))
+        while True:
+            await self._outage_started.wait()
+            waiting = self.outbox.take(claim)
+            if not waiting:
+                self._outage = False
+                self._outage_started = trio.Event()
+                continue
+            self._in_hand = waiting
+            try:
+                while waiting and await self._send_waiting(waiting[0].reply):
+                    self.outbox.delivered([waiting.pop(0)])
+            finally:
+                self.outbox.put_back(waiting)
+                self._in_hand = []
+            if waiting:
+                await self._wait_for_discord()
+
+    async def _wait_for_discord(self) -> None:
+        """Return once Discord answers a request again (backoff between tries)."""
         failures = 0
-        in_hand = self._in_hand
-        try:
-            while True:
-                await self._outage_started.wait()
-                in_hand += self.outbox.take(Claim(platforms=frozenset({PLATFORM})))
-                if not in_hand:
-                    self._outage = False
-                    self._outage_started = trio.Event()
-                    failures = 0
-                    continue
-                while in_hand and await self._send_waiting(in_hand[0].reply):
-                    self.outbox.delivered([in_hand.pop(0)])
-                if in_hand:
-                    await trio.sleep(reconnect_delay(failures, self.retry, 0.0))
-                    failures += 1
-                else:
-                    log.info("discord: answering again; the waiting replies are delivered")
-        finally:
-            self.outbox.put_back(in_hand)
-            in_hand.clear()
+        while True:
+            await trio.sleep(reconnect_delay(failures, self.retry, 0.0))
+            failures += 1
+            try:
+                await self.rest.call("GET", "/gateway/bot")
+            except DiscordUnavailable:
+                continue
+            except DiscordHTTPError:
+                pass
+            log.info("discord: answering again; delivering the waiting replies")
+            return
 
     async def _send_waiting(self, reply: OutboundReply) -> bool:
         """Send a waiting reply once: False when Discord still does not answer."""

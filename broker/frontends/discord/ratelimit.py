@@ -5,7 +5,9 @@ top-level one (channel, guild, webhook + token) replaced, so
 ``PATCH /channels/1/messages/2`` and ``PATCH /channels/1/messages/3`` share a
 limit and ``/channels/9/...`` has its own. Responses name the limit's bucket
 (``X-RateLimit-Bucket``) and say how many requests are left in it
-(``X-RateLimit-Remaining``) and when it refills (``X-RateLimit-Reset-After``).
+(``X-RateLimit-Remaining``) and when it refills (``X-RateLimit-Reset-After``);
+answers of one window (the same ``X-RateLimit-Reset``) may arrive in any order,
+so the lowest count wins, and a late answer from an earlier window is ignored.
 Until a route's first answer, one request at a time goes out on it.
 
 The global limit (50 requests per second for a bot) is kept by counting each
@@ -60,6 +62,7 @@ class Bucket:
     reset_at: float = 0.0
     known: bool = False  # a response has told us the limit
     in_flight: int = 0
+    window: float = 0.0  # X-RateLimit-Reset (epoch seconds) of the window the counts are for
 
 
 def _number(headers: Mapping[str, str], name: str) -> float | None:
@@ -132,11 +135,18 @@ class RateLimiter:
         limit = _number(headers, "x-ratelimit-limit")
         remaining = _number(headers, "x-ratelimit-remaining")
         reset_after = _number(headers, "x-ratelimit-reset-after")
+        window = _number(headers, "x-ratelimit-reset") or 0.0
         if limit is not None and remaining is not None and reset_after is not None:
+            if bucket.known and window and window == bucket.window:
+                # Answers of one window may come in any order: the lowest count is the latest.
+                bucket.remaining = min(bucket.remaining, int(remaining))
+            elif not bucket.known or not window or window > bucket.window:
+                bucket.remaining = int(remaining)
+                bucket.reset_at = now + reset_after
+                bucket.window = window
+            # else: a late answer from a window already over; it says nothing new
             bucket.known = True
             bucket.limit = max(1, int(limit))
-            bucket.remaining = int(remaining)
-            bucket.reset_at = now + reset_after
         elif not bucket.known:
             bucket.known = True  # no limit on this route: let requests through
             bucket.limit = bucket.remaining = 1 << 30

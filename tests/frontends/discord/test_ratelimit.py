@@ -157,3 +157,37 @@ async def test_the_token_goes_in_the_authorization_header_only(
     assert seen[0].headers["authorization"] == "Bot T0K"
     assert seen[0].headers["user-agent"].startswith("DiscordBot (")
     assert "T0K" not in str(seen[0].url)
+
+
+def _window(remaining: int, reset: float, reset_after: float = 1.0) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit": "5",
+        "x-ratelimit-remaining": str(remaining),
+        "x-ratelimit-reset": str(reset),
+        "x-ratelimit-reset-after": str(reset_after),
+        "x-ratelimit-bucket": "abc",
+    }
+
+
+def test_answers_of_one_window_in_any_order_keep_the_lowest_count() -> None:
+    limiter = RateLimiter()
+    route = route_for("POST", "/channels/123456/messages")
+    limiter.acquire(route, 0.0)
+    limiter.update(route, _window(4, 1000.0), 0.0)
+    sent = [limiter.acquire(route, 0.0) for _ in range(4)]
+    assert sent == [0.0, 0.0, 0.0, 0.0]
+    for remaining in (0, 2, 1, 3):  # the answers arrive out of order
+        limiter.update(route, _window(remaining, 1000.0), 0.1)
+    assert limiter.acquire(route, 0.2) == pytest.approx(0.8)  # wait for the refill at 1.0
+
+
+def test_a_late_answer_from_a_window_already_over_is_ignored() -> None:
+    limiter = RateLimiter()
+    route = route_for("POST", "/channels/123456/messages")
+    limiter.acquire(route, 0.0)
+    limiter.update(route, _window(0, 1002.0, reset_after=2.0), 0.0)
+    limiter.acquire(route, 2.0)
+    limiter.update(route, _window(4, 1004.0, reset_after=2.0), 2.0)
+    limiter.acquire(route, 2.0)
+    limiter.update(route, _window(3, 1002.0, reset_after=0.01), 2.1)  # from the old window
+    assert limiter._bucket(route).reset_at == 4.0
