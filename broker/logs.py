@@ -124,6 +124,9 @@ def under_journald(stream: IO[str], environ: Mapping[str, str]) -> bool:
     return value == f"{st.st_dev}:{st.st_ino}"
 
 
+QUIET_LIBRARIES = ("httpx", "httpcore")
+
+
 def setup_logging(
     config: LogConfig,
     stream: IO[str] = sys.stderr,
@@ -153,6 +156,10 @@ def setup_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(config.level.upper())
+    # httpx logs every request with its URL at INFO; URLs of Discord interaction
+    # callbacks carry the interaction's token. Its warnings still show.
+    for quiet in QUIET_LIBRARIES:
+        logging.getLogger(quiet).setLevel(logging.WARNING)
     return handler
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import logging
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import attrs
 import pytest
 import trio
 
-from broker.config import ConfigError, agent_environment, structure_config
+from broker.config import ConfigError, LogConfig, agent_environment, structure_config
 from broker.frontends.discord.adapter import DiscordSnapshot
+from broker.logs import setup_logging
 from broker.ops import cli, dashboard
 from broker.ops.service import Broker, check_usable, plan_reload, serve
 from broker.ops.status import metrics_text, status_document
@@ -166,3 +168,12 @@ async def test_register_commands_from_the_command_line(
         assert fake.commands[GUILD_ID][0]["name"] == "status"
         assert f"guild {GUILD_ID}" in capsys.readouterr().out
         assert fake.requests_to("GET", "/applications/@me")
+
+
+def test_request_urls_with_interaction_tokens_stay_out_of_the_log() -> None:
+    handler = setup_logging(LogConfig(level="debug"), io.StringIO())
+    try:
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    finally:
+        logging.getLogger().removeHandler(handler)
