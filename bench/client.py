@@ -169,11 +169,12 @@ class ChatClient:
             await self.ws.send_message(json.dumps(frame))
         return exchange
 
-    async def ask(self, thread: str, text: str, timeout: float, **kwargs: Any) -> Exchange:
-        """Send and wait until the exchange is done (or ``timeout`` passes)."""
+    async def ask(self, thread: str, text: str, **kwargs: Any) -> Exchange:
+        """Send and wait until the exchange is done. No deadline of its own: an
+        exchange the caller's cancel scope cuts short stays in :attr:`exchanges`,
+        not done (see :func:`ask_within`)."""
         exchange = await self.send(thread, text, **kwargs)
-        with trio.move_on_after(timeout):
-            await exchange.done.wait()
+        await exchange.done.wait()
         return exchange
 
     async def read_frames(self) -> None:
@@ -236,6 +237,16 @@ class ChatClient:
             exchange.record_frame(now)
 
 
+async def ask_within(
+    client: ChatClient, secs: float, thread: str, text: str, **kwargs: Any
+) -> Exchange:
+    """:meth:`ChatClient.ask` bounded by ``secs``: the exchange, done or not."""
+    exchange = await client.send(thread, text, **kwargs)
+    with trio.move_on_after(secs):
+        await exchange.done.wait()
+    return exchange
+
+
 @asynccontextmanager
 async def open_chat(url: str, name: str = "c") -> AsyncIterator[ChatClient]:
     """A connected :class:`ChatClient` whose reader runs for the block."""
@@ -265,14 +276,15 @@ class DirectAgent:
         self.session_id = session_id
         self.cwd = cwd
 
-    async def new_session(self, timeout: float = 30) -> float:
-        """Switch to a fresh ACP session (``session/new``); returns how long it took."""
+    async def new_session(self) -> float:
+        """Switch to a fresh ACP session (``session/new``); returns how long it took.
+        Bounded by the caller's cancel scope, as is :meth:`turn`."""
         started = wall()
-        setup = await self.client.new_session(str(self.cwd), timeout=timeout)
+        setup = await self.client.new_session(str(self.cwd))
         self.session_id = setup.session_id
         return wall() - started
 
-    async def turn(self, prompt: str, first_marker: str, timeout: float = 30) -> DirectTurn:
+    async def turn(self, prompt: str, first_marker: str) -> DirectTurn:
         """Send ``prompt`` and time the first chunk holding ``first_marker`` and the response."""
         chunks: list[str] = []
         first: list[float] = []
@@ -284,7 +296,7 @@ class DirectAgent:
                     first.append(wall())
 
         started = wall()
-        await self.client.prompt(self.session_id, [TextContent(prompt)], on_update, timeout=timeout)
+        await self.client.prompt(self.session_id, [TextContent(prompt)], on_update)
         ended = wall()
         return DirectTurn(
             (first[0] if first else ended) - started, ended - started, "".join(chunks)
@@ -303,8 +315,9 @@ async def open_direct(argv: Sequence[str], cwd: Path) -> AsyncIterator[DirectAge
         child = await nursery.start(functools.partial(run_child, spec, stop_grace=2))
         client = AcpClient(child.send, ClientOptions(cwd=str(cwd)))
         nursery.start_soon(client.serve, child.stdout_lines(), child.stderr_tail)
-        await client.initialize(timeout=30)
-        setup = await client.new_session(str(cwd), timeout=30)
+        with trio.fail_after(30):
+            await client.initialize()
+            setup = await client.new_session(str(cwd))
         yield DirectAgent(client, setup.session_id, cwd)
         await child.close_stdin()  # the fake agent exits on EOF; the cancel below is a backstop
         with trio.move_on_after(5):

@@ -258,25 +258,21 @@ class BrokerProcess:
         except FileNotFoundError:
             return ""
 
-    async def terminate(self, timeout: float) -> int | None:
-        """SIGTERM, then wait up to ``timeout`` seconds; the exit code or None."""
+    async def terminate(self) -> int:
+        """SIGTERM, then wait for the exit (bounded by the caller); the exit code."""
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(timeout):
-            await self.process.wait()
-        self.exit_code = self.process.returncode
+        self.exit_code = await self.process.wait()
         return self.exit_code
 
 
-async def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    """A one-shot ``GET path`` on loopback: (status code, body), bounded by ``timeout``."""
-    with trio.fail_after(timeout):
-        return await harness.http_get(port, path)
+STATUS_TIMEOUT_SECS = 10.0
 
 
-async def get_status(port: int, timeout: float = 10.0) -> dict[str, Any]:
-    """The broker's GET /status document."""
-    status, body = await http_get(port, "/status", timeout)
+async def get_status(port: int) -> dict[str, Any]:
+    """The broker's GET /status document, within :data:`STATUS_TIMEOUT_SECS`."""
+    with trio.fail_after(STATUS_TIMEOUT_SECS):
+        status, body = await harness.http_get(port, "/status")
     if status != 200:
         raise RuntimeError(f"GET /status answered {status}: {body[:200]!r}")
     document: dict[str, Any] = json.loads(body)
@@ -291,7 +287,8 @@ async def _wait_ready(broker: BrokerProcess) -> None:
                     f"the broker exited with {broker.process.returncode}:\n{broker.log_tail()}"
                 )
             try:
-                status, _ = await http_get(broker.port, "/healthz", timeout=2.0)
+                with trio.fail_after(2.0):
+                    status, _ = await harness.http_get(broker.port, "/healthz")
                 if status == 200:
                     return
             except (OSError, trio.TooSlowError):
@@ -336,7 +333,9 @@ async def run_broker(
             stop_budget = float(sections["timeouts"].get("cancel_grace_secs", 10)) + float(
                 sections["timeouts"].get("stop_grace_secs", 5)
             )
-            if await broker.terminate(stop_budget + 10) is None:
+            with trio.move_on_after(stop_budget + 10) as waited:
+                await broker.terminate()
+            if waited.cancelled_caught:
                 process.kill()
                 await process.wait()
                 broker.exit_code = process.returncode

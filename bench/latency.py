@@ -16,7 +16,15 @@ import attrs
 import trio
 
 from bench.agent import claimed_pids, write_role
-from bench.client import ChatClient, Exchange, open_chat, open_direct, text_contains, text_is
+from bench.client import (
+    ChatClient,
+    Exchange,
+    ask_within,
+    open_chat,
+    open_direct,
+    text_contains,
+    text_is,
+)
 from bench.harness import (
     SEPARATE,
     BrokerProcess,
@@ -52,8 +60,8 @@ def fmt_ms(value: float) -> str:
 
 async def ask_ok(client: ChatClient, thread: str, tag: str) -> Exchange:
     prompt, reply, marker = short_turn(tag)
-    return await client.ask(
-        thread, prompt, TURN_TIMEOUT, done_when=text_is(reply), first_marker=marker
+    return await ask_within(
+        client, TURN_TIMEOUT, thread, prompt, done_when=text_is(reply), first_marker=marker
     )
 
 
@@ -103,7 +111,8 @@ async def overhead(ctx: Context) -> Result:
         for i in range(warmup):
             await ask_ok(client, "warm", f"w{i}")
             await ask_ok(plain_client, "warm", f"w{i}")
-            await direct.turn(short_turn(f"w{i}")[0], f"w{i} ")
+            with trio.fail_after(TURN_TIMEOUT):
+                await direct.turn(short_turn(f"w{i}")[0], f"w{i} ")
         cpu0 = broker.cpu_times(), plain_broker.cpu_times()
         # Alternate blocks so that load from elsewhere hits every path alike.
         for start in range(0, turns, block):
@@ -114,7 +123,8 @@ async def overhead(ctx: Context) -> Result:
                 wrong += not plain.take(await ask_ok(plain_client, "warm", tag))
             for tag in tags:
                 prompt, reply, marker = short_turn(tag)
-                turn = await direct.turn(prompt, marker)
+                with trio.fail_after(TURN_TIMEOUT):
+                    turn = await direct.turn(prompt, marker)
                 wrong += turn.text != reply
                 direct_samples.first.append(turn.first_chunk)
                 direct_samples.final.append(turn.final)
@@ -247,11 +257,9 @@ async def _session(broker: BrokerProcess, thread: str) -> dict[str, Any] | None:
     return None
 
 
-async def _wait_session(
-    broker: BrokerProcess, thread: str, states: set[str], timeout: float = 60
-) -> dict[str, Any]:
-    """Poll /status until the thread's session is in one of ``states``."""
-    with trio.fail_after(timeout):
+async def _wait_session(broker: BrokerProcess, thread: str, states: set[str]) -> dict[str, Any]:
+    """Poll /status until the thread's session is in one of ``states`` (at most 60 s)."""
+    with trio.fail_after(60):
         while True:
             session = await _session(broker, thread)
             if session is not None and session["state"] in states:
@@ -309,7 +317,7 @@ async def isolation(ctx: Context) -> Result:
         still_busy = silent_session is not None and silent_session["state"] == "busy"
         # The same load once more without the slow ones, so drift in the machine's
         # load during the run weighs on both sides of the comparison.
-        await client.ask("silent", "/cancel", 60)
+        await ask_within(client, 60, "silent", "/cancel")
         with trio.fail_after(60):
             await silent.done.wait()
         with trio.fail_after(60):  # idle again, or suspended: nothing of it runs
@@ -480,9 +488,11 @@ async def cold_start(ctx: Context) -> Result:
     async with open_direct(agent_argv(sections), root / "direct") as direct:
         for i in range(new_threads):
             for j in range(warm_turns // new_threads + 1):
-                direct_warm.append((await direct.turn(*_prompt_marker(f"w{i}-{j}"))).final)
-            opened = await direct.new_session()
-            direct_new.append(opened + (await direct.turn(*_prompt_marker(f"n{i}"))).final)
+                with trio.fail_after(TURN_TIMEOUT):
+                    direct_warm.append((await direct.turn(*_prompt_marker(f"w{i}-{j}"))).final)
+            with trio.fail_after(TURN_TIMEOUT):
+                opened = await direct.new_session()
+                direct_new.append(opened + (await direct.turn(*_prompt_marker(f"n{i}"))).final)
     result.metrics["direct"] = {
         "warm_session": summary_ms(direct_warm),
         "new_session_and_turn": summary_ms(direct_new),

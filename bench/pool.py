@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from bench.agent import claimed_pids, write_role
-from bench.client import Exchange, open_chat, open_direct, text_contains, text_is
+from bench.client import Exchange, ask_within, open_chat, open_direct, text_contains, text_is
 from bench.harness import (
     SEPARATE,
     BrokerProcess,
@@ -71,11 +71,11 @@ async def _flood_through_broker(
         run_broker(root, sections, label=label) as broker,
         open_chat(broker.url) as client,
     ):
-        await client.ask("flood", "@flood 100\n@empty", 60, done_when=text_contains("99"))
+        await ask_within(client, 60, "flood", "@flood 100\n@empty", done_when=text_contains("99"))
         rss_before = broker.rss_bytes()
         cpu_before = broker.cpu_secs()
-        exchange = await client.ask(
-            "flood", f"@flood {count}\n@empty", 600, done_when=text_is(expected)
+        exchange = await ask_within(
+            client, 600, "flood", f"@flood {count}\n@empty", done_when=text_is(expected)
         )
         return Flood(
             count, exchange, broker.cpu_secs() - cpu_before, rss_before, broker.peak_rss_bytes()
@@ -103,8 +103,9 @@ async def relay(ctx: Context) -> Result:
     )
     argv = agent_argv(broker_sections(root / "direct"))
     async with open_direct(argv, root / "direct") as direct:
-        await direct.turn("@flood 100\n@empty", "0 ")
-        baseline = await direct.turn(f"@flood {count}\n@empty", "0 ", timeout=600)
+        with trio.fail_after(600):
+            await direct.turn("@flood 100\n@empty", "0 ")
+            baseline = await direct.turn(f"@flood {count}\n@empty", "0 ")
     direct_rate = count / baseline.final
     exchange = streamed.exchange
     starts = update_starts(exchange.frame_times)
@@ -215,7 +216,7 @@ async def scale(ctx: Context) -> Result:
         async def converse(thread: str) -> None:
             for k in range(per_thread):
                 prompt, reply, _ = short_turn(f"{thread}-{k}")
-                exchange = await client.ask(thread, prompt, 600, done_when=text_is(reply))
+                exchange = await ask_within(client, 600, thread, prompt, done_when=text_is(reply))
                 exchanges.append(exchange)
 
         async with trio.open_nursery() as nursery:
@@ -289,8 +290,12 @@ async def churn(ctx: Context) -> Result:
             mine = [f"churn{t}" for t in range(w, threads, max_sessions)]
             for visit in range(1, rounds + 1):
                 for thread in mine:
-                    exchange = await client.ask(
-                        thread, "visit\n@chunks 1", 300, done_when=text_contains("of this session)")
+                    exchange = await ask_within(
+                        client,
+                        300,
+                        thread,
+                        "visit\n@chunks 1",
+                        done_when=text_contains("of this session)"),
                     )
                     match = _TURN_NUMBER.search(exchange.text)
                     if match is None:
@@ -406,7 +411,7 @@ async def _stop_with_sessions(
                     prompt, reply, _ = short_turn(f"s{i}")
                     nursery.start_soon(
                         functools.partial(
-                            client.ask, f"sd{i}", prompt, 600, done_when=text_is(reply)
+                            ask_within, client, 600, f"sd{i}", prompt, done_when=text_is(reply)
                         )
                     )
             live = (await get_status(broker.port))["pool"]["active"]

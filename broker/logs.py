@@ -1,6 +1,7 @@
 """Logging setup: one handler on the root logger, three line formats, secrets masked.
 
-- ``format = "text"`` on a terminal or a file: ``2026-11-23 08:00:00,123 INFO broker.sessions.pool: ...``
+- ``format = "text"`` on a terminal or a file:
+  ``2026-11-23 08:00:00,123 INFO broker.sessions.pool: ...``
 - ``format = "text"`` under journald (``JOURNAL_STREAM`` names our stream): no timestamp
   (the journal has one) and a ``<N>`` syslog priority prefix so the journal files
   the line under the right priority.

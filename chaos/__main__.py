@@ -194,8 +194,8 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
         ),
         "malformed_frames_answered_with_errors": _check(
             figures.malformed_rounds_all_errors == figures.malformed_rounds,
-            f"{figures.malformed_rounds_all_errors}/{figures.malformed_rounds} rounds got one error "
-            f"frame per bad frame and kept serving",
+            f"{figures.malformed_rounds_all_errors}/{figures.malformed_rounds} rounds got"
+            " one error frame per bad frame and kept serving",
         ),
     }
     rss_all = [kb for run in figures.rss for _, kb in run]

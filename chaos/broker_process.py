@@ -302,7 +302,7 @@ class BrokerRunner:
                     self.figures.rss[-1].append((trio.current_time() - self.started_at, kb))
                 agents = len(marked_processes(self.marker))
                 self.figures.agents_seen_max = max(self.figures.agents_seen_max, agents)
-                seen = (seen + [zombie_children(process.pid)])[-ZOMBIE_SAMPLES:]
+                seen = [*seen, zombie_children(process.pid)][-ZOMBIE_SAMPLES:]
                 if len(seen) == ZOMBIE_SAMPLES:
                     self.figures.zombies |= set.intersection(*seen)
             else:

@@ -80,16 +80,17 @@ def test_missing_agent_working_dir_is_a_config_error(tmp_path: Path) -> None:
     result = agent_broker("check-config", cwd=tmp_path)
     assert result.returncode == cli.EX_CONFIG
     assert result.stderr == (
-        f"agent-broker: broker.toml: agent.working_dir: {tmp_path / 'checkout'} is not a directory\n"
+        "agent-broker: broker.toml: agent.working_dir: "
+        f"{tmp_path / 'checkout'} is not a directory\n"
     )
     (tmp_path / "checkout").mkdir()
     assert agent_broker("check-config", cwd=tmp_path).returncode == 0
 
 
 def test_missing_subcommand_module_is_reported_as_not_available(tmp_path: Path) -> None:
-    with pytest.raises(cli.Unavailable, match="broker.no_such_part is not available yet"):
+    with pytest.raises(cli.Unavailable, match=r"broker\.no_such_part is not available yet"):
         cli._entry("broker.no_such_part", "main")
-    with pytest.raises(cli.Unavailable, match="broker.config.main is not available yet"):
+    with pytest.raises(cli.Unavailable, match=r"broker\.config\.main is not available yet"):
         cli._entry("broker.config", "main")
 
 

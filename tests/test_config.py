@@ -365,7 +365,7 @@ def test_a_short_token_is_matched_in_agent_arguments_only_as_a_whole_value() -> 
     ok = {"server": {"token": "t"}, "agent": {"args": ["-m", "broker.testing.fake_agent"]}}
     assert structure_config(ok, file="broker.toml", environ={}).server.token == "t"
     bad = {"server": {"token": "t"}, "agent": {"args": ["--token=t"]}}
-    with pytest.raises(ConfigError, match="agent.args: holds one of the broker's tokens"):
+    with pytest.raises(ConfigError, match=r"agent\.args: holds one of the broker's tokens"):
         structure_config(bad, file="broker.toml", environ={})
 
 

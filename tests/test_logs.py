@@ -127,6 +127,7 @@ def test_under_journald_lines_are_plain_with_priority_and_no_time(tmp_path: Path
 def test_journal_stream_of_another_file_keeps_timestamps(tmp_path: Path) -> None:
     lines = run_child_logging(tmp_path, "1:2").splitlines()
     assert re.fullmatch(
-        r"\d{4}-\S+ \S+ INFO broker\.sessions\.session: \[discord:9 pid=123\] turn started with \*\*\*",
+        r"\d{4}-\S+ \S+ INFO broker\.sessions\.session: "
+        r"\[discord:9 pid=123\] turn started with \*\*\*",
         lines[0],
     )

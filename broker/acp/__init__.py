@@ -3,20 +3,19 @@
 See docs/acp.md for what is supported and how real agents are configured.
 """
 
-from .client import AcpClient, AcpError, ClientOptions, LoadedSession, SessionState
-from .jsonrpc import JsonRpcPeer, PeerClosed, RequestTimeout, RpcError
+from .client import AcpClient, AcpError, AcpSession, ClientOptions, LoadedSession
+from .jsonrpc import JsonRpcPeer, PeerClosed, RpcError
 from .policy import FsAccess, PermissionPolicy
 
 __all__ = [
     "AcpClient",
     "AcpError",
+    "AcpSession",
     "ClientOptions",
     "FsAccess",
     "JsonRpcPeer",
     "LoadedSession",
     "PeerClosed",
     "PermissionPolicy",
-    "RequestTimeout",
     "RpcError",
-    "SessionState",
 ]

@@ -154,7 +154,7 @@ class ClientOptions:
 
 
 @attrs.define(eq=False)
-class SessionState:
+class AcpSession:
     """What the client knows about one ACP session, updated in stdout order."""
 
     session_id: str
@@ -219,8 +219,8 @@ def _parse(params: Any, cls: type[T]) -> T:
 class AcpClient:
     """One ACP connection. Run :meth:`serve` in a task; call the rest from
     others. Every request method raises :class:`RpcError` (the agent said
-    no), :class:`~broker.acp.jsonrpc.RequestTimeout` or
-    :class:`~broker.acp.jsonrpc.PeerClosed` (the agent exited)."""
+    no) or :class:`~broker.acp.jsonrpc.PeerClosed` (the agent exited); none
+    sets a deadline of its own (bound them with the caller's cancel scope)."""
 
     def __init__(
         self,
@@ -239,7 +239,7 @@ class AcpClient:
             name=options.name,
         )
         self.init_result: InitializeResult | None = None
-        self._sessions: dict[str, SessionState] = {}
+        self._sessions: dict[str, AcpSession] = {}
         self.foreign_updates = 0  # updates for sessions this client never used
 
     @property
@@ -247,11 +247,11 @@ class AcpClient:
         """What the agent advertised (all false before :meth:`initialize`)."""
         return self.init_result.agent_capabilities if self.init_result else AgentCapabilities()
 
-    def session(self, session_id: str) -> SessionState:
+    def session(self, session_id: str) -> AcpSession:
         """The state of a session (created empty on first use)."""
         state = self._sessions.get(session_id)
         if state is None:
-            state = self._sessions[session_id] = SessionState(session_id)
+            state = self._sessions[session_id] = AcpSession(session_id)
         return state
 
     async def serve(self, lines: AsyncIterable[bytes], closed_detail: Callable[[], str]) -> None:
@@ -260,7 +260,7 @@ class AcpClient:
 
     # --- client -> agent ---------------------------------------------------
 
-    async def initialize(self, timeout: float | None = None) -> InitializeResult:
+    async def initialize(self) -> InitializeResult:
         """Advertises fs only as enabled, no terminal. Raises AcpError if the
         agent answers with a protocol version other than 1."""
         result = await self.peer.request(
@@ -276,7 +276,6 @@ class AcpClient:
                 },
                 "clientInfo": {"name": self.options.name, "version": self.options.version},
             },
-            timeout=timeout,
         )
         init = _parse(result, InitializeResult)
         if init.protocol_version != PROTOCOL_VERSION:
@@ -287,19 +286,15 @@ class AcpClient:
         self.init_result = init
         return init
 
-    async def authenticate(self, method_id: str, timeout: float | None = None) -> None:
+    async def authenticate(self, method_id: str) -> None:
         """``authenticate {methodId}``; before ``session/new``."""
-        await self.peer.request("authenticate", {"methodId": method_id}, timeout=timeout)
+        await self.peer.request("authenticate", {"methodId": method_id})
 
-    async def new_session(self, cwd: str, timeout: float | None = None) -> SessionSetup:
-        result = await self.peer.request(
-            "session/new", {"cwd": _absolute(cwd), "mcpServers": []}, timeout=timeout
-        )
+    async def new_session(self, cwd: str) -> SessionSetup:
+        result = await self.peer.request("session/new", {"cwd": _absolute(cwd), "mcpServers": []})
         return self._setup(_parse(result, SessionSetup), None)
 
-    async def load_session(
-        self, session_id: str, cwd: str, timeout: float | None = None
-    ) -> LoadedSession:
+    async def load_session(self, session_id: str, cwd: str) -> LoadedSession:
         """``session/load``. The history the agent replays before answering is
         returned in ``replayed`` and counted in the session's
         ``replayed_count``; no prompt consumer or watcher sees it."""
@@ -312,7 +307,6 @@ class AcpClient:
             result = await self.peer.request(
                 "session/load",
                 {"sessionId": session_id, "cwd": _absolute(cwd), "mcpServers": []},
-                timeout=timeout,
             )
         finally:
             state.replay = None
@@ -320,16 +314,13 @@ class AcpClient:
             self._setup(_parse(result or {}, SessionSetup), session_id), tuple(replay)
         )
 
-    async def resume_session(
-        self, session_id: str, cwd: str, timeout: float | None = None
-    ) -> SessionSetup:
+    async def resume_session(self, session_id: str, cwd: str) -> SessionSetup:
         """``session/resume`` (no replay); needs sessionCapabilities.resume."""
         if not self.agent_capabilities.session_capabilities.resume:
             raise AcpError("the agent does not advertise sessionCapabilities.resume")
         result = await self.peer.request(
             "session/resume",
             {"sessionId": session_id, "cwd": _absolute(cwd), "mcpServers": []},
-            timeout=timeout,
         )
         return self._setup(_parse(result or {}, SessionSetup), session_id)
 
@@ -351,7 +342,6 @@ class AcpClient:
         session_id: str,
         blocks: Sequence[ContentBlock],
         on_update: UpdateConsumer,
-        timeout: float | None = None,
     ) -> str:
         """Send ``session/prompt`` and return the stop reason.
 
@@ -370,7 +360,6 @@ class AcpClient:
             result = await self.peer.request(
                 "session/prompt",
                 {"sessionId": session_id, "prompt": [content_to_wire(b) for b in blocks]},
-                timeout=timeout,
             )
         finally:
             state.prompting, state.cancelling, state.consumer = False, False, None
@@ -405,31 +394,28 @@ class AcpClient:
             state.watcher = previous
 
     async def set_config_option(
-        self, session_id: str, config_id: str, value: str | bool, timeout: float | None = None
+        self, session_id: str, config_id: str, value: str | bool
     ) -> list[ConfigOption]:
         """Returns the full set of options the agent answers with."""
         result = await self.peer.request(
             "session/set_config_option",
             {"sessionId": session_id, "configId": config_id, "value": value},
-            timeout=timeout,
         )
         options = _parse(result or {}, ConfigOptionUpdate).config_options
         self.session(session_id).config_options = options
         return options
 
-    async def set_mode(self, session_id: str, mode_id: str, timeout: float | None = None) -> None:
-        await self.peer.request(
-            "session/set_mode", {"sessionId": session_id, "modeId": mode_id}, timeout=timeout
-        )
+    async def set_mode(self, session_id: str, mode_id: str) -> None:
+        await self.peer.request("session/set_mode", {"sessionId": session_id, "modeId": mode_id})
         self.session(session_id).current_mode_id = mode_id
 
-    async def close_session(self, session_id: str, timeout: float | None = None) -> None:
+    async def close_session(self, session_id: str) -> None:
         """``session/close`` (needs sessionCapabilities.close); forgets the
         session's state either way."""
         try:
             if not self.agent_capabilities.session_capabilities.close:
                 raise AcpError("the agent does not advertise sessionCapabilities.close")
-            await self.peer.request("session/close", {"sessionId": session_id}, timeout=timeout)
+            await self.peer.request("session/close", {"sessionId": session_id})
         finally:
             self._sessions.pop(session_id, None)
 

@@ -86,16 +86,6 @@ class PeerClosed(Exception):
         self.detail = detail
 
 
-class RequestTimeout(Exception):
-    """No response to ``method`` within ``timeout`` seconds. The request is
-    forgotten: a late response is logged and dropped."""
-
-    def __init__(self, method: str, timeout: float) -> None:
-        super().__init__(f"no response to {method} within {timeout:g} s")
-        self.method = method
-        self.timeout = timeout
-
-
 RequestHandler = Callable[[str, Any], Awaitable[Any]]
 NotificationHandler = Callable[[str, Any], None]
 SendFn = Callable[[bytes], Awaitable[None]]
@@ -212,15 +202,14 @@ class JsonRpcPeer:
             message["params"] = params
         await self._write(message)
 
-    async def request(
-        self, method: str, params: Any = None, *, timeout: float | None = None
-    ) -> Any:
+    async def request(self, method: str, params: Any = None) -> Any:
         """Send a request and wait for its response; return its ``result``.
 
         Raises :class:`RpcError` if the agent answers with an error,
-        :class:`RequestTimeout` after ``timeout`` seconds (None: no limit),
-        :class:`PeerClosed` if the agent exits first. If the caller is
-        cancelled, the request is forgotten (a late response is dropped).
+        :class:`PeerClosed` if the agent exits first. It sets no deadline of
+        its own: bound it with the caller's cancel scope (``trio.fail_after``).
+        If the caller is cancelled, the request is forgotten (a late response
+        is logged and dropped).
         """
         request_id = next(self._ids)
         pending = _Pending(method)
@@ -230,12 +219,9 @@ class JsonRpcPeer:
         self._pending[request_id] = pending
         try:
             await self._write(message)
-            with trio.move_on_after(timeout if timeout is not None else float("inf")):
-                await pending.done.wait()
+            await pending.done.wait()
         finally:
             self._pending.pop(request_id, None)
-        if not pending.done.is_set():
-            raise RequestTimeout(method, timeout or 0.0)
         if pending.error is not None:
             raise pending.error
         return pending.result

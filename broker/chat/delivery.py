@@ -87,12 +87,13 @@ class Replier:
         )
         await self.channel.send_reply(reply)
 
-    async def new_message(self, text: str, timeout: float) -> str | None:
+    async def new_message(self, text: str, response_timeout: float) -> str | None:
         """Send ``text`` as a new message with a request_id; its platform
-        message id, or None when no usable response came within ``timeout``."""
-        response = await self.channel.request(
-            OutboundReply.to_event(self.event, text), timeout=timeout
-        )
+        message id, or None when no usable response came within
+        ``response_timeout`` seconds."""
+        response = None
+        with trio.move_on_after(response_timeout):
+            response = await self.channel.request(OutboundReply.to_event(self.event, text))
         if response is None or not response.success or not response.message_id:
             why = "no response" if response is None else (response.error or "no message_id")
             log.info(

@@ -95,17 +95,17 @@ class ReplyChannel(Protocol):
         """
         ...
 
-    async def request(
-        self, reply: OutboundReply, *, timeout: float = RESPONSE_TIMEOUT_SECS
-    ) -> GatewayResponse | None:
+    async def request(self, reply: OutboundReply) -> GatewayResponse | None:
         """Send ``reply`` with a fresh ``request_id`` (``req_<uuid>``, replacing
-        any it had) and wait up to ``timeout`` seconds for the matching
-        response.
+        any it had) and wait for the matching response.
 
         Returns None when there is no connection (nothing is sent and nothing
-        is queued), when the connection is lost before the answer, or on
-        timeout; the caller then falls back (e.g. to a plain final reply).
-        A response with ``success: false`` is returned as is.
+        is queued) or when the connection is lost before the answer; the
+        caller then falls back (e.g. to a plain final reply). It sets no
+        deadline of its own: the caller bounds the wait with its cancel scope
+        (the protocol's :data:`RESPONSE_TIMEOUT_SECS`) and, when that expires,
+        the request is forgotten. A response with ``success: false`` is
+        returned as is.
         """
         ...
 

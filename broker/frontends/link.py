@@ -34,7 +34,6 @@ import trio
 import trio_websocket
 
 from broker.frontends.base import (
-    RESPONSE_TIMEOUT_SECS,
     InboundSink,
     Parcel,
     ReplyChannel,
@@ -230,7 +229,7 @@ class Link:
         self._written = [w for w in self._written if id(w) not in gone]
         self.on_taken([w.parcel for w in entries])
 
-    async def request(self, reply: OutboundReply, timeout: float) -> GatewayResponse | None:
+    async def request(self, reply: OutboundReply) -> GatewayResponse | None:
         """See :meth:`broker.frontends.base.ReplyChannel.request`."""
         if self.closed:
             return None
@@ -239,8 +238,7 @@ class Link:
         try:
             if not await self.send(encode_reply(attrs.evolve(reply, request_id=request_id))):
                 return None
-            with trio.move_on_after(timeout):
-                await slot.done.wait()
+            await slot.done.wait()
             return slot.response
         finally:
             self._pending.pop(request_id, None)
@@ -364,19 +362,19 @@ class Link:
         await self.close(CLOSE_POLICY, "too many events in flight")
         return False
 
-    async def heartbeat(self, interval: float, timeout: float) -> None:
+    async def heartbeat(self, interval: float, pong_timeout: float) -> None:
         """Ping every ``interval`` seconds; close the connection (1011) when a
-        pong does not come within ``timeout``. Returns when the link closes."""
+        pong does not come within ``pong_timeout``. Returns when the link closes."""
         while not self.closed:
             await trio.sleep(interval)
-            with trio.move_on_after(timeout) as scope:
+            with trio.move_on_after(pong_timeout) as scope:
                 try:
                     await self.ws.ping()
                 except trio_websocket.ConnectionClosed:
                     break
             if scope.cancelled_caught:
                 log.warning(
-                    "%s: no pong within %.1f s, dropping the peer", self.connection_id, timeout
+                    "%s: no pong within %.1f s, dropping the peer", self.connection_id, pong_timeout
                 )
                 await self.close(CLOSE_HEARTBEAT, "heartbeat timeout")
                 break
@@ -427,11 +425,9 @@ class LinkChannel:
             return
         self._fallback(reply)
 
-    async def request(
-        self, reply: OutboundReply, *, timeout: float = RESPONSE_TIMEOUT_SECS
-    ) -> GatewayResponse | None:
+    async def request(self, reply: OutboundReply) -> GatewayResponse | None:
         link = self.link
-        return None if link is None else await link.request(reply, timeout)
+        return None if link is None else await link.request(reply)
 
 
 async def deliver_parcels(link: Link, parcels: Sequence[Parcel], on_unsent: Parcels) -> int:

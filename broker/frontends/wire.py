@@ -400,7 +400,8 @@ def parse_frame(text: str | bytes) -> Frame:
         return hello
     if schema == REPLY_SCHEMA:
         raise WireError(
-            f"unexpected schema '{schema}': the broker accepts {EVENT_SCHEMA} and {RESPONSE_SCHEMA}",
+            f"unexpected schema '{schema}': "
+            f"the broker accepts {EVENT_SCHEMA} and {RESPONSE_SCHEMA}",
             **_address(raw),
         )
     raise WireError(f"unknown schema {schema!r}", **_address(raw))

@@ -104,8 +104,9 @@ def status_document(
     (``time.time()``), ``pid`` defaults to this process. Sessions are sorted
     by thread key; ``recent`` holds the last events, oldest first. Infinite or
     unknown durations are ``null``. A front-end that is not running is
-    ``null``. ``closing`` says shutdown began before the pool knows it. No snapshot holds a token, but free text (event details, tool
-    titles, the gateway's last error) is still masked with ``secrets``.
+    ``null``. ``closing`` says shutdown began before the pool knows it. No
+    snapshot holds a token, but free text (event details, tool titles, the
+    gateway's last error) is still masked with ``secrets``.
     """
     by_state = state_counts(snapshot)
     sessions = sorted(snapshot.sessions, key=lambda s: (s.thread_key or "", s.state))

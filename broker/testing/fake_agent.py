@@ -244,7 +244,8 @@ class FakeAgent:
             await self.wire.respond(request_id, result)
 
     def notification(self, method: str, params: JSON) -> None:
-        """``session/cancel`` cancels the session's running and queued prompts; others are ignored."""
+        """``session/cancel`` cancels the session's running and queued prompts; others are
+        ignored."""
         if method != "session/cancel":
             if not method.startswith("_"):
                 log(f"notification {method} ignored")

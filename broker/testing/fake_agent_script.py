@@ -98,7 +98,8 @@ class Hang:
 
 @attrs.frozen
 class Flood:
-    """Send ``count`` tiny agent_message_chunks (texts ``"0 "``, ``"1 "`` ...) as fast as possible."""
+    """Send ``count`` tiny agent_message_chunks (texts ``"0 "``, ``"1 "`` ...) as fast as
+    possible."""
 
     count: int
 

@@ -66,7 +66,7 @@ async def fake_agent(
         client = AcpClient(child.send, options or ClientOptions(cwd=str(tmp_path)))
         nursery.start_soon(client.serve, child.stdout_lines(), child.stderr_tail)
         with trio.fail_after(30):
-            await client.initialize(timeout=30)
+            await client.initialize()
         yield client
         nursery.cancel_scope.cancel()
 
@@ -75,7 +75,7 @@ async def test_prompt_streams_the_reply_of_a_real_agent_process(tmp_path: Path) 
     async with fake_agent(tmp_path) as client:
         seen: list[SessionUpdate] = []
         with trio.fail_after(30):
-            setup = await client.new_session(str(tmp_path), timeout=30)
+            setup = await client.new_session(str(tmp_path))
             stop = await client.prompt(
                 setup.session_id,
                 [TextContent("@tool Reading files 0.05 read\n@reply hello from the agent")],
@@ -100,7 +100,7 @@ async def test_cancel_answers_a_pending_permission_of_a_real_agent(tmp_path: Pat
         seen: list[SessionUpdate] = []
         stop: list[str] = []
         with trio.fail_after(30):
-            setup = await client.new_session(str(tmp_path), timeout=30)
+            setup = await client.new_session(str(tmp_path))
 
             async def run() -> None:
                 stop.append(
@@ -127,7 +127,7 @@ async def test_permission_policy_decides_for_a_real_agent(tmp_path: Path) -> Non
     async with fake_agent(tmp_path, options) as client:
         seen: list[SessionUpdate] = []
         with trio.fail_after(30):
-            setup = await client.new_session(str(tmp_path), timeout=30)
+            setup = await client.new_session(str(tmp_path))
             stop = await client.prompt(
                 setup.session_id,
                 [
@@ -145,12 +145,12 @@ async def test_permission_policy_decides_for_a_real_agent(tmp_path: Path) -> Non
 async def test_load_session_in_a_new_process_replays_history_apart(tmp_path: Path) -> None:
     async with fake_agent(tmp_path) as client:
         with trio.fail_after(30):
-            session_id = (await client.new_session(str(tmp_path), timeout=30)).session_id
+            session_id = (await client.new_session(str(tmp_path))).session_id
             await client.prompt(session_id, [TextContent("@reply first answer")], lambda u: None)
     async with fake_agent(tmp_path) as client:
         seen: list[SessionUpdate] = []
         with trio.fail_after(30):
-            loaded = await client.load_session(session_id, str(tmp_path), timeout=30)
+            loaded = await client.load_session(session_id, str(tmp_path))
             await client.prompt(session_id, [TextContent("@reply second answer")], seen.append)
     assert any(isinstance(u, UserMessageChunk) for u in loaded.replayed)
     assert "first answer" in reply_text(list(loaded.replayed))
@@ -160,7 +160,7 @@ async def test_load_session_in_a_new_process_replays_history_apart(tmp_path: Pat
 async def test_agent_crash_fails_the_prompt_with_its_stderr(tmp_path: Path) -> None:
     async with fake_agent(tmp_path) as client:
         with trio.fail_after(30):
-            session_id = (await client.new_session(str(tmp_path), timeout=30)).session_id
+            session_id = (await client.new_session(str(tmp_path))).session_id
             try:
                 await client.prompt(session_id, [TextContent("@crash 3")], lambda u: None)
             except PeerClosed as exc:
@@ -173,7 +173,7 @@ async def test_agent_crash_fails_the_prompt_with_its_stderr(tmp_path: Path) -> N
 async def test_overlong_line_fails_the_prompt_at_once(tmp_path: Path) -> None:
     async with fake_agent(tmp_path, max_line_bytes=64 * 1024) as client:
         with trio.fail_after(30):
-            session_id = (await client.new_session(str(tmp_path), timeout=30)).session_id
+            session_id = (await client.new_session(str(tmp_path))).session_id
             try:
                 await client.prompt(
                     session_id, [TextContent("@longline 200000\n@hang")], lambda u: None

@@ -27,7 +27,9 @@ class EchoSink:
         if text == "slow":
             await self.release.wait()
         if text == "ask":
-            response = await channel.request(OutboundReply.to_event(event, "..."), timeout=1.0)
+            response = None
+            with trio.move_on_after(1.0):
+                response = await channel.request(OutboundReply.to_event(event, "..."))
             self.responses.append(response)
             if response is not None and response.message_id:
                 edit = OutboundReply.to_event(event, "echo: ask")

@@ -106,11 +106,10 @@ class RunningAgent:
     client: AcpClient
     child: Child
 
-    async def finish(self, timeout: float = 15.0) -> ExitStatus:
-        """Close the agent's stdin and wait (bounded) for it to exit by itself."""
+    async def finish(self) -> ExitStatus:
+        """Close the agent's stdin and wait for it to exit by itself (bounded by the caller)."""
         await self.child.close_stdin()
-        with trio.fail_after(timeout):
-            return await self.child.wait()
+        return await self.child.wait()
 
 
 @asynccontextmanager

@@ -125,7 +125,7 @@ def _differences(sent: Any, kept: Any, path: str) -> list[str]:
     if isinstance(sent, list) and isinstance(kept, list) and len(sent) == len(kept):
         return [
             p
-            for i, (s, k) in enumerate(zip(sent, kept))
+            for i, (s, k) in enumerate(zip(sent, kept, strict=True))
             for p in _differences(s, k, f"{path}[{i}]")
         ]
     if sent != kept or type(sent) is not type(kept):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from broker.acp.client import AcpClient, SessionState
+from broker.acp.client import AcpClient, AcpSession
 from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import (
     AgentMessageChunk,
@@ -123,7 +123,7 @@ async def test_tool_call_rejected_by_policy_does_not_run(claude: Claude) -> None
         assert claude.model.tool_result_texts and "refused" in claude.model.tool_result_texts[0]
 
 
-def current_value(state: SessionState, config_id: str) -> object:
+def current_value(state: AcpSession, config_id: str) -> object:
     [option] = [o for o in state.config_options if o.id == config_id]
     return option.current_value
 

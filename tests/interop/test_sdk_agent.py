@@ -90,7 +90,8 @@ class SdkAgent:
 
 
 async def finish_cleanly(agent: RunningAgent) -> None:
-    status = await agent.finish(BOUND)
+    with trio.fail_after(BOUND):
+        status = await agent.finish()
     assert status.returncode == 0, (
         f"sdk agent {status.describe()}; stderr: {agent.child.stderr_tail()}"
     )

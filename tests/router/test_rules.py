@@ -10,10 +10,10 @@ import trio
 
 from broker.chat.commands import SlashCommand, parse_command
 from broker.chat.prompt import fenced
-from broker.chat.router import SHUTDOWN_REPLY, Router, ignore_reason, strip_leading_mentions
+from broker.chat.router import Router, ignore_reason, strip_leading_mentions
 from broker.config import BrokerConfig, RouterConfig
-from broker.frontends.base import RESPONSE_TIMEOUT_SECS
 from broker.frontends.wire import GatewayResponse, OutboundReply
+from broker.sentences import SHUTDOWN_REPLY
 from broker.sessions.pool import open_pool
 from broker.testing.fake_gateway import make_event
 
@@ -64,9 +64,7 @@ class RecordingChannel:
     async def send_reply(self, reply: OutboundReply) -> None:
         self.replies.append(reply)
 
-    async def request(
-        self, reply: OutboundReply, *, timeout: float = RESPONSE_TIMEOUT_SECS
-    ) -> GatewayResponse | None:
+    async def request(self, reply: OutboundReply) -> GatewayResponse | None:
         raise RuntimeError("broken transport")
 
 
