@@ -1,16 +1,6 @@
 import pytest
 
-from broker.chat.render import (
-    agent_died_reason,
-    busy_reason,
-    duration_phrase,
-    error_reason,
-    pool_full_reason,
-    render,
-    render_end,
-    start_failed_reason,
-    timeout_reason,
-)
+from broker.chat.render import render, render_end
 from broker.reply import (
     Outcome,
     PlanEntry,
@@ -23,6 +13,15 @@ from broker.reply import (
     Transcript,
     TurnEnd,
     TurnStarted,
+)
+from broker.sentences import (
+    agent_died_reason,
+    busy_reason,
+    duration_phrase,
+    error_reason,
+    pool_full_reason,
+    start_failed_reason,
+    timeout_reason,
 )
 
 
@@ -234,7 +233,8 @@ def test_busy_reply_says_how_many_wait_and_what_to_do() -> None:
 
 def test_pool_full_reply_names_the_busy_sessions() -> None:
     assert render_end(TurnEnd(Outcome.POOL_FULL, reason=pool_full_reason(20)), Transcript()) == (
-        "⏳ All 20 agent sessions are busy, so no agent can start for this thread right now. "
+        "⏳ All 20 agent sessions are busy (pool full), so no agent can start for this thread"
+        " right now. "
         "Try again when one of them finishes."
     )
     assert pool_full_reason(1).startswith("The only agent session is busy")
@@ -251,8 +251,8 @@ def test_start_failure_gives_the_error() -> None:
 
 def test_shutdown_tells_the_user_to_send_again() -> None:
     assert render_end(TurnEnd(Outcome.SHUTDOWN), started()) == (
-        "🔌 The broker is shutting down, so this turn was stopped; "
-        "send your message again once it is back."
+        "🔌 The broker is restarting, so this message was not finished; "
+        "send it again once it is back."
     )
 
 

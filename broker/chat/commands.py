@@ -13,7 +13,7 @@ the mention first.
 ``/model`` and ``/mode`` work on the config options the running agent
 advertised (the option whose ``category`` or ``id`` is ``model`` or
 ``mode``). With no running agent there is nothing to ask: the answer says so.
-Requests to the agent are bounded by ``timeout`` seconds.
+Requests to the agent are bounded by the caller's cancel scope.
 """
 
 from __future__ import annotations
@@ -21,29 +21,18 @@ from __future__ import annotations
 import re
 
 import attrs
-import trio
 
+from broker import sentences
 from broker.acp.client import AcpError
-from broker.acp.jsonrpc import PeerClosed, RequestTimeout, RpcError
+from broker.acp.jsonrpc import PeerClosed, RpcError
 from broker.acp.schema import ConfigOption
+from broker.sentences import HELP_TEXT
 from broker.sessions.pool import NoLiveSession, Pool
 from broker.sessions.session import SessionSnapshot
 
 COMMANDS = ("reset", "cancel", "status", "model", "mode", "help", "allow", "deny", "answer")
 _COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?:@(\S+))?(?:\s+(.*))?$", re.DOTALL)
-_AGENT_ERRORS = (AcpError, RpcError, RequestTimeout, PeerClosed)
-
-HELP_TEXT = """\
-Commands answered by the broker:
-/status — this thread's agent: state, uptime, queue, current tool
-/cancel — stop the running turn (queued messages still run)
-/reset — stop the agent and forget this thread's conversation
-/model [list | set NAME] — show or switch the agent's model
-/mode [list | set NAME] — show or switch the agent's mode
-/allow N, /allow always N — allow what question N asks (once, or from now on)
-/deny N, /deny always N — refuse it; /answer N K — pick its K-th option
-/help — this list
-Any other /command goes to the agent as text."""
+_AGENT_ERRORS = (AcpError, RpcError, PeerClosed)
 
 
 @attrs.frozen
@@ -61,28 +50,22 @@ def parse_command(text: str) -> SlashCommand | None:
     return SlashCommand(match.group(1).lower(), tuple((match.group(3) or "").split()))
 
 
-async def run_command(command: SlashCommand, pool: Pool, key: str, *, timeout: float) -> str:
+async def run_command(command: SlashCommand, pool: Pool, key: str) -> str:
     """Carry out ``command`` for thread ``key``; the text of the one reply.
 
-    Never raises for what the agent does (errors, no answer within
-    ``timeout``, exit): the reply says what happened.
+    Never raises for what the agent does (errors, exit): the reply says what
+    happened. It sets no deadline: the caller bounds a slow agent's answer
+    with its cancel scope (:func:`sentences.command_timed_out` says so).
     """
     if command.name == "help":
         return HELP_TEXT
     if command.name == "status":
         return status_text(pool, key)
     if command.name == "cancel":
-        if await pool.cancel(key):
-            return "🛑 Cancelling the running turn; its reply says when it has stopped."
-        return "Nothing is running in this thread, so there is nothing to cancel."
+        return sentences.CANCELLING if await pool.cancel(key) else sentences.NOTHING_TO_CANCEL
     if command.name == "reset":
-        if await pool.reset(key):
-            return (
-                "🔄 Reset: this thread's agent is stopped and its conversation forgotten. "
-                "Your next message starts a fresh one."
-            )
-        return "Nothing to reset: this thread has no conversation yet."
-    return await _option_command(command, pool, key, timeout)
+        return sentences.RESET_DONE if await pool.reset(key) else sentences.NOTHING_TO_RESET
+    return await _option_command(command, pool, key)
 
 
 # --- /status -------------------------------------------------------------------------------
@@ -92,44 +75,25 @@ def status_text(pool: Pool, key: str) -> str:
     """What ``/status`` answers: synchronous, never waits."""
     snap = pool.session_snapshot(key)
     if snap is None:
-        if pool.is_suspended(key):
-            state = "the conversation is suspended and resumes with your next message"
-        else:
-            state = "your next message starts a new conversation"
-        return f"📊 No running agent for this thread; {state}.\n{pool.snapshot().summary()}."
+        state = sentences.STATUS_SUSPENDED if pool.is_suspended(key) else sentences.STATUS_NEW
+        return sentences.status_no_agent(state, pool.snapshot().summary())
     return _session_lines(snap)
 
 
 def _session_lines(snap: SessionSnapshot) -> str:
-    pid = f" (pid {snap.pid})" if snap.pid else ""
-    lines = [f"📊 Agent {snap.agent}{pid}: {snap.state}, up {duration(snap.age_secs)}"]
+    lines = [sentences.status_agent(snap.agent, snap.pid, snap.state, snap.age_secs)]
     if snap.turn_elapsed_secs is not None:
-        turn = f"Turn running for {duration(snap.turn_elapsed_secs)}"
-        if snap.turn_deadline_in_secs is not None:
-            turn += f" (time limit in {duration(snap.turn_deadline_in_secs)})"
-        if snap.current_tool:
-            turn += f"; tool: {snap.current_tool}"
-        lines.append(turn)
+        lines.append(
+            sentences.status_turn(
+                snap.turn_elapsed_secs, snap.turn_deadline_in_secs, snap.current_tool
+            )
+        )
         if snap.waiting_for is not None:
-            since = duration(snap.waiting_secs or 0)
-            lines.append(f"⏸️ Waiting for approval: {snap.waiting_for} (asked {since} ago)")
+            lines.append(sentences.status_waiting(snap.waiting_for, snap.waiting_secs or 0))
     elif snap.idle_secs is not None:
-        lines.append(f"Idle for {duration(snap.idle_secs)}")
-    lines.append(
-        f"Queue: {snap.queue_length} waiting · turns done: {snap.turns_done}"
-        f" · restarts: {snap.restarts}"
-    )
+        lines.append(sentences.status_idle(snap.idle_secs))
+    lines.append(sentences.status_counts(snap.queue_length, snap.turns_done, snap.restarts))
     return "\n".join(lines)
-
-
-def duration(secs: float) -> str:
-    """``75`` -> ``1m 15s``; ``3700`` -> ``1h 1m``; ``4.2`` -> ``4s``."""
-    total = max(int(secs), 0)
-    hours, rest = divmod(total, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
 
 
 # --- /model and /mode ----------------------------------------------------------------------
@@ -156,50 +120,41 @@ def match_value(option: ConfigOption, wanted: str) -> str | None:
 
 
 def list_text(option: ConfigOption, kind: str) -> str:
-    lines = [f"{'🧠' if kind == 'model' else '🎛️'} {option.name or kind.title()}:"]
+    lines = [f"{sentences.option_icon(kind)} {option.name or kind.title()}:"]
     for value in option.options:
         mark = " (current)" if value.value == option.current_value else ""
         name = f" — {value.name}" if value.name and value.name != value.value else ""
         lines.append(f"• {value.value}{name}{mark}")
-    lines.append(f"Switch with /{kind} set NAME.")
+    lines.append(sentences.option_switch_hint(kind))
     return "\n".join(lines)
 
 
-async def _option_command(command: SlashCommand, pool: Pool, key: str, timeout: float) -> str:
+async def _option_command(command: SlashCommand, pool: Pool, key: str) -> str:
     kind = command.name
     args = command.args
     if args and args[0].lower() == "set":
         args = args[1:]
         if not args:
-            return f"Say which {kind} to use: /{kind} set NAME (see /{kind} list)."
+            return sentences.option_set_usage(kind)
     elif args and args[0].lower() == "list":
         args = ()
     try:
-        with trio.fail_after(timeout):
-            options = await pool.config_options(key)
-            option = find_option(options, kind)
-            if not args:
-                if option is None:
-                    return f"This agent offers no {kind} choice."
-                return list_text(option, kind)
-            wanted = " ".join(args)
-            if option is None:
-                if kind == "mode":
-                    await pool.set_mode(key, wanted)
-                    return f"🎛️ Mode set to {wanted}."
-                return f"This agent offers no {kind} choice."
-            value = match_value(option, wanted)
-            if value is None:
-                choices = ", ".join(v.value for v in option.options)
-                return f"Unknown {kind} “{wanted}”. Choose one of: {choices}."
-            await pool.set_config_option(key, option.id, value)
-            return f"{'🧠' if kind == 'model' else '🎛️'} {kind.title()} set to {value}."
+        options = await pool.config_options(key)
+        option = find_option(options, kind)
+        if not args:
+            return sentences.option_missing(kind) if option is None else list_text(option, kind)
+        wanted = " ".join(args)
+        if option is None:
+            if kind == "mode":
+                await pool.set_mode(key, wanted)
+                return sentences.option_set(kind, wanted)
+            return sentences.option_missing(kind)
+        value = match_value(option, wanted)
+        if value is None:
+            return sentences.option_unknown(kind, wanted, [v.value for v in option.options])
+        await pool.set_config_option(key, option.id, value)
+        return sentences.option_set(kind, value)
     except NoLiveSession:
-        return (
-            f"No agent is running in this thread, so there is no {kind} to show or set. "
-            "Send a message first, then try again."
-        )
-    except trio.TooSlowError:
-        return f"The agent did not answer the {kind} request within {timeout:g} s."
+        return sentences.option_no_agent(kind)
     except _AGENT_ERRORS as exc:
-        return f"The agent could not change the {kind}: {exc}."
+        return sentences.option_failed(kind, str(exc))

@@ -41,16 +41,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from broker.chat.render import (
-    agent_died_reason,
-    busy_reason,
-    error_reason,
-    pool_full_reason,
-    render,
-    render_end,
-    start_failed_reason,
-    timeout_reason,
-)
+from broker.chat.render import render, render_end
 from broker.chat.split import platform_limit, split_message
 from broker.reply import Outcome, Transcript
 
@@ -65,19 +56,13 @@ __all__ = [
     "ReactionSet",
     "SendNow",
     "WaitUntil",
-    "agent_died_reason",
-    "busy_reason",
-    "error_reason",
     "message_updates",
     "platform_limit",
-    "pool_full_reason",
     "reaction_changes",
     "reaction_for",
     "render",
     "render_end",
     "split_message",
-    "start_failed_reason",
-    "timeout_reason",
 ]
 
 

@@ -17,6 +17,7 @@ import binascii
 
 import attrs
 
+from broker import sentences
 from broker.config import PromptConfig
 from broker.frontends.wire import InboundEvent
 from broker.reply import Image, Person, Prompt
@@ -43,15 +44,6 @@ def sender_context(event: InboundEvent) -> str:
         f"[Message from {sender.display_name} (username {sender.name}, id {sender.id}) "
         f"on {event.platform}]"
     )
-
-
-def size_phrase(n: int) -> str:
-    """``2048`` -> ``2 KiB``; ``5242880`` -> ``5 MiB``; ``300`` -> ``300 bytes``."""
-    if n >= 1024 * 1024:
-        return f"{n / (1024 * 1024):.3g} MiB"
-    if n >= 1024:
-        return f"{n / 1024:.3g} KiB"
-    return f"{n} bytes"
 
 
 def fenced(name: str, content: str) -> str:
@@ -82,21 +74,17 @@ def build_prompt(event: InboundEvent, text: str, config: PromptConfig) -> Prompt
             )
             continue
         if attachment.type not in ("image", "text_file"):
-            notes.append(
-                f"{name} was not passed to the agent: "
-                f"{attachment.type} attachments are not supported."
-            )
+            notes.append(sentences.attachment_unsupported(name, attachment.type))
             continue
         try:
             data = base64.b64decode(attachment.data, validate=True)
         except (binascii.Error, ValueError):
-            notes.append(f"{name} was not passed to the agent: its data is not valid base64.")
+            notes.append(sentences.attachment_not_base64(name))
             continue
         total += len(data)
         if len(data) > config.max_attachment_bytes:
             notes.append(
-                f"{name} was not passed to the agent: it is {size_phrase(len(data))}, over the "
-                f"limit of {size_phrase(config.max_attachment_bytes)} per attachment."
+                sentences.attachment_too_large(name, len(data), config.max_attachment_bytes)
             )
         elif attachment.type == "image":
             mime = attachment.mime_type or "image/png"
@@ -104,15 +92,10 @@ def build_prompt(event: InboundEvent, text: str, config: PromptConfig) -> Prompt
         else:
             files.append(fenced(name, data.decode("utf-8", errors="replace")))
     if total > config.max_message_bytes:
-        return Refusal(
-            f"⚠️ This message is too large: {size_phrase(total)} with its attachments, over the "
-            f"limit of {size_phrase(config.max_message_bytes)}. Nothing was sent to the agent; "
-            "send smaller or fewer files."
-        )
+        return Refusal(sentences.message_too_large(total, config.max_message_bytes))
     prompt_text = "\n\n".join(part for part in (text, *files) if part)
     if not prompt_text.strip() and not images:
-        why = " ".join(notes) if notes else "It has no text and no attachments."
-        return Refusal(f"⚠️ Nothing to send to the agent. {why}")
+        return Refusal(sentences.nothing_to_send(notes))
     context = sender_context(event) if config.sender_context else None
     author = Person(event.sender.id, event.sender.name)
     return PromptPlan(Prompt(prompt_text, tuple(images), context, author), tuple(notes))

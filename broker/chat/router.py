@@ -43,6 +43,7 @@ from collections.abc import Iterable
 
 import trio
 
+from broker import sentences
 from broker.chat.commands import parse_command, run_command
 from broker.chat.delivery import Replier, deliver_turn, with_notes
 from broker.chat.journal import Duplicate, EventJournal
@@ -53,6 +54,7 @@ from broker.config import BrokerConfig, RouterConfig
 from broker.frontends.base import RESPONSE_TIMEOUT_SECS, ReplyChannel
 from broker.frontends.wire import InboundEvent, thread_key
 from broker.reply import Person
+from broker.sentences import SHUTDOWN_REPLY
 from broker.sessions.pool import Pool
 from broker.sessions.questions import Accepted, Answerer
 
@@ -61,9 +63,6 @@ log = logging.getLogger(__name__)
 DIRECT_CHANNEL_TYPES = frozenset({"direct", "dm", "private", "im", "p2p", "personal"})
 COMMAND_TIMEOUT_SECS = 30.0
 CANCELLED_REPLY_GRACE_SECS = 1.0
-SHUTDOWN_REPLY = (
-    "🔌 The broker stopped before this message was answered; send it again once it is back."
-)
 
 
 # --- who may talk ------------------------------------------------------------------------
@@ -212,10 +211,7 @@ class Router:
         except Exception as exc:
             log.exception("handling %s from %s failed", event.event_id, channel.connection_id)
             if not replier.finished:
-                final = (
-                    f"⚠️ Internal error while handling this message ({_leaf_name(exc)}). "
-                    "It was logged; please try again."
-                )
+                final = sentences.internal_error(_leaf_name(exc))
                 await replier.final(final)
         finally:
             if not replier.finished:
@@ -257,7 +253,9 @@ class Router:
             return answer_text(decision)
         if command is not None:
             log.info("%s: /%s from %s", key, command.name, event.sender.id)
-            answer = await run_command(command, self.pool, key, timeout=self.command_timeout)
+            answer = sentences.command_timed_out(command.name, self.command_timeout)
+            with trio.move_on_after(self.command_timeout):
+                answer = await run_command(command, self.pool, key)
             await replier.final(answer)
             return answer
         plan = build_prompt(event, text, config.prompt)

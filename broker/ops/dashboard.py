@@ -38,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from broker.ops.status import STATUS_PATH, STATUS_SCHEMA
+from broker.sentences import duration
 
 EX_OK = 0
 EX_UNAVAILABLE = 69  # the broker is not reachable
@@ -131,20 +132,6 @@ def _cause(exc: BaseException) -> str:
 
 
 # -- formatting -------------------------------------------------------------------
-
-
-def duration(secs: float | None) -> str:
-    """``45s``, ``3m05s``, ``2h07m``, ``3d04h``; ``-`` for unknown."""
-    if secs is None:
-        return "-"
-    whole = int(max(0.0, secs))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def _text(value: Any) -> str:

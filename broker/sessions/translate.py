@@ -9,7 +9,7 @@ plain words what it had to leave out.
 
 from __future__ import annotations
 
-from broker import reply
+from broker import reply, sentences
 from broker.acp import schema
 from broker.acp.schema import ContentBlock, ImageContent, TextContent
 
@@ -68,5 +68,5 @@ def prompt_blocks(
             blocks.append(ImageContent(data=image.data_base64, mime_type=image.mime_type))
         else:
             name = image.filename or "an image"
-            notes.append(f"{name} was not sent: this agent does not accept images.")
+            notes.append(sentences.image_not_accepted(name))
     return blocks, notes

@@ -11,6 +11,7 @@ import trio
 
 from broker.config import BrokerConfig
 from broker.reply import Outcome, Prompt, TurnHandle
+from broker.sentences import pool_full_reason
 from broker.sessions.pool import Pool, open_pool
 from broker.store import open_store
 from tests.pool.conftest import ask
@@ -67,7 +68,7 @@ async def test_all_sessions_busy_gives_a_clear_pool_full_error_at_once(
             with trio.fail_after(1):
                 refused = await ask(pool, "cli:B", "hello")
             assert refused.outcome is Outcome.POOL_FULL
-            assert "pool full (1 busy sessions)" in refused.reason
+            assert refused.reason == pool_full_reason(1)
             assert pool.counters.refused_pool_full == 1
 
 

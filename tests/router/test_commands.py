@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import trio
 
-from broker.chat.commands import HELP_TEXT
 from broker.config import BrokerConfig
+from broker.sentences import HELP_TEXT
 from tests.router.stack import connect, running_broker
 
 
 async def test_status_model_and_mode_before_and_after_the_agent_runs(
     make_config: Callable[..., BrokerConfig],
 ) -> None:
+    config = make_config()
+    agent = os.path.basename(config.agent.command)  # what the broker calls the agent
     with trio.fail_after(60):
-        async with running_broker(make_config()) as stack, connect(stack) as client:
+        async with running_broker(config) as stack, connect(stack) as client:
             assert await client.ask("/help") == HELP_TEXT
             status = await client.ask("/status")
             assert status.startswith("📊 No running agent for this thread; your next message")
@@ -23,7 +26,7 @@ async def test_status_model_and_mode_before_and_after_the_agent_runs(
             assert no_agent.startswith("No agent is running in this thread")
             assert (await client.ask("@reply warm")) == "warm"
             status = await client.ask("/status")
-            assert status.startswith("📊 Agent python (pid ") and ": idle, up " in status
+            assert status.startswith(f"📊 Agent {agent} (pid ") and ": idle, up " in status
             assert "turns done: 1" in status
             models = await client.ask("/model list")
             assert "• fast" in models and "(current)" in models and "• smart" in models

@@ -11,6 +11,7 @@ import trio
 from broker.chat.split import platform_limit
 from broker.config import BrokerConfig
 from broker.frontends.wire import Command, InboundEvent
+from broker.sentences import pool_full_reason
 from tests.router.stack import Frame, connect, edits, running_broker
 
 
@@ -168,7 +169,7 @@ async def test_pool_full_and_shutdown_each_end_in_one_reply(
             await client.wait_for(lambda: any("on it" in f.reply.text for f in client.frames))
             refused = await client.send("hello", channel_id="b")
             text = single_text(await client.settle(stack, refused))
-            assert "pool full (1 busy sessions)" in text
+            assert pool_full_reason(1) in text
             await stack.pool.aclose()
             frames = await client.settle(stack, busy)
             assert frames[0].reply.request_id and frames[1:] == edits(frames)

@@ -1,0 +1,362 @@
+"""Every sentence a person reads: replies, reasons, notes, command answers.
+
+One module, so the broker speaks with one voice and a wording is changed in
+one place. It sits at the root, below the sessions and the chat layer, and
+imports nothing of the broker: the session and the pool build their
+:class:`~broker.reply.TurnEnd` reasons here, the chat layer its commands'
+answers and the words around a reply, the terminal dashboard its durations.
+
+Functions take plain values (seconds, counts, descriptions) and return text;
+nothing here does I/O. The emoji that start a reply are part of its
+sentence.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+# --- small phrasing helpers -------------------------------------------------------------------
+
+_SPACE = re.compile(r"\s+")
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` on one line, cut with an ellipsis to at most ``limit`` characters."""
+    flat = _SPACE.sub(" ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def count_phrase(n: int, noun: str, *, verb: bool = True) -> str:
+    """``count_phrase(1, "message")`` -> "1 message is"; ``verb=False`` leaves the verb out."""
+    plural = n != 1
+    words = f"{n} {noun}{'s' if plural else ''}"
+    if verb:
+        words += " are" if plural else " is"
+    return words
+
+
+def as_sentence(text: str) -> str:
+    """Capitalise and end with a full stop, so a bare clause reads as a sentence."""
+    flat = text.strip()
+    if not flat:
+        return ""
+    flat = flat[0].upper() + flat[1:]
+    return flat if flat[-1] in ".!?…" else flat + "."
+
+
+def _body(text: str) -> str:
+    return one_line(text, 300).rstrip(".") or "no reason given"
+
+
+def duration(secs: float | None) -> str:
+    """``45s``, ``3m05s``, ``2h07m``, ``3d04h``; ``-`` for unknown. The one way
+    the broker writes an elapsed time (``/status``, the dashboard)."""
+    if secs is None:
+        return "-"
+    whole = int(max(0.0, secs))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def wall_clock(epoch_secs: float) -> str:
+    """``1764590709.2`` -> ``"12:05:09 UTC"``: a moment today, as people read it."""
+    return time.strftime("%H:%M:%S UTC", time.gmtime(epoch_secs))
+
+
+def duration_phrase(secs: float) -> str:
+    """``1800`` -> ``"30-minute"``, ``90`` -> ``"90-second"``, ``7200`` -> ``"2-hour"``."""
+    if secs >= 3600 and secs % 3600 == 0:
+        return f"{int(secs // 3600)}-hour"
+    if secs >= 60 and secs % 60 == 0:
+        return f"{int(secs // 60)}-minute"
+    return f"{secs:g}-second"
+
+
+def size_phrase(n: int) -> str:
+    """``2048`` -> ``2 KiB``; ``5242880`` -> ``5 MiB``; ``300`` -> ``300 bytes``."""
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.3g} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.3g} KiB"
+    return f"{n} bytes"
+
+
+# --- why a turn ended (TurnEnd.reason), built by the session and the pool -----------------------
+
+SHUTDOWN = (
+    "The broker is restarting, so this message was not finished; send it again once it is back."
+)
+CANCELLED = "Cancelled."
+RESET = "The conversation was reset."
+RESET_QUEUED = "The conversation was reset before this message ran."
+
+
+def timeout_reason(limit_secs: float) -> str:
+    return f"Stopped after the {duration_phrase(limit_secs)} limit."
+
+
+def agent_died_reason(exit_description: str) -> str:
+    """``exit_description`` as from ``ExitStatus.describe()``: "killed by SIGKILL"."""
+    return f"The agent process exited unexpectedly ({exit_description})."
+
+
+def unreadable_reason(why: str) -> str:
+    return (
+        f"The agent's output could not be read ({why}), so it was stopped."
+        " Your next message starts it again."
+    )
+
+
+def ignored_cancel_reason(reason: str, grace_secs: float) -> str:
+    """``reason`` for a turn whose agent ignored the cancel for ``grace_secs``."""
+    return (
+        f"{reason} The agent did not stop within {grace_secs:g} s of being asked to, so it was"
+        " stopped; the conversation resumes with the next message."
+    )
+
+
+def busy_reason(waiting: int) -> str:
+    return f"This thread is busy: {count_phrase(waiting, 'message')} already waiting."
+
+
+def pool_full_reason(busy_sessions: int) -> str:
+    if busy_sessions == 1:
+        subject = "The only agent session is"
+    else:
+        subject = f"All {busy_sessions} agent sessions are"
+    return f"{subject} busy (pool full), so no agent can start for this thread right now."
+
+
+def start_failed_reason(error: str) -> str:
+    return f"The agent could not be started: {_body(error)}."
+
+
+def refused_reason(tool: str, kind: str | None, rule: str) -> str:
+    """A tool the broker did not allow, and the rule that said no."""
+    what = f"“{one_line(tool, 80)}”" + (f" (kind {kind})" if kind else "")
+    return f"The broker refused the tool {what} by the rule {rule}."
+
+
+def error_reason(error: str) -> str:
+    return f"The agent answered with an error: {_body(error)}."
+
+
+def session_ended_reason(why: str) -> str:
+    return f"The session ended: {why or 'stopped'}."
+
+
+def crash_loop_reason(fatal: str, last: str, until: str) -> str:
+    """The thread is blocked after its agent failed too often; ``until`` is a
+    wall-clock time ("14:05:09 UTC")."""
+    return (
+        f"The agent keeps failing ({fatal}; last: {last}). New messages are refused until"
+        f" {until}; /reset lifts this at once."
+    )
+
+
+# --- how the chat shows a turn (broker.chat.render) ---------------------------------------------
+
+CONTEXT_RESET = (
+    "ℹ️ The earlier conversation of this thread could not be restored; the agent starts fresh."
+)
+PARTIAL_TEXT = "The text above is what the agent wrote so far."
+STARTING = "⏳ Starting…"
+THINKING = "💭 Thinking…"
+WORKING = "⚙️ Working…"
+
+
+def queued_note(position: int) -> str:
+    if position <= 0:
+        return "⏳ Queued; it starts in a moment."
+    if position == 1:
+        return "⏳ Queued behind 1 message; it starts when that one is done."
+    return f"⏳ Queued behind {position} messages; it starts when they are done."
+
+
+DEFAULT_REASONS = {
+    "cancelled": "The turn was cancelled.",
+    "timed_out": "Stopped at the time limit for one turn.",
+    "agent_died": "The agent process exited unexpectedly.",
+    "busy": "This thread is busy.",
+    "pool_full": "Every agent session is busy, so no agent can start right now.",
+    "start_failed": "The agent could not be started.",
+    "shutdown": SHUTDOWN,
+    "error": "The agent answered with an error.",
+}
+HINTS = {
+    "busy": "Try again when the current turn finishes, or /cancel it.",
+    "pool_full": "Try again when one of them finishes.",
+    "agent_died": "Your next message starts it again.",
+}
+DETAIL_LABELS = {"agent_died": "Last lines it logged:", "start_failed": "Last lines it logged:"}
+DETAIL_LABEL = "Details:"
+STOP_NOTES = {
+    "max_tokens": "✂️ The agent stopped early: its answer reached the output length limit.",
+    "max_turn_requests": "✂️ The agent stopped early: it reached its limit of steps for one turn.",
+    "refusal": "🚫 The agent declined to continue.",
+    "cancelled": "🛑 The turn was cancelled.",
+}
+
+
+def empty_turn_sentence(tools: int, failed: int, stop_reason: str | None) -> str:
+    ran = f"ran {count_phrase(tools, 'tool', verb=False)}" if tools else "ran no tools"
+    if failed:
+        ran += f", {failed} failed"
+    return (
+        "The agent finished without writing any text"
+        f" ({ran}; stop reason: {stop_reason or 'none given'})."
+    )
+
+
+# --- the prompt (broker.chat.prompt, broker.sessions.translate) ---------------------------------
+
+
+def attachment_unsupported(name: str, kind: str) -> str:
+    return f"{name} was not passed to the agent: {kind} attachments are not supported."
+
+
+def attachment_not_base64(name: str) -> str:
+    return f"{name} was not passed to the agent: its data is not valid base64."
+
+
+def attachment_too_large(name: str, size: int, limit: int) -> str:
+    return (
+        f"{name} was not passed to the agent: it is {size_phrase(size)}, over the "
+        f"limit of {size_phrase(limit)} per attachment."
+    )
+
+
+def message_too_large(size: int, limit: int) -> str:
+    return (
+        f"⚠️ This message is too large: {size_phrase(size)} with its attachments, over the "
+        f"limit of {size_phrase(limit)}. Nothing was sent to the agent; "
+        "send smaller or fewer files."
+    )
+
+
+def nothing_to_send(notes: list[str]) -> str:
+    why = " ".join(notes) if notes else "It has no text and no attachments."
+    return f"⚠️ Nothing to send to the agent. {why}"
+
+
+def image_not_accepted(name: str) -> str:
+    return f"{name} was not sent: this agent does not accept images."
+
+
+# --- the router ---------------------------------------------------------------------------------
+
+SHUTDOWN_REPLY = f"🔌 {SHUTDOWN}"
+
+
+def internal_error(error_name: str) -> str:
+    return (
+        f"⚠️ Internal error while handling this message ({error_name}). "
+        "It was logged; please try again."
+    )
+
+
+# --- broker commands (broker.chat.commands) -----------------------------------------------------
+
+HELP_TEXT = """\
+Commands answered by the broker:
+/status — this thread's agent: state, uptime, queue, current tool
+/cancel — stop the running turn (queued messages still run)
+/reset — stop the agent and forget this thread's conversation
+/model [list | set NAME] — show or switch the agent's model
+/mode [list | set NAME] — show or switch the agent's mode
+/allow N, /allow always N — allow what question N asks (once, or from now on)
+/deny N, /deny always N — refuse it; /answer N K — pick its K-th option
+/help — this list
+Any other /command goes to the agent as text."""
+CANCELLING = "🛑 Cancelling the running turn; its reply says when it has stopped."
+NOTHING_TO_CANCEL = "Nothing is running in this thread, so there is nothing to cancel."
+RESET_DONE = (
+    "🔄 Reset: this thread's agent is stopped and its conversation forgotten. "
+    "Your next message starts a fresh one."
+)
+NOTHING_TO_RESET = "Nothing to reset: this thread has no conversation yet."
+STATUS_SUSPENDED = "the conversation is suspended and resumes with your next message"
+STATUS_NEW = "your next message starts a new conversation"
+
+
+def status_no_agent(state: str, pool_summary: str) -> str:
+    return f"📊 No running agent for this thread; {state}.\n{pool_summary}."
+
+
+def status_blocked(reason: str, until: str, detail: str) -> str:
+    """``/status`` of a thread whose agent keeps failing."""
+    lines = [f"📊 Blocked until {until}: {reason}"]
+    if detail.strip():
+        lines.append(f"Last lines it logged:\n{detail.strip()}")
+    return "\n".join(lines)
+
+
+def status_agent(agent: str, pid: int | None, state: str, age_secs: float) -> str:
+    at = f" (pid {pid})" if pid else ""
+    return f"📊 Agent {agent}{at}: {state}, up {duration(age_secs)}"
+
+
+def status_turn(elapsed: float, deadline_in: float | None, tool: str | None) -> str:
+    turn = f"Turn running for {duration(elapsed)}"
+    if deadline_in is not None:
+        turn += f" (time limit in {duration(deadline_in)})"
+    if tool:
+        turn += f"; tool: {tool}"
+    return turn
+
+
+def status_waiting(tool: str, waiting_secs: float) -> str:
+    return f"⏸️ Waiting for approval: {tool} (asked {duration(waiting_secs)} ago)"
+
+
+def status_idle(idle_secs: float) -> str:
+    return f"Idle for {duration(idle_secs)}"
+
+
+def status_counts(queue: int, turns: int, restarts: int) -> str:
+    return f"Queue: {queue} waiting · turns done: {turns} · restarts: {restarts}"
+
+
+def option_set_usage(kind: str) -> str:
+    return f"Say which {kind} to use: /{kind} set NAME (see /{kind} list)."
+
+
+def option_missing(kind: str) -> str:
+    return f"This agent offers no {kind} choice."
+
+
+def option_icon(kind: str) -> str:
+    return "🧠" if kind == "model" else "🎛️"
+
+
+def option_set(kind: str, value: str) -> str:
+    return f"{option_icon(kind)} {kind.title()} set to {value}."
+
+
+def option_unknown(kind: str, wanted: str, choices: list[str]) -> str:
+    return f"Unknown {kind} “{wanted}”. Choose one of: {', '.join(choices)}."
+
+
+def option_switch_hint(kind: str) -> str:
+    return f"Switch with /{kind} set NAME."
+
+
+def option_no_agent(kind: str) -> str:
+    return (
+        f"No agent is running in this thread, so there is no {kind} to show or set. "
+        "Send a message first, then try again."
+    )
+
+
+def command_timed_out(name: str, secs: float) -> str:
+    return f"The agent did not answer /{name} within {secs:g} s."
+
+
+def option_failed(kind: str, error: str) -> str:
+    return f"The agent could not change the {kind}: {error}."
