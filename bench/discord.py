@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from bench.client import Exchange, open_chat, text_is
+from bench.client import Exchange, ask_within, open_chat, text_is
 from bench.harness import (
     SEPARATE,
     Context,
@@ -82,10 +82,11 @@ async def _server_round(url: str, count: int, round_no: int) -> list[float]:
 
         async def one(index: int) -> None:
             prompt, reply, marker = short_turn(f"s{index}r{round_no}")
-            exchange: Exchange = await client.ask(
+            exchange: Exchange = await ask_within(
+                client,
+                TURN_TIMEOUT,
                 f"thread-{index}",
                 prompt,
-                TURN_TIMEOUT,
                 done_when=text_is(reply),
                 first_marker=marker,
             )

@@ -22,7 +22,8 @@ import enum
 from collections.abc import AsyncIterator
 
 import attrs
-import trio
+
+from broker.pulse import Pulse
 
 
 class Outcome(enum.Enum):
@@ -328,7 +329,7 @@ class TurnHandle:
         self.thread_key = thread_key
         self.transcript = Transcript()
         self._pending: list[ReplyEvent] = []
-        self._changed = trio.Event()
+        self._changed = Pulse()
 
     def __repr__(self) -> str:
         state = self.transcript.end.outcome.value if self.transcript.end else "open"
@@ -343,8 +344,7 @@ class TurnHandle:
             return
         self._pending.append(event)
         self.transcript.apply(event)
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.fire()
 
     def push_late(self, text: str) -> None:
         """Add ``text`` the agent sent for this turn after its :class:`TurnEnd`.
@@ -364,8 +364,7 @@ class TurnHandle:
 
     def _bump(self) -> None:
         self.transcript.version += 1
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.fire()
 
     async def wait_changed(self, seen_version: int) -> None:
         """Return once the transcript's version is past ``seen_version``."""

@@ -134,7 +134,8 @@ def pool_full_reason(busy_sessions: int) -> str:
 
 
 def start_failed_reason(error: str) -> str:
-    return f"The agent could not be started: {_body(error)}."
+    """Kept whole: the error names what the operator must change."""
+    return f"The agent could not be started: {error.strip().rstrip('.') or 'no reason given'}."
 
 
 def refused_reason(tool: str, kind: str | None, rule: str) -> str:
@@ -219,6 +220,10 @@ def empty_turn_sentence(tools: int, failed: int, stop_reason: str | None) -> str
 
 def attachment_unsupported(name: str, kind: str) -> str:
     return f"{name} was not passed to the agent: {kind} attachments are not supported."
+
+
+def attachment_unavailable(name: str) -> str:
+    return f"{name} was not passed to the agent: it could not be downloaded."
 
 
 def attachment_not_base64(name: str) -> str:

@@ -312,9 +312,9 @@ class Store:
         self, destination: str, added: list[tuple[int, str]], removed: list[int]
     ) -> None:
         """Add ``added`` (row id from :meth:`new_outbox_id`, frame), then delete
-        the rows ``removed`` (added ones too), in one transaction. The oldest rows go first when more
-        than ``outbox_limit`` would wait (with an error in the log); the size is
-        a counter, so no write counts the table."""
+        the rows ``removed`` (added ones too), in one transaction. The oldest
+        rows go first when more than ``outbox_limit`` would wait (with an error
+        in the log); the size is a counter, so no write counts the table."""
         now, limit = time.time(), self._outbox_limit
         self.outbox_rows += len(added) - len(removed)
         excess = max(0, self.outbox_rows - limit)

@@ -17,10 +17,10 @@ Checked, and reported as figures at the end (exit code 1 when one fails):
   streaming is off), and only the client that sent it got it: two clients
   share each platform, each with threads of its own, and a reply received by
   another client is counted as misrouted. Clients and the fake gateway
-  acknowledge replies (``client_hello`` / ``hello`` with ``send_ack``). An event whose send failed was never received and is
-  only counted. One sent while a stop was under way and never answered is
-  reported apart (the protocol has no acknowledgement for a frame the server
-  never read);
+  acknowledge replies (``client_hello`` / ``hello`` with ``send_ack``). An
+  event whose send failed was never received and is only counted. One sent
+  while a stop was under way and never answered is reported apart (the
+  protocol has no acknowledgement for a frame the server never read);
 * no process outlives the broker: after every stop, no process (zombies
   aside: this container's init does not reap orphans) carries this run's
   marker in its environment, grandchildren included;

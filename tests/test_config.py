@@ -387,7 +387,7 @@ def test_slack_tokens_are_secrets_and_the_api_url_must_be_https_off_loopback() -
     assert {"xapp-1-A-2-t", "xoxb-1-2-t"} <= set(config.secret_values())
     assert config.redacted().slack.bot_token == "***"
     plain = {"slack": {"api_base_url": "http://slack.example/api/"}}
-    with pytest.raises(ConfigError, match="slack.api_base_url: expected an https:// URL"):
+    with pytest.raises(ConfigError, match=r"slack\.api_base_url: expected an https:// URL"):
         structure_config(plain, file="broker.toml", environ={})
     local = {"slack": {"api_base_url": "http://127.0.0.1:9/api/"}}
     assert structure_config(local, file="broker.toml", environ={}).slack.api_base_url

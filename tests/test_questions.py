@@ -67,7 +67,7 @@ async def test_the_question_says_what_the_tool_will_do_and_how_to_answer() -> No
         "1. Allow — /allow 1\n"
         "2. Always Allow — /allow always 1\n"
         "3. Reject — /deny 1\n"
-        "@alice or an approver can answer. With no answer within 5m 0s the agent is told “Reject”."
+        "@alice or an approver can answer. With no answer within 5m00s the agent is told “Reject”."
     )
     assert [(b.label, b.command, b.style) for b in buttons(entry.question)] == [
         ("Allow", "/allow 1", ButtonStyle.SUCCESS),
@@ -107,7 +107,7 @@ async def test_other_options_are_answered_by_number_and_repeated_kinds_too() -> 
         "/answer 1 3",
     ]
     assert (
-        "Anyone here can answer. With no answer within 1m 0s the agent is told that the request"
+        "Anyone here can answer. With no answer within 1m00s the agent is told that the request"
         in (question_text(entry.question))
     )
 
@@ -236,7 +236,7 @@ async def test_an_unanswered_question_times_out_to_the_reject_option_at_exactly_
     closed = handle.transcript.questions[1].closed
     assert closed is not None and closed.settled is Settled.TIMED_OUT and closed.waited_secs == 300
     assert closed_text(handle.transcript.questions[1]).endswith(
-        "⏱️ No answer within 5m 0s: the agent was told “Reject”."
+        "⏱️ No answer within 5m00s: the agent was told “Reject”."
     )
     assert book.stats.counters.timed_out == 1
 

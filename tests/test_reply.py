@@ -1,5 +1,5 @@
 import trio
-import trio.lowlevel
+import trio.testing
 
 from broker.reply import (
     Outcome,
@@ -40,9 +40,24 @@ def test_transcript_version_changes_only_on_visible_change() -> None:
     assert transcript.end is not None and transcript.end.ok
 
 
-async def test_trio_mode_runs_async_tests() -> None:
-    with trio.fail_after(1):
-        await trio.lowlevel.checkpoint()
+async def test_a_watcher_wakes_once_the_transcript_changes_and_not_before() -> None:
+    from broker.reply import TurnHandle
+
+    handle = TurnHandle("cli:1")
+    seen = handle.transcript.version
+    woke: list[int] = []
+
+    async def watch() -> None:
+        await handle.wait_changed(seen)
+        woke.append(handle.transcript.version)
+
+    with trio.fail_after(2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await trio.testing.wait_all_tasks_blocked()
+            assert woke == []  # nothing changed yet: still waiting
+            handle.push(TextChunk("hi"))
+    assert woke == [seen + 1]
 
 
 async def test_turn_handle_push_never_waits_and_iteration_ends_at_turn_end() -> None:

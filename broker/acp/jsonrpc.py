@@ -15,9 +15,10 @@ order:
 A line that is not a JSON-RPC message (not JSON, nested too deeply, a response
 to an id nobody waits for) is logged and counted; the connection goes on.
 Lone UTF-16 surrogates in the agent's strings are replaced with U+FFFD as the
-line is read, so no text from an agent can fail to encode further on. When the line source ends (EOF, or it raises, e.g. a line over the
-length limit) every pending request fails at once with :class:`PeerClosed`
-carrying ``closed_detail()`` (typically the agent's stderr tail).
+line is read, so no text from an agent can fail to encode further on. When the
+line source ends (EOF, or it raises, e.g. a line over the length limit) every
+pending request fails at once with :class:`PeerClosed` carrying
+``closed_detail()`` (typically the agent's stderr tail).
 
 Writes are serialised by a lock held for one write only, so a notification
 (``session/cancel``) can be sent while a long request is in flight.

@@ -63,15 +63,13 @@ def build_prompt(event: InboundEvent, text: str, config: PromptConfig) -> Prompt
     for number, attachment in enumerate(event.content.attachments, 1):
         name = attachment.filename or f"attachment {number}"
         if attachment.type == "unavailable":
-            notes.append(f"{name} was not passed to the agent: it could not be downloaded.")
+            notes.append(sentences.attachment_unavailable(name))
             continue
         declared = attachment.size or 0
         if not attachment.data and declared > config.max_attachment_bytes:
             # A front-end that fetches files itself leaves an oversized one's data out.
-            notes.append(
-                f"{name} was not passed to the agent: it is {size_phrase(declared)}, over the "
-                f"limit of {size_phrase(config.max_attachment_bytes)} per attachment."
-            )
+            limit = config.max_attachment_bytes
+            notes.append(sentences.attachment_too_large(name, declared, limit))
             continue
         if attachment.type not in ("image", "text_file"):
             notes.append(sentences.attachment_unsupported(name, attachment.type))

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from broker.chat.commands import SlashCommand, duration
+from broker.chat.commands import SlashCommand
 from broker.frontends.base import ReplyChannel
 from broker.frontends.wire import (
     Button,
@@ -42,6 +42,7 @@ from broker.frontends.wire import (
     reply_target,
 )
 from broker.reply import Person, Question, QuestionClosed, QuestionLine, Settled, TurnHandle
+from broker.sentences import duration
 from broker.sessions.questions import Accepted, Answer, Decision, Refusal, Refused
 
 log = logging.getLogger(__name__)
@@ -338,7 +339,9 @@ async def show_questions(
                 )
                 message_id = None
                 if ask_ids:
-                    response = await channel.request(reply, timeout=response_timeout)
+                    response = None
+                    with trio.move_on_after(response_timeout):
+                        response = await channel.request(reply)
                     message_id = response.message_id if response and response.success else None
                 if not ask_ids or response is None:
                     await channel.send_reply(reply)

@@ -54,6 +54,7 @@ from broker.frontends.wire import (
     encode_client_hello,
     error_reply,
 )
+from broker.pulse import Pulse
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class GatewayClient:
         self.events_received = 0
         self.last_error = ""
         self._dial = dial or websocket_dialer(max_frame_bytes)
-        self._changed = trio.Event()
+        self._changed = Pulse()
 
     @property
     def connected(self) -> bool:
@@ -193,8 +194,7 @@ class GatewayClient:
             await self._changed.wait()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.fire()
 
     def _keep(self, reply: OutboundReply) -> None:
         """A reply no connection could write: it waits for the next one."""
@@ -209,12 +209,11 @@ class GatewayClient:
         """Write the waiting replies on ``link``, oldest first, now and
         whenever more wait, until it closes."""
         while not link.closed:
-            changed = self._changed
             parcels = self.outbox.take(EVERYTHING)
             if parcels:
                 await deliver_parcels(link, parcels, self._put_back)
             else:
-                await changed.wait()
+                await self._changed.wait()
 
     async def run(
         self, *, task_status: trio.TaskStatus[GatewayClient] = trio.TASK_STATUS_IGNORED

@@ -51,6 +51,7 @@ from broker.frontends.wire import (
     parse_frame,
 )
 from broker.logs import RepeatLimiter
+from broker.pulse import Pulse
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Link:
         self.acks = False
         self._pending: dict[str, _Pending] = {}
         self._written: list[_Written] = []
-        self._written_changed = trio.Event()
+        self._written_changed = Pulse()
         self._refusals = RepeatLimiter(log)
 
     def __repr__(self) -> str:
@@ -143,7 +144,7 @@ class Link:
         for slot in pending.values():
             slot.done.set()
         lost, self._written = self._written, []
-        self._written_changed.set()
+        self._written_changed.fire()
         if written_taken:
             taken = [w.parcel for w in lost if w.done_at is not None and not w.request_id]
             lost = [w for w in lost if w.done_at is None or w.request_id]
@@ -202,8 +203,7 @@ class Link:
             self.mark_closed()  # a frame cut in the middle: nothing after it is readable
             raise
         entry.done_at = trio.current_time()
-        self._written_changed.set()
-        self._written_changed = trio.Event()
+        self._written_changed.fire()
         return True
 
     async def settle_written(self, settle_secs: float = SETTLE_SECS) -> None:

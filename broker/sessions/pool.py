@@ -30,12 +30,15 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from broker import sentences
 from broker.acp.client import ClientOptions
 from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import ConfigOption
 from broker.config import BrokerConfig, agent_environment, resolve_command
+from broker.pulse import Pulse
 from broker.reply import Outcome, Prompt, Settled, TurnEnd, TurnHandle
-from broker.sessions.decide import Refuse, decide_admission, idle_expired
+from broker.sentences import wall_clock
+from broker.sessions.decide import Refuse, StopReason, decide_admission, idle_expired
 from broker.sessions.questions import (
     ANSWER_SECONDS_BUCKETS,
     Accepted,
@@ -47,12 +50,13 @@ from broker.sessions.questions import (
     decide_answer,
 )
 from broker.sessions.session import (
-    SHUTDOWN_SENTENCE,
+    AgentProcess,
     Session,
+    SessionEnd,
+    SessionFailure,
     SessionSettings,
     SessionSnapshot,
     SessionState,
-    StopReason,
     Turn,
 )
 from broker.sessions.snapshot import (
@@ -65,7 +69,7 @@ from broker.sessions.snapshot import (
 )
 from broker.store import AgentRecord, Store
 from supervisor.leftovers import start_ticks, stop_leftover_group
-from supervisor.process import Child, ChildSpec
+from supervisor.process import ChildSpec
 from supervisor.restart import RestartPolicy, RestartTracker
 
 __all__ = [
@@ -147,8 +151,8 @@ class Pool:
         # key -> (tracker, last failure); ordered by last failure, pruned from the front
         self._trackers: dict[str, tuple[RestartTracker, float]] = {}
         self._blocked: dict[str, tuple[float, str]] = {}
-        self._changed = trio.Event()
-        self._reaper_wake = trio.Event()
+        self._changed = Pulse()
+        self._reaper_wake = Pulse()
         self._closing = False
         self._spare_delay = 0.0
         self.turn_seconds = Histogram()
@@ -188,7 +192,7 @@ class Pool:
         turn = Turn(prompt, handle, trio.current_time())
         self.counters.turns_submitted += 1
         if self._closing:
-            handle.push(TurnEnd(Outcome.SHUTDOWN, reason=SHUTDOWN_SENTENCE))
+            handle.push(TurnEnd(Outcome.SHUTDOWN, reason=sentences.SHUTDOWN))
             return handle
         session = self._sessions.get(thread_key)
         if session is None:
@@ -241,7 +245,7 @@ class Pool:
         policy = self._settings.client_options.permissions
         for session in (*self._sessions.values(), *self._spares):
             session.apply_permissions(policy)
-        self._reaper_wake.set()
+        self._reaper_wake.fire()
         self._replenish_spares()
         self._bump()
         return notes
@@ -304,11 +308,8 @@ class Pool:
         if session is None:
             self._bump()
             return forgot
-        for turn in session.queue:
-            turn.handle.push(TurnEnd(Outcome.CANCELLED, reason=_RESET_QUEUED_SENTENCE))
-        session.queue.clear()
         self._stopping.add(session)
-        session.request_stop(StopReason.RESET, forget=True)
+        session.request_stop(StopReason.RESET, forget=True)  # its queued turns end cancelled
         self._bump()
         await trio.lowlevel.checkpoint()
         return True
@@ -358,11 +359,12 @@ class Pool:
 
     def _bump(self) -> None:
         self.version += 1
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.fire()
 
-    def _admit(self, thread_key: str) -> TurnEnd | None:
-        """Start a session for a new thread, or say why not."""
+    def _admit(self, thread_key: str, *, delay: float = 0.0, restarts: int = 0) -> TurnEnd | None:
+        """Start a session for ``thread_key`` (a new thread, or the successor of
+        one that ended with turns left), or say why not: the one admission path,
+        decide -> evict -> start."""
         self._forget_old_failures()
         blocked = self._blocked.get(thread_key)
         if blocked is not None:
@@ -374,17 +376,13 @@ class Pool:
         if isinstance(decision, Refuse):
             self.counters.refused_pool_full += 1
             log.warning("pool full (%d busy sessions): refusing %s", decision.busy, thread_key)
-            return TurnEnd(
-                Outcome.POOL_FULL,
-                reason=f"The broker is at capacity: pool full ({decision.busy} busy sessions). "
-                "Try again when one of them finishes.",
-            )
+            return TurnEnd(Outcome.POOL_FULL, reason=sentences.pool_full_reason(decision.busy))
         if decision.evict is not None:
             self.counters.evicted += 1
             log.info("pool full: suspending %s for %s", decision.evict.key, thread_key)
             self._note("evicted", decision.evict.key, f"for {thread_key}")
             self._suspend(decision.evict, StopReason.EVICTED)
-        self._start_session(thread_key)
+        self._start_session(thread_key, delay=delay, restarts=restarts)
         return None
 
     def _start_session(self, thread_key: str, *, delay: float = 0.0, restarts: int = 0) -> Session:
@@ -442,22 +440,22 @@ class Pool:
 
     # -- the observer side: what sessions report, synchronously ---------------
 
-    def agent_started(self, session: Session, child: Child) -> None:
+    def agent_started(self, session: Session, process: AgentProcess) -> None:
         self.counters.spawned += 1
         if self._store is not None:
             record = AgentRecord(
                 session.key or SPARES_KEY,
-                child.pid,
-                child.pgid,
-                start_ticks(child.pid) or 0,
+                process.pid,
+                process.pgid,
+                start_ticks(process.pid) or 0,
                 os.getpid(),
             )
             self._store.record_agent(record)
         self._bump()
 
-    def agent_exited(self, session: Session, child: Child) -> None:
+    def agent_exited(self, session: Session, process: AgentProcess) -> None:
         if self._store is not None:
-            self._store.clear_agent(session.key or SPARES_KEY, child.pid)
+            self._store.clear_agent(session.key or SPARES_KEY, process.pid)
 
     def session_established(self, session: Session) -> None:
         assert session.key is not None and session.acp_session_id is not None
@@ -488,32 +486,29 @@ class Pool:
         elif end.outcome is Outcome.CANCELLED:
             self.counters.cancelled += 1
 
-    def session_ended(self, session: Session, leftovers: list[Turn]) -> None:
+    def session_ended(self, session: Session, end: SessionEnd) -> None:
         """A session's task is over: drop it by identity, keep what can be resumed,
         and give its unstarted turns a successor (or their end)."""
-        key = session.key
+        key = end.thread_key
         self._stopping.discard(session)
         if session in self._spares:
             self._spares.remove(session)
         if key is not None and self._sessions.get(key) is session:
             del self._sessions[key]
-        if key is not None and not session.forget_session and key not in self._sessions:
-            sid = session.acp_session_id or session.saved_session_id
-            if sid:
-                self._suspended[key] = sid
+        if key is not None and end.resumable_id and key not in self._sessions:
+            self._suspended[key] = end.resumable_id
         delay = 0.0
-        if session.unexpected_end:
-            if session.start_failure is not None:
+        if end.failure is not None:
+            if end.failure is SessionFailure.START_FAILED:
                 self.counters.start_failed += 1
-                self._note("start_failed", key, session.end_reason)
             else:
                 self.counters.crashed += 1
-                self._note("crashed", key, session.end_reason)
-            delay = self._record_failure(key or SPARES_KEY, session.end_reason)
+            self._note(end.failure.value, key, end.reason)
+            delay = self._record_failure(key or SPARES_KEY, end.reason)
             if key is None:
                 self._spare_delay = delay
-        for turn in leftovers:
-            self._place_leftover(session, turn, delay)
+        for turn in end.leftovers:
+            self._place_leftover(end, turn, delay)
         if key is None:
             self._replenish_spares()
         self._bump()
@@ -535,43 +530,32 @@ class Pool:
         decision = tracker.record_failure(now)
         if decision.fatal is not None:
             until = now + self._policy.window_secs
-            sentence = (
-                f"The agent keeps failing ({decision.fatal}; last: {reason}). "
-                "New messages are refused for a while; try again later or /reset."
-            )
+            wall_until = time.time() + self._policy.window_secs
+            sentence = sentences.crash_loop_reason(decision.fatal, reason, wall_clock(wall_until))
             self._blocked[key] = (until, sentence)
             log.error("%s: crash loop: %s", key, decision.fatal)
             del self._trackers[key]
             return math.inf
         return decision.delay or 0.0
 
-    def _place_leftover(self, ended: Session, turn: Turn, delay: float) -> None:
+    def _place_leftover(self, ended: SessionEnd, turn: Turn, delay: float) -> None:
         key = turn.handle.thread_key
-        if ended.start_failure is not None:
-            turn.handle.push(ended.start_failure)
+        if ended.start_end is not None:
+            turn.handle.push(ended.start_end)
         elif self._closing:
-            turn.handle.push(TurnEnd(Outcome.SHUTDOWN, reason=SHUTDOWN_SENTENCE))
+            turn.handle.push(TurnEnd(Outcome.SHUTDOWN, reason=sentences.SHUTDOWN))
         elif math.isinf(delay):
             blocked = self._blocked.get(key)
             turn.handle.push(TurnEnd(Outcome.START_FAILED, reason=blocked[1] if blocked else ""))
         else:
             successor = self._sessions.get(key)
             if successor is None:
-                refusal = self._admit_successor(key, delay, ended.restarts + 1)
+                refusal = self._admit(key, delay=delay, restarts=ended.restarts + 1)
                 if refusal is not None:
                     turn.handle.push(refusal)
                     return
                 successor = self._sessions[key]
             successor.enqueue(turn)
-
-    def _admit_successor(self, key: str, delay: float, restarts: int) -> TurnEnd | None:
-        decision = decide_admission(self._sessions.values(), self.config.pool.max_sessions)
-        if isinstance(decision, Refuse):
-            return TurnEnd(Outcome.POOL_FULL, reason="The agent restarted but the pool is full.")
-        if decision.evict is not None:
-            self._suspend(decision.evict, StopReason.EVICTED)
-        self._start_session(key, delay=delay, restarts=restarts)
-        return None
 
     # -- background work -----------------------------------------------------
 
@@ -586,9 +570,8 @@ class Pool:
                 self.counters.idle_suspended += 1
                 self._note("idle", session.key, "suspended after idling")
                 self._suspend(session, StopReason.IDLE)
-            wake = self._reaper_wake = trio.Event()
             with trio.move_on_at(next_check):
-                await wake.wait()
+                await self._reaper_wake.wait()
             ttl = self.config.pool.idle_ttl_secs
             if ttl <= 0:
                 return
@@ -626,9 +609,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-_RESET_QUEUED_SENTENCE = "The conversation was reset before this message ran."
 
 
 @asynccontextmanager

@@ -1,18 +1,25 @@
 """One session: an agent process, its ACP session and a FIFO queue of turns.
 
 A :class:`Session` runs entirely inside its own task and nursery
-(:meth:`Session.run`): the agent process (supervised by
-:func:`supervisor.process.run_child`), the ACP reader, the start-up
-(spawn, ``initialize``, ``session/load`` or ``session/new``, each with its own
-timeout) and the turn worker. Nothing it does can raise into its caller:
-every failure ends the session with a reason, and every turn it accepted ends
-with exactly one :class:`~broker.reply.TurnEnd`.
+(:meth:`Session.run`): the agent process (started by the settings'
+:class:`RunAgent`, by default :func:`supervisor.process.run_child`), the ACP
+reader, the start-up (spawn, ``initialize``, ``session/load`` or
+``session/new``, each bounded by its own deadline) and the turn worker.
+Nothing it does can raise into its caller: every failure ends the session
+with a reason, and every turn it accepted ends with exactly one
+:class:`~broker.reply.TurnEnd`.
+
+What a turn does next and how it ended are decided by the pure functions of
+:mod:`broker.sessions.decide` (:func:`~broker.sessions.decide.turn_step`,
+:func:`~broker.sessions.decide.turn_end`); this module gathers their facts and
+does the I/O they ask for.
 
 The pool talks to a session through synchronous methods only
 (:meth:`enqueue`, :meth:`request_stop`, :meth:`assign`, :meth:`snapshot`) and
 one awaitable, :meth:`cancel_turn`, which sends ``session/cancel`` at once and
 waits for nothing the turn holds. The session reports back through a
-:class:`SessionObserver`, always synchronously.
+:class:`SessionObserver`, always synchronously, and ends with one frozen
+:class:`SessionEnd`.
 
 States: ``starting`` -> ``idle`` <-> ``busy`` -> ``stopping`` -> ``dead``;
 a warm spare waits in ``spare`` between ``initialize`` and its first thread.
@@ -25,12 +32,13 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import attrs
 import trio
 
-from broker import reply
+from broker import reply, sentences
 from broker.acp import schema
 from broker.acp.client import (
     ASKED_RULE,
@@ -41,22 +49,41 @@ from broker.acp.client import (
     auth_methods_sentence,
     choose_auth_method,
 )
-from broker.acp.jsonrpc import AUTH_REQUIRED, PeerClosed, RequestTimeout, RpcError
+from broker.acp.jsonrpc import AUTH_REQUIRED, PeerClosed, RpcError
 from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import ConfigOption, InitializeResult, PermissionRequest, SessionUpdate
-from broker.chat.render import (
-    agent_died_reason,
-    busy_reason,
-    error_reason,
-    refused_reason,
-    timeout_reason,
-)
 from broker.config import TimeoutsConfig
 from broker.logs import SessionLogger, session_logger
+from broker.pulse import Pulse
 from broker.reply import Outcome, Prompt, Settled, TurnEnd, TurnHandle
+from broker.sessions.decide import (
+    Failure,
+    SendCancel,
+    StopAgent,
+    StopReason,
+    TurnFacts,
+    TurnOutcomeFacts,
+    TurnOver,
+    turn_end,
+    turn_step,
+)
 from broker.sessions.questions import QuestionBook, WaitTally, ask_person
 from broker.sessions.translate import prompt_blocks, update_to_events
-from supervisor.process import Child, ChildSpec, ExitStatus, SpawnError, run_child
+from supervisor.process import ChildSpec, ExitStatus, SpawnError, run_child
+
+__all__ = [
+    "AgentProcess",
+    "RunAgent",
+    "Session",
+    "SessionEnd",
+    "SessionFailure",
+    "SessionObserver",
+    "SessionSettings",
+    "SessionSnapshot",
+    "SessionState",
+    "StopReason",
+    "Turn",
+]
 
 
 class SessionState(enum.Enum):
@@ -68,11 +95,37 @@ class SessionState(enum.Enum):
     DEAD = "dead"
 
 
-class StopReason(enum.Enum):
-    EVICTED = "evicted"
-    IDLE = "idle"
-    SHUTDOWN = "shutdown"
-    RESET = "reset"
+# --- the agent transport: the one seam between a session and its process ---------------------
+
+
+class AgentProcess(Protocol):
+    """What a session uses of its agent's process (:class:`supervisor.process.Child`
+    is one; :mod:`broker.testing.memory_agent` is another, in-process)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def pgid(self) -> int: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    def stdout_lines(self) -> AsyncIterator[bytes]: ...
+
+    def stderr_tail(self, max_chars: int = 2000) -> str: ...
+
+    async def stop(self, grace: float) -> ExitStatus: ...
+
+
+class RunAgent(Protocol):
+    """Runs one agent process for its whole life, as :func:`~supervisor.process.run_child`
+    does: raises :class:`~supervisor.process.SpawnError` before ``started`` when it
+    cannot start, hands the process to ``task_status``, returns its exit status,
+    and stops it when cancelled."""
+
+    async def __call__(
+        self, spec: ChildSpec, *, stop_grace: float, task_status: trio.TaskStatus[AgentProcess]
+    ) -> ExitStatus: ...
 
 
 @attrs.frozen
@@ -87,14 +140,47 @@ class SessionSettings:
     restart_after_cancel: bool = False
     auth_method: str = ""
     ask_timeout_secs: float = 300.0
+    run_agent: RunAgent = run_child
+
+
+# --- what a session reports ---------------------------------------------------------------------
+
+
+class SessionFailure(enum.Enum):
+    """Why a session ended that nobody asked to stop."""
+
+    START_FAILED = "start_failed"  # the agent could not be started or resumed
+    CRASHED = "crashed"  # the agent exited, or its session broke, while serving
+
+
+@attrs.frozen
+class SessionEnd:
+    """The one report a session hands its pool when it is over.
+
+    ``resumable_id`` is the ACP session a successor may load (None when the
+    thread's conversation is to be forgotten, or there is none);
+    ``failure`` is None for a stop the pool asked for. ``leftovers`` are the
+    turns it accepted but never started, in order: the pool gives them a
+    successor or their end. A failed start also carries ``start_end``, the
+    end those turns get.
+    """
+
+    thread_key: str | None
+    resumable_id: str | None
+    failure: SessionFailure | None
+    reason: str
+    detail: str  # the agent's stderr tail, for a failure
+    leftovers: tuple[Turn, ...]
+    restarts: int
+    start_end: TurnEnd | None = None
 
 
 class SessionObserver(Protocol):
     """What a session tells its pool; every call is synchronous."""
 
-    def agent_started(self, session: Session, child: Child) -> None: ...
+    def agent_started(self, session: Session, process: AgentProcess) -> None: ...
 
-    def agent_exited(self, session: Session, child: Child) -> None: ...
+    def agent_exited(self, session: Session, process: AgentProcess) -> None: ...
 
     def session_established(self, session: Session) -> None: ...
 
@@ -102,7 +188,7 @@ class SessionObserver(Protocol):
 
     def turn_ended(self, session: Session, turn: Turn, end: TurnEnd) -> None: ...
 
-    def session_ended(self, session: Session, leftovers: list[Turn]) -> None: ...
+    def session_ended(self, session: Session, end: SessionEnd) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -114,21 +200,14 @@ class Turn:
     submitted_at: float
     started_at: float | None = None
     hard_deadline: float = math.inf
-    cancel_requested: bool = False
-    cancel_sent: bool = False
-    cancel_deadline: float | None = None
+    cancel_deadline: float | None = None  # set when session/cancel went out
+    cancel_requested: bool = False  # by the user (/cancel), not by a refusal or a limit
     timed_out: bool = False
     settled: bool = False
     stop_reason: str | None = None
     error: Exception | None = None
-    refused: PermissionDecision | None = None
+    refused: PermissionDecision | None = None  # the last permission the broker refused
     waiting: WaitTally = attrs.field(factory=WaitTally)  # for a person's answer
-    wake: trio.Event = attrs.field(factory=trio.Event)
-
-    def poke(self) -> None:
-        """Wake whoever waits on this turn to look at it again."""
-        self.wake.set()
-        self.wake = trio.Event()
 
 
 @attrs.frozen
@@ -153,6 +232,9 @@ class _StartFailed(Exception):
     pass
 
 
+_EXIT_AFTER_EOF_SECS = 1.0
+
+
 class Session:
     """One agent process serving one thread (or waiting for one, as a spare)."""
 
@@ -174,7 +256,7 @@ class Session:
         self.state = SessionState.STARTING
         self.acp_session_id: str | None = None
         self.loaded = False  # the ACP session came from session/load
-        self.child: Child | None = None
+        self.process: AgentProcess | None = None
         self.client: AcpClient | None = None
         self.initialize_result: InitializeResult | None = None
         self.queue: deque[Turn] = deque()
@@ -182,29 +264,32 @@ class Session:
         self.created_at = trio.current_time()
         self.last_active = self.created_at
         self.turns_done = 0
-        self.stop_requested: StopReason | None = None
-        self.forget_session = False
-        self.exit_status: ExitStatus | None = None
-        self.start_failure: TurnEnd | None = None
-        self.unexpected_end = False
-        self.end_reason = ""
         self.ended = trio.Event()
-        self._agent_gone = trio.Event()
         self._observer = observer
         self._predecessor = predecessor
         self._start_delay = start_delay
-        self._context_reset_pending = False
-        self._must_restart = False
+        # how it ends (the SessionEnd is built from these, once)
+        self._stop_requested: StopReason | None = None
+        self._forget = False
+        self._failure: SessionFailure | None = None
+        self._end_reason = ""
+        self._start_end: TurnEnd | None = None
+        # what the agent did
+        self._exit_status: ExitStatus | None = None
         self._reader_gone = False
+        self._must_restart = False
+        self._context_reset_pending = False
+        # wake-ups
+        self._changed = Pulse()  # queue, stop, exit, reader, the running turn
+        self._agent_gone = trio.Event()
         self._assigned = trio.Event() if key is None else None
         self._stop_event = trio.Event()
-        self._wakeup = trio.Event()
         self._start_scope: trio.CancelScope | None = None
         self._update_target: Turn | None = None
         self.questions: QuestionBook | None = None  # the thread's, set by the pool
 
     def __repr__(self) -> str:
-        pid = self.child.pid if self.child else "-"
+        pid = self.pid if self.pid is not None else "-"
         return (
             f"<Session {self.key or 'spare'} {self.state.value} pid={pid} "
             f"queue={len(self.queue)} turns={self.turns_done}>"
@@ -214,7 +299,7 @@ class Session:
 
     @property
     def pid(self) -> int | None:
-        return self.child.pid if self.child else None
+        return self.process.pid if self.process else None
 
     @property
     def log(self) -> SessionLogger:
@@ -236,12 +321,12 @@ class Session:
         (the turn then already carries its BUSY end)."""
         ahead = len(self.queue) + (1 if self.current is not None else 0)
         if ahead > self.settings.queue_depth:
-            turn.handle.push(TurnEnd(Outcome.BUSY, reason=busy_reason(len(self.queue))))
+            turn.handle.push(TurnEnd(Outcome.BUSY, reason=sentences.busy_reason(len(self.queue))))
             return False
         if ahead:
             turn.handle.push(reply.Queued(ahead))
         self.queue.append(turn)
-        self._poke()
+        self._changed.fire()
         return True
 
     def assign(self, key: str, saved_session_id: str | None) -> None:
@@ -254,18 +339,25 @@ class Session:
 
     def request_stop(self, reason: StopReason, *, forget: bool = False) -> None:
         """Ask the session to end: a running turn is cancelled (with its grace),
-        the agent is stopped. Returns at once; :attr:`ended` is set when done."""
-        self.forget_session = self.forget_session or forget
-        if self.stop_requested is None:
-            self.stop_requested = reason
+        the agent is stopped. Returns at once; :attr:`ended` is set when done.
+
+        A RESET also ends the queued turns here, as cancelled, so that none of
+        them goes to a successor; with ``forget`` the ACP session is not
+        resumable afterwards.
+        """
+        self._forget = self._forget or forget
+        if reason is StopReason.RESET:
+            while self.queue:
+                end = TurnEnd(Outcome.CANCELLED, reason=sentences.RESET_QUEUED)
+                self.queue.popleft().handle.push(end)
+        if self._stop_requested is None:
+            self._stop_requested = reason
             if self.state is not SessionState.DEAD:
                 self.state = SessionState.STOPPING
         self._stop_event.set()
         if self._start_scope is not None:
             self._start_scope.cancel()
-        self._poke()
-        if self.current is not None:
-            self.current.poke()
+        self._changed.fire()
 
     def apply_permissions(self, policy: PermissionPolicy) -> None:
         """Answer the agent's next permission requests by ``policy`` (a reload)."""
@@ -283,7 +375,7 @@ class Session:
         if turn is None or turn.settled:
             return False
         turn.cancel_requested = True
-        if not turn.cancel_sent:
+        if turn.cancel_deadline is None:
             await self._send_cancel(turn)
         return True
 
@@ -313,11 +405,7 @@ class Session:
             waiting_secs=now - asked.asked_at if asked else None,
         )
 
-    def _poke(self) -> None:
-        self._wakeup.set()
-        self._wakeup = trio.Event()
-
-    def _changed(self) -> None:
+    def _report_changed(self) -> None:
         self._observer.session_changed(self)
 
     # -- the session's own task ---------------------------------------------
@@ -334,8 +422,8 @@ class Session:
                 nursery.cancel_scope.cancel()
         except Exception as exc:  # the boundary: one session's bug stays in it
             self.log.exception("session failed")
-            self.unexpected_end = True
-            self.end_reason = f"internal error: {exc!r}"
+            self._failure = SessionFailure.CRASHED
+            self._end_reason = f"internal error: {exc!r}"
         finally:
             self._finish()
 
@@ -346,30 +434,30 @@ class Session:
         if self._start_delay:
             with trio.move_on_after(self._start_delay):
                 await self._stop_event.wait()
-        if self.stop_requested is not None:
+        if self._stop_requested is not None:
             return
         try:
             await self._start(nursery)
         except _StartFailed as exc:
-            if self.stop_requested is None:
-                detail = self.child.stderr_tail() if self.child else ""
-                self.start_failure = TurnEnd(
+            if self._stop_requested is None:
+                detail = self.process.stderr_tail() if self.process else ""
+                self._start_end = TurnEnd(
                     Outcome.START_FAILED,
-                    reason=f"The agent could not be started: {exc}",
+                    reason=sentences.start_failed_reason(str(exc)),
                     detail=detail,
                 )
-                self.unexpected_end = True
-                self.end_reason = f"start failed: {exc}"
+                self._failure = SessionFailure.START_FAILED
+                self._end_reason = f"start failed: {exc}"
                 self.log.warning("start failed: %s", exc)
             await self._stop_agent()
             return
         assert self.client is not None and self.acp_session_id is not None
         with self.client.watch(self.acp_session_id, self._on_update):
             await self._serve_turns()
-        if self._reader_gone and self.exit_status is None:
+        if self._reader_gone and self._exit_status is None:
             with trio.move_on_after(_EXIT_AFTER_EOF_SECS):
                 await self._agent_gone.wait()
-            if self.exit_status is None:  # alive but unreadable: replace it, not a crash
+            if self._exit_status is None:  # alive but unreadable: replace it, not a crash
                 self._must_restart = True
                 self.log.warning("the agent's output cannot be read; stopping it")
         await self._stop_agent()
@@ -379,16 +467,16 @@ class Session:
         return timeouts.cancel_grace_secs + timeouts.stop_grace_secs + 1.0
 
     async def _stop_agent(self) -> None:
-        if self.child is not None and self.exit_status is None:
+        if self.process is not None and self._exit_status is None:
             self.state = SessionState.STOPPING
-            self._changed()
-            why = self.stop_requested.value if self.stop_requested else "restart"
-            why = "start failed" if self.start_failure is not None else why
+            self._report_changed()
+            why = self._stop_requested.value if self._stop_requested else "restart"
+            why = "start failed" if self._start_end is not None else why
             self.log.info("stopping the agent (%s)", why)
-            await self.child.stop(self.settings.timeouts.stop_grace_secs)
+            await self.process.stop(self.settings.timeouts.stop_grace_secs)
 
-    async def _run_agent(self, *, task_status: trio.TaskStatus[Child]) -> None:
-        status = await run_child(
+    async def _run_agent(self, *, task_status: trio.TaskStatus[AgentProcess]) -> None:
+        status = await self.settings.run_agent(
             self.settings.spec,
             stop_grace=self.settings.timeouts.stop_grace_secs,
             task_status=task_status,
@@ -396,34 +484,33 @@ class Session:
         self._agent_exited(status)
 
     def _agent_exited(self, status: ExitStatus) -> None:
-        self.exit_status = status
+        self._exit_status = status
         self._agent_gone.set()
-        assert self.child is not None
-        self._observer.agent_exited(self, self.child)
-        if self.stop_requested is None and not self._must_restart:
-            self.unexpected_end = True
-            self.end_reason = f"agent {status.describe()}"
+        assert self.process is not None
+        self._observer.agent_exited(self, self.process)
+        if self._stop_requested is None and not self._must_restart:
+            self._failure = self._failure or SessionFailure.CRASHED
+            self._end_reason = self._end_reason or f"agent {status.describe()}"
             self.log.warning("agent %s", status.describe())
         if self._start_scope is not None:
             self._start_scope.cancel()
-        self._poke()
-        if self.current is not None:
-            self.current.poke()
+        self._changed.fire()
 
     async def _start(self, nursery: trio.Nursery) -> None:
         timeouts = self.settings.timeouts
         try:
-            self.child = await nursery.start(self._run_agent)
+            self.process = await nursery.start(self._run_agent)
         except SpawnError as exc:
             raise _StartFailed(str(exc)) from None
-        self._observer.agent_started(self, self.child)
+        assert self.process is not None
+        self._observer.agent_started(self, self.process)
         client = AcpClient(
-            self.child.send,
+            self.process.send,
             attrs.evolve(self.settings.client_options, approver=self._ask),
             on_permission=self._permission_decided,
         )
         self.client = client
-        nursery.start_soon(self._read_agent, client)
+        nursery.start_soon(self._read_agent, client, self.process)
         step = "initialize"
         try:
             with trio.CancelScope() as self._start_scope:
@@ -435,7 +522,7 @@ class Session:
                         await self._authenticate(client, self.settings.auth_method)
                 if self._assigned is not None:
                     self.state = SessionState.SPARE
-                    self._changed()
+                    self._report_changed()
                     await self._wait_for_assignment()
                     if self.key is None:
                         return
@@ -445,27 +532,24 @@ class Session:
         except trio.TooSlowError:
             limit = timeouts.session_new_secs if step == "session/new" else timeouts.initialize_secs
             raise _StartFailed(f"no answer to {step} within {limit:g} s") from None
-        except (PeerClosed, RpcError, AcpError, RequestTimeout) as exc:
+        except (PeerClosed, RpcError, AcpError) as exc:
             raise _StartFailed(f"{step} failed: {exc}") from None
         finally:
             self._start_scope = None
-        if self.exit_status is not None:
-            raise _StartFailed(f"the agent {self.exit_status.describe()} during start")
-        if self.stop_requested is not None or self.acp_session_id is None:
+        if self._exit_status is not None:
+            raise _StartFailed(f"the agent {self._exit_status.describe()} during start")
+        if self._stop_requested is not None or self.acp_session_id is None:
             raise _StartFailed("stopped during start")
         how = "resumed" if self.loaded else "started"
         self.log.info("%s ACP session %s", how, self.acp_session_id)
         self._observer.session_established(self)
 
-    async def _read_agent(self, client: AcpClient) -> None:
+    async def _read_agent(self, client: AcpClient, process: AgentProcess) -> None:
         """The one reader of the agent's stdout; when it ends (EOF, or output
         that cannot be read such as an endless line) the session is woken."""
-        assert self.child is not None
-        await client.serve(self.child.stdout_lines(), self.child.stderr_tail)
+        await client.serve(process.stdout_lines(), process.stderr_tail)
         self._reader_gone = True
-        self._poke()
-        if self.current is not None:
-            self.current.poke()
+        self._changed.fire()
 
     async def _wait_for_assignment(self) -> None:
         assert self._assigned is not None
@@ -546,17 +630,19 @@ class Session:
         for event in update_to_events(update):
             target.handle.push(event)
 
+    def _serving(self) -> bool:
+        return self._stop_requested is None and self._exit_status is None and not self._reader_gone
+
     async def _serve_turns(self) -> None:
-        while self.stop_requested is None and self.exit_status is None and not self._reader_gone:
+        while self._serving():
             if self.queue:
                 await self._run_turn(self.queue.popleft())
                 if self._must_restart:
                     return
                 continue
             self.state = SessionState.IDLE
-            self._changed()
-            wake = self._wakeup
-            await wake.wait()
+            self._report_changed()
+            await self._changed.wait()
 
     async def _run_turn(self, turn: Turn) -> None:
         assert self.client is not None and self.acp_session_id is not None
@@ -565,27 +651,24 @@ class Session:
         self.state = SessionState.BUSY
         turn.started_at = now
         turn.hard_deadline = now + (self.settings.timeouts.turn_hard_secs or math.inf)
-        capabilities = self.initialize_result.agent_capabilities if self.initialize_result else None
-        images = bool(capabilities and capabilities.prompt_capabilities.image)
-        blocks, notes = prompt_blocks(turn.prompt, images_supported=images)
+        blocks, notes = prompt_blocks(turn.prompt, images_supported=self._takes_images())
         turn.handle.push(reply.TurnStarted(self._context_reset_pending, tuple(notes)))
         self._context_reset_pending = False
         self._update_target = turn
-        self._changed()
+        self._report_changed()
         try:
             async with trio.open_nursery() as turn_nursery:
                 turn_nursery.start_soon(self._send_prompt, turn, blocks)
-                unresponsive = await self._await_settled(turn)
+                unresponsive = await self._drive(turn)
                 if isinstance(turn.error, PeerClosed):
                     # stdout closed: the exit (and the rest of stderr) follows within moments
                     with trio.move_on_after(_EXIT_AFTER_EOF_SECS):
                         await self._agent_gone.wait()
-                if turn.stop_reason is not None and self.exit_status is None:
+                if turn.stop_reason is not None and self._exit_status is None:
                     await trio.sleep(self.settings.timeouts.drain_ms / 1000)
                 turn_nursery.cancel_scope.cancel()
-            end = self._turn_end(turn, unresponsive)
-            if unresponsive or self._restart_after(end):
-                self._must_restart = True
+            end, restart = turn_end(self._outcome_facts(turn, unresponsive))
+            self._must_restart = self._must_restart or restart
         finally:
             self._update_target = None
             self.current = None
@@ -594,18 +677,11 @@ class Session:
         self._settle_questions(turn)
         turn.handle.push(end)
         self._observer.turn_ended(self, turn, end)
-        self._changed()
+        self._report_changed()
 
-    def _restart_after(self, end: TurnEnd) -> bool:
-        """Whether a cancelled turn calls for a fresh agent that loads the session:
-        some agents (claude-agent-acp) answer each prompt after a cancel with the
-        previous prompt's reply until restarted."""
-        if end.stop_reason != "cancelled" or self.stop_requested is not None:
-            return False
+    def _takes_images(self) -> bool:
         capabilities = self.initialize_result.agent_capabilities if self.initialize_result else None
-        return self.settings.restart_after_cancel and bool(
-            capabilities and capabilities.load_session
-        )
+        return bool(capabilities and capabilities.prompt_capabilities.image)
 
     async def _send_prompt(self, turn: Turn, blocks: list[schema.ContentBlock]) -> None:
         assert self.client is not None and self.acp_session_id is not None
@@ -617,89 +693,77 @@ class Session:
             turn.error = exc
         finally:
             turn.settled = True
-            turn.poke()
+            self._changed.fire()
 
-    async def _await_settled(self, turn: Turn) -> bool:
-        """Wait until the prompt settles or the agent dies. True when the agent
-        ignored a cancel for longer than the grace (it must then be stopped)."""
+    async def _drive(self, turn: Turn) -> bool:
+        """Do what :func:`turn_step` asks until the turn settles. True when the
+        agent ignored a cancel for longer than the grace (it must be stopped)."""
         while True:
-            wake = turn.wake
-            if turn.settled or self.exit_status is not None:
+            step = turn_step(self._turn_facts(turn), trio.current_time())
+            if isinstance(step, TurnOver):
                 return False
-            now = trio.current_time()
-            if turn.cancel_deadline is not None and now >= turn.cancel_deadline:
+            if isinstance(step, StopAgent):
                 return True
-            past_deadline = now >= turn.hard_deadline and not turn.waiting.open
-            if not turn.cancel_sent and (past_deadline or self.stop_requested):
-                turn.timed_out = past_deadline
+            if isinstance(step, SendCancel):
+                turn.timed_out = step.timed_out
                 await self._send_cancel(turn)
                 continue
-            deadline = (
-                turn.cancel_deadline
-                if turn.cancel_deadline is not None
-                else math.inf
-                if turn.waiting.open
-                else turn.hard_deadline
-            )
-            with trio.move_on_at(deadline):
-                await wake.wait()
+            with trio.move_on_at(step.when):
+                await self._changed.wait()
+
+    def _turn_facts(self, turn: Turn) -> TurnFacts:
+        return TurnFacts(
+            hard_deadline=turn.hard_deadline,
+            cancel_deadline=turn.cancel_deadline,
+            settled=turn.settled,
+            asking=turn.waiting.open > 0,
+            agent_exited=self._exit_status is not None,
+            stop_requested=self._stop_requested,
+        )
 
     async def _send_cancel(self, turn: Turn) -> None:
         assert self.client is not None and self.acp_session_id is not None
-        turn.cancel_sent = True
         turn.cancel_deadline = trio.current_time() + self.settings.timeouts.cancel_grace_secs
         try:
             await self.client.cancel(self.acp_session_id)
         except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.log.info("cancel not delivered: %s", exc)
-        turn.poke()
+        self._changed.fire()
 
-    def _turn_end(self, turn: Turn, unresponsive: bool) -> TurnEnd:
-        text = turn.handle.transcript.text
-        tail = self.child.stderr_tail() if self.child else ""
-        if unresponsive or turn.stop_reason == "cancelled":
-            if turn.timed_out:
-                outcome = Outcome.TIMED_OUT
-                reason = timeout_reason(self.settings.timeouts.turn_hard_secs)
-            elif self.stop_requested is StopReason.RESET:
-                outcome, reason = Outcome.CANCELLED, "The conversation was reset."
-            elif self.stop_requested is not None:
-                outcome, reason = Outcome.SHUTDOWN, SHUTDOWN_SENTENCE
-            elif turn.refused is not None and not turn.cancel_requested:
-                outcome, reason = Outcome.CANCELLED, self._refusal(turn.refused)
-            else:
-                outcome, reason = Outcome.CANCELLED, "Cancelled."
-            if unresponsive:
-                reason += (
-                    f" The agent did not stop within {self.settings.timeouts.cancel_grace_secs:g} s"
-                    " of being asked to, so it was stopped; the conversation resumes with the"
-                    " next message."
-                )
-            return TurnEnd(outcome, text, turn.stop_reason, reason)
-        if turn.stop_reason is not None:
-            refusal = self._refusal(turn.refused) if turn.refused is not None else ""
-            return TurnEnd(Outcome.COMPLETED, text, turn.stop_reason, refusal)
-        if self.exit_status is not None or isinstance(turn.error, PeerClosed):
-            if self.stop_requested is not None:
-                return TurnEnd(Outcome.SHUTDOWN, text, None, SHUTDOWN_SENTENCE)
-            if self.exit_status is not None:
-                reason = agent_died_reason(self.exit_status.describe())
-            else:
-                self._must_restart = True
-                unreadable = turn.error.reason if isinstance(turn.error, PeerClosed) else "closed"
-                reason = (
-                    f"The agent's output could not be read ({unreadable}), so it was stopped."
-                    " Your next message starts it again."
-                )
-            return TurnEnd(Outcome.AGENT_DIED, text, None, reason, tail)
-        if isinstance(turn.error, RpcError):
-            detail = "" if turn.error.data is None else str(turn.error.data)
-            return TurnEnd(Outcome.ERROR, text, None, error_reason(turn.error.message), detail)
-        return TurnEnd(Outcome.ERROR, text, None, error_reason(repr(turn.error)))
-
-    @staticmethod
-    def _refusal(decision: PermissionDecision) -> str:
-        return refused_reason(decision.title, decision.kind, decision.rule)
+    def _outcome_facts(self, turn: Turn, unresponsive: bool) -> TurnOutcomeFacts:
+        error, failure, error_text, error_detail = turn.error, Failure.NONE, "", ""
+        if self._exit_status is not None and turn.stop_reason is None:
+            failure = Failure.AGENT_EXITED
+        elif isinstance(error, PeerClosed):
+            failure, error_text = Failure.UNREADABLE, error.reason
+        elif isinstance(error, RpcError):
+            failure, error_text = Failure.AGENT_ERROR, error.message
+            error_detail = "" if error.data is None else str(error.data)
+        elif error is not None:
+            failure, error_text = Failure.INTERNAL, repr(error)
+        capabilities = self.initialize_result.agent_capabilities if self.initialize_result else None
+        timeouts = self.settings.timeouts
+        refused = turn.refused
+        return TurnOutcomeFacts(
+            text=turn.handle.transcript.text,
+            stop_reason=turn.stop_reason,
+            failure=failure,
+            error=error_text,
+            error_detail=error_detail,
+            unresponsive=unresponsive,
+            timed_out=turn.timed_out,
+            stop_requested=self._stop_requested,
+            exit_description=self._exit_status.describe() if self._exit_status else None,
+            stderr_tail=self.process.stderr_tail() if self.process else "",
+            turn_hard_secs=timeouts.turn_hard_secs,
+            cancel_grace_secs=timeouts.cancel_grace_secs,
+            restart_after_cancel=self.settings.restart_after_cancel
+            and bool(capabilities and capabilities.load_session),
+            cancel_requested=turn.cancel_requested,
+            refusal=sentences.refused_reason(refused.title, refused.kind, refused.rule)
+            if refused is not None
+            else "",
+        )
 
     # -- questions to the person in the thread (policy "ask") ----------------
 
@@ -712,7 +776,7 @@ class Session:
         if turn is None or book is None or turn.settled or not policy.asks(request.tool_call.kind):
             return choice
         turn.waiting.begin(trio.current_time())
-        self._changed()
+        self._report_changed()
         try:
             return await ask_person(
                 book,
@@ -724,19 +788,19 @@ class Session:
             )
         finally:
             turn.hard_deadline += turn.waiting.end(trio.current_time())
-            turn.poke()
-            self._changed()
+            self._changed.fire()
+            self._report_changed()
 
     def _why_unasked(self) -> Settled:
         """Why a question of this session closes without an answer."""
-        stop = self.stop_requested
+        stop = self._stop_requested
         if stop is StopReason.SHUTDOWN:
             return Settled.SHUTDOWN
         if stop is StopReason.RESET:
             return Settled.RESET
         if stop is not None:
             return Settled.EVICTED
-        if self.exit_status is not None or self._reader_gone:
+        if self._exit_status is not None or self._reader_gone:
             return Settled.AGENT_GONE
         turn = self.current
         return Settled.CANCELLED if turn is None or turn.cancel_requested else Settled.AGENT_GONE
@@ -747,7 +811,8 @@ class Session:
             self.questions.settle_all(turn.handle, self._why_unasked())
 
     def _finish(self) -> None:
-        """End the session: no turn it accepted is left without its end."""
+        """End the session: no turn it accepted is left without its end, and the
+        pool gets its one report."""
         self.state = SessionState.DEAD
         if self.current is not None:
             self._settle_questions(self.current)
@@ -755,17 +820,24 @@ class Session:
                 TurnEnd(
                     Outcome.ERROR,
                     self.current.handle.transcript.text,
-                    reason=f"The session ended: {self.end_reason or 'stopped'}.",
+                    reason=sentences.session_ended_reason(self._end_reason),
                 )
             )
             self.current = None
-        leftovers = list(self.queue)
+        leftovers = tuple(self.queue)
         self.queue.clear()
         self.ended.set()
-        self._observer.session_ended(self, leftovers)
-
-
-_EXIT_AFTER_EOF_SECS = 1.0
-
-
-SHUTDOWN_SENTENCE = "The broker is restarting; send your message again in a moment."
+        resumable = None if self._forget else (self.acp_session_id or self.saved_session_id)
+        self._observer.session_ended(
+            self,
+            SessionEnd(
+                thread_key=self.key,
+                resumable_id=resumable,
+                failure=self._failure,
+                reason=self._end_reason,
+                detail=self.process.stderr_tail() if self.process else "",
+                leftovers=leftovers,
+                restarts=self.restarts,
+                start_end=self._start_end,
+            ),
+        )

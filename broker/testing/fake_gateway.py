@@ -47,6 +47,7 @@ from broker.frontends.wire import (
     encode_response,
     parse_reply,
 )
+from broker.pulse import Pulse
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class FakeGateway:
         self._event_ids: set[str] = set()  # of every event frame sent, even broken ones
         self._user_messages: set[str] = set()  # message ids of sent events
         self._ws: trio_websocket.WebSocketConnection | None = None
-        self._changed = trio.Event()
+        self._changed = Pulse()
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -134,8 +135,7 @@ class FakeGateway:
         assert not self.violations, "protocol violations:\n" + "\n".join(self.violations)
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.fire()
 
     async def wait_for(self, condition: Callable[[], bool]) -> None:
         """Wait until ``condition()`` holds; it is checked after every change

@@ -43,9 +43,10 @@ class ScriptedModel:
     ``[hello]``: :data:`HELLO`; ``[say] X``: ``X``; ``[write]``: a ``Write``
     tool_use creating ``out.txt`` in ``cwd``, then (on the tool result) a text
     quoting the result; ``[bash]``: a ``Bash`` tool_use running :data:`COMMAND`
-    (which would create ``bash.txt``), then the same; ``[slow]``: 30 s of text in 5-character deltas every
-    50 ms; ``[think]``: a thinking block (:data:`THOUGHT`), then :data:`HELLO`.
-    Requests without tools (the agent's side calls) get a short text.
+    (which would create ``bash.txt``), then the same; ``[slow]``: 30 s of text in
+    5-character deltas every 50 ms; ``[think]``: a thinking block
+    (:data:`THOUGHT`), then :data:`HELLO`. Requests without tools (the agent's
+    side calls) get a short text.
     """
 
     cwd: Path

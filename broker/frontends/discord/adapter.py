@@ -46,7 +46,6 @@ import attrs
 import trio
 
 from broker.frontends.base import (
-    RESPONSE_TIMEOUT_SECS,
     Claim,
     InboundSink,
     MemoryOutbox,
@@ -207,10 +206,8 @@ class DiscordChannel:
     async def send_reply(self, reply: OutboundReply) -> None:
         await self._frontend.send(reply)
 
-    async def request(
-        self, reply: OutboundReply, *, timeout: float = RESPONSE_TIMEOUT_SECS
-    ) -> GatewayResponse | None:
-        return await self._frontend.create(reply, timeout)
+    async def request(self, reply: OutboundReply) -> GatewayResponse | None:
+        return await self._frontend.create(reply)
 
 
 class DiscordFrontend:
@@ -514,24 +511,22 @@ class DiscordFrontend:
         else:
             log.info("discord: %s is not supported, dropped", reply.command.value)
 
-    async def create(self, reply: OutboundReply, timeout: float) -> GatewayResponse | None:
-        """Post ``reply`` as a new message and say its id (None: not sent, or no
-        answer within ``timeout``; the caller then sends it as a plain reply, which
-        the nonce keeps from appearing twice)."""
+    async def create(self, reply: OutboundReply) -> GatewayResponse | None:
+        """Post ``reply`` as a new message and say its id (None: not sent). The
+        caller's cancel scope bounds the wait; when it gives up, the caller sends
+        the reply as a plain one, which the nonce keeps from appearing twice."""
         if self._outage or reply.reply_to in self._interactions:
             return None
-        with trio.move_on_after(timeout):
-            try:
-                message = await self.rest.call(*self._post(reply))
-            except DiscordUnavailable as exc:
-                log.warning("discord: %s", exc)
-                return None
-            except DiscordHTTPError as exc:
-                return GatewayResponse(new_request_id(), False, error=str(exc))
-            self.replies_sent += 1
-            message_id = str(message.get("id")) if isinstance(message, dict) else None
-            return GatewayResponse(new_request_id(), True, message_id=message_id)
-        return None
+        try:
+            message = await self.rest.call(*self._post(reply))
+        except DiscordUnavailable as exc:
+            log.warning("discord: %s", exc)
+            return None
+        except DiscordHTTPError as exc:
+            return GatewayResponse(new_request_id(), False, error=str(exc))
+        self.replies_sent += 1
+        message_id = str(message.get("id")) if isinstance(message, dict) else None
+        return GatewayResponse(new_request_id(), True, message_id=message_id)
 
     def _post(self, reply: OutboundReply) -> tuple[str, str, dict[str, Any]]:
         """The request that posts ``reply`` (a message, or an interaction's follow-up)."""

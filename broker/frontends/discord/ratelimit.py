@@ -13,8 +13,8 @@ Until a route's first answer, one request at a time goes out on it.
 The global limit (50 requests per second for a bot) is kept by counting each
 request from when it is sent until one second after its answer: Discord counts
 it on arrival, somewhere in between, so no second of arrivals can hold more. A
-429 with ``global: true`` pauses everything for its ``retry_after``. Interaction callbacks and webhooks are outside the global
-limit, as Discord documents.
+429 with ``global: true`` pauses everything for its ``retry_after``. Interaction
+callbacks and webhooks are outside the global limit, as Discord documents.
 
 :meth:`RateLimiter.acquire` returns how long to wait (0: send now, and the
 request is counted); the caller sleeps and asks again. :meth:`RateLimiter.update`

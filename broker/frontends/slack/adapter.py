@@ -49,7 +49,6 @@ import httpx
 import trio
 
 from broker.frontends.base import (
-    RESPONSE_TIMEOUT_SECS,
     Claim,
     InboundSink,
     MemoryOutbox,
@@ -225,31 +224,27 @@ class SlackFrontend:
         else:
             await self._deliver(reply)
 
-    async def request(
-        self, reply: OutboundReply, *, timeout: float = RESPONSE_TIMEOUT_SECS
-    ) -> GatewayResponse | None:
+    async def request(self, reply: OutboundReply) -> GatewayResponse | None:
         """Post ``reply`` as a new message; its ``ts`` as ``message_id``. None
-        (nothing sent, nothing queued) when Slack does not answer in
-        ``timeout`` s or replies wait in the outbox."""
+        (nothing sent, nothing queued) when replies wait in the outbox. The
+        caller's cancel scope bounds the wait for Slack's answer."""
         request_id = new_request_id()
         if self._backlog or reply.command is not None:
             if reply.command is not None:
                 await self.send_reply(reply)
                 return GatewayResponse(request_id, True)
             return None
-        with trio.move_on_after(timeout):
-            try:
-                answer = await self._post(reply)
-            except SlackUnavailable as exc:
-                self._unavailable(exc)
-                return None
-            except SlackApiError as exc:
-                log.warning("slack: %s", exc)
-                return GatewayResponse(request_id, False, error=exc.error)
-            return GatewayResponse(
-                request_id, True, thread_id=reply.channel.thread_id, message_id=str(answer["ts"])
-            )
-        return None
+        try:
+            answer = await self._post(reply)
+        except SlackUnavailable as exc:
+            self._unavailable(exc)
+            return None
+        except SlackApiError as exc:
+            log.warning("slack: %s", exc)
+            return GatewayResponse(request_id, False, error=exc.error)
+        return GatewayResponse(
+            request_id, True, thread_id=reply.channel.thread_id, message_id=str(answer["ts"])
+        )
 
     # -- sending -----------------------------------------------------------------------
 

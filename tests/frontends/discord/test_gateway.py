@@ -1,4 +1,5 @@
-"""The gateway connection against the fake Discord: resume, zombies, invalid sessions, fatal closes."""
+"""The gateway connection against the fake Discord: resume, zombies, invalid sessions, fatal
+closes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Replies through the real front-end to the fake Discord: splits, edits, limits, outages, buttons."""
+"""Replies through the real front-end to the fake Discord: splits, edits, limits, outages,
+buttons."""
 
 from __future__ import annotations
 

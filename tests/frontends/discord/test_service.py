@@ -33,7 +33,7 @@ def test_enabled_without_a_token_is_refused_with_what_to_set() -> None:
 def test_bad_discord_values_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"discord.allowed_guilds\[0\]: expected a guild id"):
         structure_config({"discord": {"allowed_guilds": ["general"]}})
-    with pytest.raises(ConfigError, match="discord.api_base_url: expected an http"):
+    with pytest.raises(ConfigError, match=r"discord\.api_base_url: expected an http"):
         structure_config({"discord": {"api_base_url": "discord.com"}})
 
 
@@ -55,7 +55,7 @@ def test_the_discord_token_is_a_secret_masked_everywhere_and_kept_from_agents() 
         secrets=config.secret_values(),
     )
     assert "LEAK" not in env
-    with pytest.raises(ConfigError, match="agent.args"):
+    with pytest.raises(ConfigError, match=r"agent\.args"):
         structure_config(
             {"discord": {"token": "T0KEN-abc"}, "agent": {"args": ["--token=T0KEN-abc"]}}
         )
