@@ -21,7 +21,7 @@ from pathlib import Path
 _PROC = Path("/proc")
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     """The fields of /proc/<pid>/stat after the command name, or None if gone."""
     try:
         raw = (_PROC / str(pid) / "stat").read_text()
@@ -33,7 +33,7 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 def start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks since boot; None if it does not exist."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[19]) if fields else None
 
 
@@ -43,7 +43,7 @@ def process_group_members(pgid: int) -> list[int]:
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue
-        fields = _stat_fields(int(entry.name))
+        fields = stat_fields(int(entry.name))
         if fields and fields[0] != "Z" and int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members

@@ -19,8 +19,6 @@ reaped.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import logging
 import os
 import queue
@@ -31,10 +29,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 import attrs
 import trio
+
+from supervisor import reaper
+from supervisor.cgroups import ChildCgroup, delegated_cgroup
+from supervisor.leftovers import start_ticks
+from supervisor.reaper import PR_SET_CHILD_SUBREAPER, become_subreaper
 
 logger = logging.getLogger("supervisor")
 
@@ -68,6 +72,10 @@ class ChildSpec:
     max_line_bytes: int = 8 * 1024 * 1024
     stderr_tail_bytes: int = 16 * 1024
     parent_death_signal: bool = True
+    #: The cgroup v2 directory to make the child's own cgroup in (see
+    #: :mod:`supervisor.cgroups`); None: this process's delegated cgroup, if it
+    #: has one; "": no cgroup.
+    cgroup_parent: str | None = None
 
 
 @attrs.frozen
@@ -146,25 +154,31 @@ def resolve_executable(argv0: str, env: Mapping[str, str], cwd: str | None) -> s
     raise SpawnError(f"command not found: {argv0!r} (PATH={search})")
 
 
-@functools.cache
-def _prctl() -> Any:
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A preexec function that makes the kernel SIGKILL the child when we die."""
+def _preexec_hook(parent_death_signal: bool, cgroup_procs: str | None) -> Callable[[], None] | None:
+    """A preexec function that moves the child into its cgroup (writing to
+    ``cgroup_procs``), makes it a subreaper of its own tree (kept across exec:
+    see :mod:`supervisor.reaper`) and, with ``parent_death_signal``, makes the
+    kernel SIGKILL the child when we die."""
     if not sys.platform.startswith("linux"):
         return None
-    prctl = _prctl()  # resolved here: the forked child only calls it
+    prctl = reaper.prctl()  # resolved here: the forked child only calls it
     parent = os.getpid()
 
     def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
+        if cgroup_procs is not None:
+            try:
+                fd = os.open(cgroup_procs, os.O_WRONLY)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # it runs outside a cgroup of its own; the reaper still finds its tree
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        if parent_death_signal:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
 
@@ -205,7 +219,10 @@ class _Spawner:
 
         def job() -> None:
             try:
-                result.append(popen())
+                with reaper.spawn_lock:
+                    proc = popen()
+                    reaper.running(proc.pid)
+                result.append(proc)
             except BaseException as exc:  # noqa: BLE001 - handed back to the trio task
                 failure.append(exc)
             try:
@@ -237,12 +254,15 @@ def _get_spawner() -> _Spawner:
     with _spawner_lock:
         if _spawner is None or _spawner.pid != os.getpid():  # a forked copy has no threads
             _spawner = _Spawner()
+            become_subreaper()
         return _spawner
 
 
 async def _spawn(spec: ChildSpec) -> Child:
     executable = resolve_executable(spec.argv[0] if spec.argv else "", spec.env, spec.cwd)
-    hook = _parent_death_hook() if spec.parent_death_signal else None
+    parent = delegated_cgroup() if spec.cgroup_parent is None else spec.cgroup_parent
+    cgroup = ChildCgroup.create(Path(parent), spec.name) if parent else None
+    hook = _preexec_hook(spec.parent_death_signal, cgroup.procs if cgroup else None)
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
@@ -268,6 +288,9 @@ async def _spawn(spec: ChildSpec) -> Child:
     except BaseException as exc:
         for fd in parent_ends:
             os.close(fd)
+        if cgroup is not None:
+            with contextlib.suppress(OSError):
+                cgroup.path.rmdir()
         if not isinstance(exc, (OSError, ValueError, subprocess.SubprocessError)):
             raise
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -281,6 +304,7 @@ async def _spawn(spec: ChildSpec) -> Child:
     except (AttributeError, OSError):
         pidfd = None
     child = Child(spec, proc, pidfd, *parent_ends)
+    child.cgroup = cgroup
     logger.info("started %s pid %d: %s", spec.name, proc.pid, shlex.join(spec.argv))
     return child
 
@@ -422,6 +446,7 @@ class Child:
         self.spec = spec
         self.pid = proc.pid
         self.pgid = proc.pid  # start_new_session: the child leads its own group
+        self.start_ticks = start_ticks(proc.pid) or 0  # what its tree leaves started after
         self.exit_status: ExitStatus | None = None
         self.exited = trio.Event()
         self._proc = proc
@@ -437,6 +462,8 @@ class Child:
         self._watch_scope = trio.CancelScope(shield=True)
         self._drain_scope = trio.CancelScope(shield=True)
         self._stderr_done = trio.Event()
+        self.orphans_stopped = trio.Event()  # after the exit: its tree's leftovers are gone
+        self.cgroup: ChildCgroup | None = None
         self._stop_done: trio.Event | None = None
 
     def __repr__(self) -> str:
@@ -482,7 +509,9 @@ class Child:
         """Stop the child and its process group; return how it ended.
 
         Closes stdin, sends SIGTERM to the group, waits up to ``grace`` seconds
-        for the exit, then sends SIGKILL to the group and waits for the reap.
+        for the exit, then sends SIGKILL to the group and waits for the reap,
+        and for the descendants that left the group to be stopped and reaped
+        (:mod:`supervisor.reaper`).
         Runs shielded with its own deadlines, so it finishes even when the
         caller is cancelled. Idempotent: concurrent and later callers share the
         one stop. Raises :class:`StopTimeout` if the child is still there
@@ -516,6 +545,9 @@ class Child:
                 self._log.error("did not exit after SIGKILL")
                 self._watch_scope.cancel()
                 self._drain_scope.cancel()
+            else:
+                with trio.move_on_after(KILL_WAIT):
+                    await self.orphans_stopped.wait()
 
     def _kill_group(self, sig: int) -> None:
         if self._reaped:  # the pgid may belong to someone else by now
@@ -533,6 +565,7 @@ class Child:
             await self._wait_leader_exit()
             self._kill_group(signal.SIGKILL)
             status = await self._reap()
+            reaper.reaped(self.pid)
             try:
                 with trio.move_on_after(STDERR_EOF_WAIT):
                     await self._stderr_done.wait()
@@ -546,6 +579,12 @@ class Child:
             else:
                 level = logging.INFO if status.returncode == 0 else logging.WARNING
                 self._log.log(level, status.describe())
+            # what left the group (setsid): killed with the cgroup, and once
+            # re-parented to us, stopped (where there is no cgroup) and reaped
+            if self.cgroup is not None:
+                await self.cgroup.remove(KILL_WAIT)
+            await reaper.stop_orphans(self.start_ticks, KILL_WAIT)
+            self.orphans_stopped.set()
 
     async def _wait_leader_exit(self) -> None:
         if self._pidfd is None:

@@ -15,6 +15,8 @@ what the prompt text asks:
 * ``close-stdout``: closes its stdout and lives on until stdin closes;
 * ``surrogate SECS``: after ``SECS`` seconds, replies with a chunk holding a
   lone UTF-16 surrogate (the JSON escape ``\\ud800``);
+* ``daemon``: daemonises a grandchild (fork, ``setsid()``, fork) that sleeps,
+  and replies ``daemon: PID``;
 * ``bad-id``: sends a response with the id ``"²"`` (a digit ``int()``
   refuses), then replies ``pong`` as usual;
 * anything else: replies ``pong: TEXT``.
@@ -85,6 +87,21 @@ def ask_client_at_once(requests: list[tuple[str, dict[str, Any]]]) -> list[dict[
     return [answers[n] for n in range(first, _next_id + 1)]
 
 
+def daemonise() -> int:
+    """Fork a grandchild in a session of its own (it sleeps); return its pid."""
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, b"%d" % os.getpid())
+            for fd in (0, 1, 2):
+                os.close(fd)
+            time.sleep(600)
+        os._exit(0)
+    os.wait()
+    return int(os.read(r, 64))
+
+
 def endless_line(session_id: str, size: int) -> None:
     head = json.dumps(
         {
@@ -134,6 +151,8 @@ def prompt(request_id: Any, params: dict[str, Any]) -> None:
     elif word == "surrogate":
         time.sleep(float(rest))
         chunk(session_id, "before \ud800 after")
+    elif word == "daemon":
+        chunk(session_id, f"daemon: {daemonise()}")
     elif word == "bad-id":
         send({"jsonrpc": "2.0", "id": "\u00b2", "result": {}})
         chunk(session_id, "pong: after a bad id")

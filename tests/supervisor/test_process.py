@@ -166,9 +166,10 @@ async def test_exit_mid_read_is_noticed_at_once_with_code_and_stderr_tail() -> N
                 ended_before_exit_was_noticed = stdout_ended
                 nursery.cancel_scope.cancel()
     finally:
-        if holder:
+        if holder and proc_state(holder) is not None:
             os.kill(holder, signal.SIGKILL)
     assert status.returncode == 3
+    assert proc_state(holder) is None  # it left the group, and was stopped with the child
     assert status.describe() == "exited with code 3"
     assert "fatal: the widget exploded" in child.stderr_tail()
     assert noticed < 3.0  # no polling interval: the pidfd wakes us
