@@ -99,14 +99,15 @@ class ChildCgroup:
             return False
         return "populated 1" in events.splitlines()
 
-    async def remove(self, timeout: float) -> None:
-        """Kill what is in the cgroup, wait (up to ``timeout`` seconds) until it
-        is empty, and remove it."""
+    async def remove(self) -> None:
+        """Kill what is in the cgroup, wait until it is empty, and remove it (bound
+        it with the caller's cancel scope: a cgroup still populated then stays)."""
         self.kill()
-        with trio.move_on_after(timeout):
+        try:
             while self.populated():  # noqa: ASYNC110 - no wakeup without inotify
                 await trio.sleep(EMPTY_POLL_SECS)
-        try:
-            self.path.rmdir()
-        except OSError as exc:
-            logger.error("cannot remove the cgroup %s: %s", self.path, exc)
+        finally:
+            try:
+                self.path.rmdir()
+            except OSError as exc:
+                logger.error("cannot remove the cgroup %s: %s", self.path, exc)

@@ -581,9 +581,12 @@ class Child:
                 self._log.log(level, status.describe())
             # what left the group (setsid): killed with the cgroup, and once
             # re-parented to us, stopped (where there is no cgroup) and reaped
-            if self.cgroup is not None:
-                await self.cgroup.remove(KILL_WAIT)
-            await reaper.stop_orphans(self.start_ticks, KILL_WAIT)
+            with trio.move_on_after(KILL_WAIT) as scope:
+                if self.cgroup is not None:
+                    await self.cgroup.remove()
+                await reaper.stop_orphans(self.start_ticks)
+            if scope.cancelled_caught:
+                self._log.error("what its tree left survived SIGKILL for %.0f s", KILL_WAIT)
             self.orphans_stopped.set()
 
     async def _wait_leader_exit(self) -> None:

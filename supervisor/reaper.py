@@ -113,33 +113,30 @@ def adopted_orphans(started_since: int) -> list[int]:
     return found
 
 
-async def stop_orphans(started_since: int, timeout: float) -> list[int]:
-    """SIGKILL and reap :func:`adopted_orphans`; returns their pids. Waits up
-    to ``timeout`` seconds for them to die; one that is still there then is
-    logged and left (it stays this process's child, found again next time)."""
+async def stop_orphans(started_since: int) -> list[int]:
+    """SIGKILL :func:`adopted_orphans` and wait until each is reaped; returns
+    their pids. Bound it with the caller's cancel scope: one still there then
+    stays this process's child and is found again next time."""
     with spawn_lock:
         orphans = adopted_orphans(started_since)
     for pid in orphans:  # ours until reaped: the pid cannot be reused meanwhile
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    left = set(orphans)
-    with trio.move_on_after(timeout):
-        while left:
-            for pid in list(left):
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - never blocks
-                except ChildProcessError:  # not ours (any more): nothing to reap
-                    done = pid
-                if done:
-                    left.discard(pid)
-            if left:
-                await trio.sleep(REAP_POLL_SECS)
     if orphans:
         logger.warning(
-            "stopped %d process(es) that had left a stopped child's group: %s",
+            "stopping %d process(es) that had left a stopped child's group: %s",
             len(orphans),
             orphans,
         )
-    if left:
-        logger.error("processes %s survived SIGKILL", sorted(left))
+    left = set(orphans)
+    while left:
+        for pid in list(left):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - never blocks
+            except ChildProcessError:  # not ours (any more): nothing to reap
+                done = pid
+            if done:
+                left.discard(pid)
+        if left:
+            await trio.sleep(REAP_POLL_SECS)
     return orphans

@@ -64,9 +64,7 @@ async def test_a_grandchild_that_calls_setsid_is_stopped_when_its_child_exits_on
         assert proc_state(daemon) is None
 
 
-async def test_stopping_one_child_leaves_other_childrens_descendants_and_other_processes_alone() -> (
-    None
-):
+async def test_stopping_one_child_leaves_others_descendants_and_other_processes_alone() -> None:
     bystander = await trio.lowlevel.open_process(
         [sys.executable, "-c", "import time; time.sleep(120)"]
     )
