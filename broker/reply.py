@@ -322,7 +322,9 @@ class TurnHandle:
 
     Text the agent sends for this turn after its end arrives with
     :meth:`push_late` (in ``transcript.late_text``) until the session calls
-    :meth:`close`: then nothing more belongs to this turn.
+    :meth:`close`: then nothing more belongs to this turn. An end without a
+    ``stop_reason`` (the agent never answered: a refusal, a death, a stop)
+    closes the turn at once, since nothing can come late for it.
     """
 
     def __init__(self, thread_key: str) -> None:
@@ -344,6 +346,8 @@ class TurnHandle:
             return
         self._pending.append(event)
         self.transcript.apply(event)
+        if isinstance(event, TurnEnd) and event.stop_reason is None:
+            self.transcript.closed = True
         self._changed.fire()
 
     def push_late(self, text: str) -> None:

@@ -166,6 +166,7 @@ class ConfigOption:
 @attrs.frozen
 class AgentMessageChunk:
     content: ContentBlock = TextContent()
+    message_id: str | None = None  # ACP ``messageId``: which agent message the text is part of
 
 
 @attrs.frozen

@@ -208,6 +208,8 @@ class Turn:
     error: Exception | None = None
     refused: PermissionDecision | None = None  # the last permission the broker refused
     waiting: WaitTally = attrs.field(factory=WaitTally)  # for a person's answer
+    answered_at: float | None = None  # when the agent answered the prompt
+    message_ids: set[str] = attrs.field(factory=set)  # ACP messageIds of its text
 
 
 @attrs.frozen
@@ -233,6 +235,7 @@ class _StartFailed(Exception):
 
 
 _EXIT_AFTER_EOF_SECS = 1.0
+_CLOSED_TURNS_KEPT = 8  # turns whose late text is recognised (by messageId) and dropped
 
 
 class Session:
@@ -286,6 +289,8 @@ class Session:
         self._stop_event = trio.Event()
         self._start_scope: trio.CancelScope | None = None
         self._update_target: Turn | None = None
+        self._previous: Turn | None = None  # answered; its reply still takes late text
+        self._closed_ids: deque[set[str]] = deque(maxlen=_CLOSED_TURNS_KEPT)  # their messageIds
         self.questions: QuestionBook | None = None  # the thread's, set by the pool
 
     def __repr__(self) -> str:
@@ -623,18 +628,61 @@ class Session:
 
     def _on_update(self, update: SessionUpdate) -> None:
         """Called by the ACP reader, synchronously and in stdout order, for the
-        prompt's updates and (as the session's watcher) for late ones."""
-        target = self._update_target
-        if target is None:
-            return
+        prompt's updates and (as the session's watcher) for late ones.
+
+        Text belongs to the turn whose message it is part of (ACP ``messageId``)
+        where the agent says so; otherwise to the running turn, or, between the
+        previous turn's answer and the next prompt, to the previous turn, whose
+        reply takes it as late text (:meth:`~broker.reply.TurnHandle.push_late`).
+        Nothing ever goes to another turn's reply.
+        """
+        message_id = update.message_id if isinstance(update, schema.AgentMessageChunk) else None
+        previous, target = self._previous, self._update_target
+        if message_id is not None and previous is not None and message_id in previous.message_ids:
+            self._push_late(previous, update)
+        elif message_id is not None and any(message_id in ids for ids in self._closed_ids):
+            self.log.info("text of an earlier, closed turn dropped (message %s)", message_id)
+        elif target is not None:
+            if message_id is not None:
+                target.message_ids.add(message_id)
+            for event in update_to_events(update):
+                target.handle.push(event)
+        elif previous is not None:
+            self._push_late(previous, update)
+
+    def _push_late(self, turn: Turn, update: SessionUpdate) -> None:
         for event in update_to_events(update):
-            target.handle.push(event)
+            if isinstance(event, reply.TextChunk):
+                self.log.info("late text for the previous turn: %d chars", len(event.text))
+                turn.handle.push_late(event.text)
+
+    async def _drain_previous(self) -> None:
+        """Hold the next prompt until ``drain_ms`` after the previous answer (text
+        the agent sends meanwhile goes to the previous reply), then close that
+        reply to late text. A stop request cuts the wait short."""
+        previous = self._previous
+        if previous is None:
+            return
+        assert previous.answered_at is not None
+        with trio.move_on_at(previous.answered_at + self.settings.timeouts.drain_ms / 1000):
+            await self._stop_event.wait()
+        self._close_previous()
+
+    def _close_previous(self) -> None:
+        if self._previous is not None:
+            self._previous.handle.close()
+            if self._previous.message_ids:
+                self._closed_ids.append(self._previous.message_ids)
+            self._previous = None
 
     def _serving(self) -> bool:
         return self._stop_requested is None and self._exit_status is None and not self._reader_gone
 
     async def _serve_turns(self) -> None:
         while self._serving():
+            if self.queue and self._previous is not None:
+                await self._drain_previous()
+                continue  # look again: a stop may have come meanwhile
             if self.queue:
                 await self._run_turn(self.queue.popleft())
                 if self._must_restart:
@@ -664,8 +712,6 @@ class Session:
                     # stdout closed: the exit (and the rest of stderr) follows within moments
                     with trio.move_on_after(_EXIT_AFTER_EOF_SECS):
                         await self._agent_gone.wait()
-                if turn.stop_reason is not None and self._exit_status is None:
-                    await trio.sleep(self.settings.timeouts.drain_ms / 1000)
                 turn_nursery.cancel_scope.cancel()
             end, restart = turn_end(self._outcome_facts(turn, unresponsive))
             self._must_restart = self._must_restart or restart
@@ -675,7 +721,11 @@ class Session:
             self.turns_done += 1
             self.last_active = trio.current_time()
         self._settle_questions(turn)
-        turn.handle.push(end)
+        turn.handle.push(end)  # at once: late text is added to the reply, not waited for
+        if turn.answered_at is not None and self._exit_status is None:
+            self._previous = turn
+        else:
+            turn.handle.close()
         self._observer.turn_ended(self, turn, end)
         self._report_changed()
 
@@ -689,6 +739,7 @@ class Session:
             turn.stop_reason = await self.client.prompt(
                 self.acp_session_id, blocks, self._on_update
             )
+            turn.answered_at = trio.current_time()
         except Exception as exc:  # noqa: BLE001 - any failure ends this turn, not the session
             turn.error = exc
         finally:
@@ -824,6 +875,7 @@ class Session:
                 )
             )
             self.current = None
+        self._close_previous()
         leftovers = tuple(self.queue)
         self.queue.clear()
         self.ended.set()

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class Options:
     load_delay: float = 0.0
     load_session: bool = True
     images: bool = True
+    message_ids: bool = True
     ignore_sigterm: bool = False
     ignore_stdin_eof: bool = False
     stderr_noise: float | None = None
@@ -422,6 +424,7 @@ class FakeAgent:
                 ticket.control,
                 images=images,
                 timings=self.options.permission_timings,
+                message_id=f"msg-{uuid.uuid4().hex[:12]}" if self.options.message_ids else None,
             )
             late, cancelled = await self._run_turn(turn, ticket, script)
             if script.error is not None and not cancelled:
@@ -461,7 +464,7 @@ class FakeAgent:
     async def _send_late(self, turn: Turn, chunks: list[str], delay: float) -> None:
         await trio.sleep(delay)
         for chunk in chunks:
-            await turn.update("agent_message_chunk", content={"type": "text", "text": chunk})
+            await turn.chunk(chunk)
 
     def _prompt_content(self, prompt: JSON) -> tuple[str, int]:
         """The prompt's text (text blocks joined) and its number of images."""
@@ -552,6 +555,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument(
         "--no-images", action="store_true", help="advertise image: false and reject image blocks"
     )
+    p.add_argument(
+        "--no-message-ids",
+        action="store_true",
+        help="send agent_message_chunks without an ACP messageId (as older agents do)",
+    )
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument(
         "--ignore-stdin-eof",
@@ -608,6 +616,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         load_delay=a.load_delay,
         load_session=not a.no_load_session,
         images=not a.no_images,
+        message_ids=not a.no_message_ids,
         ignore_sigterm=a.ignore_sigterm,
         ignore_stdin_eof=a.ignore_stdin_eof,
         stderr_noise=a.stderr_noise,

@@ -54,6 +54,7 @@ class Turn:
     control: TurnControl
     images: int = 0
     timings: Path | None = None  # --permission-timings
+    message_id: str | None = None  # ACP messageId on this turn's agent_message_chunks
     sent: list[str] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
     _tool_ids: int = 0
@@ -71,7 +72,14 @@ class Turn:
 
     async def say(self, text: str) -> None:
         self.sent.append(text)
-        await self.update("agent_message_chunk", content={"type": "text", "text": text})
+        await self.chunk(text)
+
+    async def chunk(self, text: str) -> None:
+        """One agent_message_chunk, with the turn's ``messageId`` when it has one."""
+        fields: dict[str, Any] = {"content": {"type": "text", "text": text}}
+        if self.message_id is not None:
+            fields["messageId"] = self.message_id
+        await self.update("agent_message_chunk", **fields)
 
 
 def message_chunk_line(session_id: str, text: str) -> bytes:

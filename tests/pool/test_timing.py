@@ -135,3 +135,23 @@ async def test_a_crash_looping_thread_is_blocked_after_max_restarts(
         refused = await pool.submit("cli:1", Prompt("hi")).result()
         assert "keeps failing" in refused.reason
         assert len(transport.agents) == 3
+
+
+async def test_the_reply_is_not_held_for_the_drain_window_but_the_next_prompt_is(
+    make_config: Callable[..., BrokerConfig], autojump_clock: trio.testing.MockClock
+) -> None:
+    transport = MemoryTransport(MemoryAgentOptions(message_ids=True))
+    async with memory_pool(make_config, transport, timeouts={"drain_ms": 5000}) as pool:
+        assert (await pool.submit("cli:1", Prompt("@reply warm")).result()).ok
+        await trio.sleep(10)  # past the warm-up's drain window
+        started = trio.current_time()
+        first = pool.submit("cli:1", Prompt("@delay 1\n@reply one two\n@chunks 2\n@late 2000"))
+        second = pool.submit("cli:1", Prompt("@reply b"))
+        end, at = await end_time(first)
+        assert at == exactly(started + 1)  # the answer, not the answer plus 5 s
+        assert end.text == "one "
+        assert (await second.result()).text == "b"
+        prompts = [t for t, method in transport.agents[0].received if method == "session/prompt"]
+        assert prompts[-1] == exactly(started + 1 + 5)
+        assert first.transcript.late_text == "two"  # 2 s after the answer: its own reply
+        assert first.transcript.closed

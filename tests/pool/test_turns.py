@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from broker.config import BrokerConfig
@@ -78,12 +79,33 @@ async def test_agent_death_mid_turn_reaches_the_caller_at_once_with_stderr(
             assert pool.counters.resumed == 1
 
 
+@pytest.mark.parametrize("message_ids", [True, False], ids=["message-ids", "no-message-ids"])
 async def test_chunks_sent_after_the_prompt_response_are_kept(
-    make_config: Callable[..., BrokerConfig],
+    make_config: Callable[..., BrokerConfig], message_ids: bool
 ) -> None:
-    config = make_config(timeouts={"drain_ms": 400})
+    args = [] if message_ids else ["--no-message-ids"]
+    config = make_config(args, timeouts={"drain_ms": 400})
     with trio.fail_after(30):
         async with open_pool(config) as pool:
-            end = await ask(pool, "cli:1", "@reply one two three four\n@chunks 4\n@late 100")
-    assert end.ok
-    assert end.text == "one two three four"
+            handle = pool.submit("cli:1", Prompt("@reply one two three four\n@chunks 4\n@late 100"))
+            end = await handle.result()
+            assert end.ok and end.text == "one two three "  # the reply is not held back
+            while handle.transcript.late_text != "four":
+                await handle.wait_changed(handle.transcript.version)
+            assert not handle.transcript.closed  # until the next prompt of the thread
+            assert (await ask(pool, "cli:1", "@reply next")).text == "next"
+            assert handle.transcript.closed and handle.transcript.late_text == "four"
+
+
+async def test_late_chunks_never_join_the_next_turns_reply(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    config = make_config(timeouts={"drain_ms": 200})
+    with trio.fail_after(30):
+        async with open_pool(config) as pool:
+            first = pool.submit("cli:1", Prompt("@reply AAA BBB\n@chunks 2\n@late 300"))
+            second = pool.submit("cli:1", Prompt("@reply CCC\n@delay 0.5"))
+            assert (await first.result()).text == "AAA "
+            assert (await second.result()).text == "CCC"
+            # BBB came 300 ms after its answer, after the next prompt: it is dropped
+            assert first.transcript.closed and "BBB" not in first.transcript.late_text
