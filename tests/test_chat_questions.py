@@ -15,8 +15,8 @@ from tests.test_chat import Terminal, chat_terminal, screen_lines
 
 
 @asynccontextmanager
-async def asking_chat(tmp_path: Path) -> AsyncIterator[Terminal]:
-    config = fake_agent_config(tmp_path, permissions={"default": "ask"})
+async def asking_chat(tmp_path: Path, **permissions: object) -> AsyncIterator[Terminal]:
+    config = fake_agent_config(tmp_path, permissions={"default": "ask", **permissions})
     async with running_broker(config) as stack, chat_terminal(stack.server.url, tmp_path) as t:
         await t.expect("connected to ws://127.0.0.1:")
         yield t
@@ -69,5 +69,35 @@ async def test_escape_leaves_the_prompt_to_type_and_a_typed_command_answers(
             await t.expect("Type your message; the question stays open.")
             await t.type("/deny always 1\n")
             await t.expect("selected reject_always")
+            await t.type("\x04")
+            assert await t.exit_status() == 0
+
+
+async def test_ctrl_c_while_asked_cancels_and_the_prompt_goes(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with asking_chat(tmp_path) as t:
+            await t.type("@permission execute deploy\n")
+            await t.expect("❓ Question 1 — press a key")
+            await t.type("\x03")
+            await t.expect("🛑 Cancelled with /cancel")
+            await t.expect("🛑 Cancelled.")
+            await t.type("@reply typed again\n")  # lines, not keys, once it is closed
+            await t.expect("you › @reply typed again")
+            await t.expect("typed again")
+            await t.type("\x04")
+            assert await t.exit_status() == 0
+
+
+async def test_a_question_nobody_answers_times_out_and_the_terminal_types_again(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with asking_chat(tmp_path, ask_timeout_secs=1) as t:
+            await t.type("@permission execute deploy\n")
+            await t.expect("❓ Question 1 — press a key")
+            await t.expect("⏱️ No answer within 1s: the agent was told “Reject”.")
+            await t.expect("selected reject_once")
+            await t.type("/status\n")
+            await t.expect("you › /status")
             await t.type("\x04")
             assert await t.exit_status() == 0

@@ -4,12 +4,14 @@ in the thread answers over a real WebSocket connection (policy ``ask``)."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio_websocket
 
@@ -338,3 +340,53 @@ async def test_time_waiting_for_a_person_does_not_count_toward_the_hard_ceiling(
             await client.ask("/allow 1")
             final = await final_text(client, stack, event)
     assert final.startswith("✅ slow approval\n\nfinished")
+
+
+async def test_reset_while_asked_closes_the_question_with_a_note(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    with trio.fail_after(30):
+        async with running_broker(ask_config(make_config)) as stack, connect(stack) as client:
+            event = await client.send("@permission execute build")
+            (question,) = await wait_questions(client, event)
+            reset = await client.ask("/reset")
+            edited = await wait_edit(client, question)
+            await final_text(client, stack, event)
+    assert reset.startswith("🔄 Reset")
+    assert "🔄 Closed without an answer: the conversation was reset." in edited
+
+
+async def test_a_message_behind_an_open_question_is_queued_visibly_and_runs_after_it(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    with trio.fail_after(30):
+        async with running_broker(ask_config(make_config)) as stack, connect(stack) as client:
+            event = await client.send("@permission execute build\n@reply built")
+            await wait_questions(client, event)
+            behind = await client.send("@reply next")
+            status = await client.ask("/status")
+            await client.ask("/allow 1")
+            first = await final_text(client, stack, event)
+            second = await final_text(client, stack, behind)
+    assert "⏸️ Waiting for approval: build" in status and "Queue: 1 waiting" in status
+    assert first.startswith("✅ build\n\nbuilt") and second == "next"
+
+
+async def test_every_question_and_decision_is_logged_with_thread_tool_kind_who_and_latency(
+    make_config: Callable[..., BrokerConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker.sessions.questions")
+    with trio.fail_after(30):
+        async with running_broker(ask_config(make_config)) as stack, connect(stack) as client:
+            event = await client.send("@permission execute make")
+            await wait_questions(client, event)
+            await client.ask("/deny 1")
+            await final_text(client, stack, event)
+    lines = [r.getMessage() for r in caplog.records if r.name == "broker.sessions.questions"]
+    assert lines[0] == "cli:1001: question 1 asked: tool 'make' kind execute, options " + (
+        "['allow_once', 'allow_always', 'reject_once', 'reject_always']"
+    )
+    assert lines[1].startswith(
+        "cli:1001: question 1 (make, kind execute) answered: option reject_once by alice after "
+    )
+    assert lines[1].endswith(" s")
