@@ -231,6 +231,7 @@ class QuestionLine:
 
     question: Question
     closed: QuestionClosed | None = None
+    message_id: str | None = None  # the platform message showing it, once known
 
 
 @attrs.define
@@ -349,6 +350,13 @@ class TurnHandle:
         if isinstance(event, TurnEnd) and event.stop_reason is None:
             self.transcript.closed = True
         self._changed.fire()
+
+    def question_shown(self, number: int, message_id: str) -> None:
+        """The chat shows question ``number`` as platform message ``message_id``
+        (a button click names it; see :func:`broker.sessions.questions.decide_answer`)."""
+        line = self.transcript.questions.get(number)
+        if line is not None:
+            line.message_id = message_id
 
     def push_late(self, text: str) -> None:
         """Add ``text`` the agent sent for this turn after its :class:`TurnEnd`.

@@ -266,6 +266,121 @@ def internal_error(error_name: str) -> str:
     )
 
 
+# --- questions: a permission asked of the person in the thread (broker.chat.questions) ----------
+
+QUESTION_DECIDED = {  # option kind -> what choosing it did
+    "allow_once": "✅ allowed once",
+    "allow_always": "✅ always allowed",
+    "reject_once": "🚫 rejected",
+    "reject_always": "🚫 always rejected",
+}
+QUESTION_CLOSED = {  # reply.Settled value -> how a question closed without an answer
+    "cancelled": "🛑 Cancelled with /cancel: the agent was told the request is cancelled.",
+    "agent_gone": "⚠️ Closed without an answer: the agent's turn ended or the agent stopped.",
+    "evicted": "⏹️ Closed without an answer: the conversation was suspended.",
+    "shutdown": (
+        "🔌 Closed without an answer: the broker is restarting. "
+        "Send your message again once it is back."
+    ),
+    "reset": "🔄 Closed without an answer: the conversation was reset.",
+    "no_options": "⚠️ The agent offered nothing to choose from, so the request was refused.",
+    "duplicate_options": (
+        "⚠️ The agent offered options with the same id, so the request was refused."
+    ),
+}
+ANSWER_USAGE = (
+    "Answer a question with /allow N, /allow always N, /deny N, /deny always N "
+    "or /answer N K (the K-th option); N is the question's number."
+)
+ANSWER_TAKES_NUMBERS = (
+    f"/answer takes the question's number and the option's: /answer 3 2. {ANSWER_USAGE}"
+)
+NO_OPEN_QUESTION = "There is no open question in this thread to answer."
+BOTS_CANNOT_ANSWER = "Bots cannot answer questions."
+QUESTION_KEYS_HELP = "Press an option's number, or Esc to type instead."
+QUESTION_TYPING = "Type your message; the question stays open."
+CANCELLED_REQUEST = "that the request is cancelled"
+
+
+def not_a_question_number(text: str) -> str:
+    return f"“{text}” is not a question number. {ANSWER_USAGE}"
+
+
+def question_head(number: int, title: str, kind: str | None) -> list[str]:
+    return [
+        f"❓ Question {number}: may the agent use this tool?",
+        f"🔧 {title}" + (f" ({kind})" if kind else ""),
+    ]
+
+
+def question_option(index: int, name: str, command: str) -> str:
+    return f"{index}. {name} — {command}"
+
+
+def who_may_answer(initiator: str | None, timeout_secs: float, fallback: str) -> str:
+    """The last line of a question: who answers, and what happens without an answer."""
+    who = f"@{initiator} or an approver" if initiator else "Anyone here"
+    return (
+        f"{who} can answer. With no answer within {duration(timeout_secs)} "
+        f"the agent is told {fallback}."
+    )
+
+
+def question_answered(kind: str, name: str, by: str, at: float) -> str:
+    decided = QUESTION_DECIDED.get(kind, f"☑️ “{name}” chosen")
+    return f"{decided} by @{by} at {wall_clock(at)}"
+
+
+def question_timed_out(limit_secs: float | None, told: str) -> str:
+    limit = duration(limit_secs) if limit_secs is not None else "the time limit"
+    return f"⏱️ No answer within {limit}: the agent was told {told}."
+
+
+def answer_accepted(number: int, title: str, decision: str) -> str:
+    return f"Question {number} ({title}): {decision}."
+
+
+def several_open(numbers: list[int]) -> str:
+    first = numbers[0]
+    return (
+        f"Several questions are open here ({', '.join(map(str, numbers))}): "
+        f"say which one, e.g. /allow {first} or /deny {first}."
+    )
+
+
+def question_settled_already(number: int | None, decision: str) -> str:
+    return f"This question is no longer open: question {number} was settled ({decision})."
+
+
+def question_not_open(number: int | None, open_numbers: list[int]) -> str:
+    now = (
+        "Open here now: " + ", ".join(map(str, open_numbers)) + "."
+        if open_numbers
+        else "No question is open here now."
+    )
+    return (
+        f"This question is no longer open: there is no open question {number} in this thread. {now}"
+    )
+
+
+def only_initiator(initiator: str | None) -> str:
+    return f"Only @{initiator or 'someone'} or an approver can answer this."
+
+
+def no_such_option(number: int, wanted: str, choices: list[str]) -> str:
+    return f"Question {number} has no {wanted}. Choose one of: {'; '.join(choices)}."
+
+
+def question_prompt(number: int, keys: list[str]) -> str:
+    """The terminal chat's prompt for a question: one key answers."""
+    return f"❓ Question {number} — press a key: {' · '.join(keys)} (Esc: type instead)"
+
+
+def waiting_for_approval(tool: str, waiting_secs: float | None) -> str:
+    """The dashboard's cell for a thread that waits for a person."""
+    return f"waiting for approval: {tool} ({duration(waiting_secs)})"
+
+
 # --- broker commands (broker.chat.commands) -----------------------------------------------------
 
 HELP_TEXT = """\

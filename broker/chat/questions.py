@@ -18,19 +18,18 @@ Answers are typed commands (buttons send the same text):
 
 :func:`parse_answer` reads them, the pool decides
 (:meth:`~broker.sessions.pool.Pool.answer`), :func:`answer_text` says what
-happened. Every sentence about questions is in this module.
+happened. Their sentences are in :mod:`broker.sentences`.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import re
-from collections.abc import Sequence
 
 import attrs
 import trio
 
+from broker import sentences
 from broker.chat.commands import SlashCommand
 from broker.frontends.base import ReplyChannel
 from broker.frontends.wire import (
@@ -41,8 +40,7 @@ from broker.frontends.wire import (
     OutboundReply,
     reply_target,
 )
-from broker.reply import Person, Question, QuestionClosed, QuestionLine, Settled, TurnHandle
-from broker.sentences import duration
+from broker.reply import Question, QuestionClosed, QuestionLine, Settled, TurnHandle
 from broker.sessions.questions import Accepted, Answer, Decision, Refusal, Refused
 
 log = logging.getLogger(__name__)
@@ -62,30 +60,6 @@ _STYLES = {
     "reject_once": ButtonStyle.DANGER,
     "reject_always": ButtonStyle.DANGER,
 }
-_DECIDED = {
-    "allow_once": "✅ allowed once",
-    "allow_always": "✅ always allowed",
-    "reject_once": "🚫 rejected",
-    "reject_always": "🚫 always rejected",
-}
-_CLOSED = {
-    Settled.CANCELLED: "🛑 Cancelled with /cancel: the agent was told the request is cancelled.",
-    Settled.AGENT_GONE: "⚠️ Closed without an answer: the agent's turn ended or the agent stopped.",
-    Settled.EVICTED: "⏹️ Closed without an answer: the conversation was suspended.",
-    Settled.SHUTDOWN: (
-        "🔌 Closed without an answer: the broker is restarting. "
-        "Send your message again once it is back."
-    ),
-    Settled.RESET: "🔄 Closed without an answer: the conversation was reset.",
-    Settled.NO_OPTIONS: "⚠️ The agent offered nothing to choose from, so the request was refused.",
-    Settled.DUPLICATE_OPTIONS: (
-        "⚠️ The agent offered options with the same id, so the request was refused."
-    ),
-}
-USAGE = (
-    "Answer a question with /allow N, /allow always N, /deny N, /deny always N "
-    "or /answer N K (the K-th option); N is the question's number."
-)
 
 
 # --- reading an answer -----------------------------------------------------------------------
@@ -105,7 +79,7 @@ def parse_answer(command: SlashCommand) -> Answer | str:
             return Answer(numbers[0], index=numbers[1])
         if len(args) == 1 and numbers[0]:
             return Answer(None, index=numbers[0])
-        return f"/answer takes the question's number and the option's: /answer 3 2. {USAGE}"
+        return sentences.ANSWER_TAKES_NUMBERS
     words = [command.name]
     if args and args[0] in ("always", "once"):
         if args[0] == "always":
@@ -116,14 +90,10 @@ def parse_answer(command: SlashCommand) -> Answer | str:
         return Answer(None, kind=kind)
     if len(args) == 1 and _number(args[0]):
         return Answer(_number(args[0]), kind=kind)
-    return f"“{' '.join(command.args)}” is not a question number. {USAGE}"
+    return sentences.not_a_question_number(" ".join(command.args))
 
 
 # --- how a question reads -------------------------------------------------------------------
-
-
-def _who(person: Person | None) -> str:
-    return f"@{person.name}" if person is not None else "someone"
 
 
 def option_commands(question: Question) -> list[str]:
@@ -153,11 +123,7 @@ def buttons(question: Question) -> tuple[Button, ...]:
 
 
 def _head(question: Question) -> list[str]:
-    kind = f" ({question.kind})" if question.kind else ""
-    lines = [
-        f"❓ Question {question.number}: may the agent use this tool?",
-        f"🔧 {question.title}{kind}",
-    ]
+    lines = sentences.question_head(question.number, question.title, question.kind)
     lines.extend(f"    {detail}" for detail in question.details)
     return lines
 
@@ -169,14 +135,11 @@ def question_text(question: Question) -> str:
     for index, (option, command) in enumerate(
         zip(question.options, option_commands(question), strict=True), start=1
     ):
-        lines.append(f"{index}. {option.name or option.option_id} — {command}")
-    who = f"{_who(question.initiator)} or an approver" if question.initiator else "anyone here"
+        lines.append(sentences.question_option(index, option.name or option.option_id, command))
     reject = next((o for o in question.options if o.kind.startswith("reject")), None)
-    fallback = f"“{reject.name}”" if reject else "that the request is cancelled"
-    lines.append(
-        f"{who[0].upper()}{who[1:]} can answer. With no answer within "
-        f"{duration(question.timeout_secs)} the agent is told {fallback}."
-    )
+    fallback = f"“{reject.name}”" if reject else sentences.CANCELLED_REQUEST
+    initiator = question.initiator.name if question.initiator else None
+    lines.append(sentences.who_may_answer(initiator, question.timeout_secs, fallback))
     return "\n".join(lines)
 
 
@@ -184,14 +147,14 @@ def decision_line(closed: QuestionClosed, question: Question | None = None) -> s
     """How a question was settled, in one line."""
     option = closed.option
     if closed.settled is Settled.ANSWERED and option is not None:
-        when = datetime.datetime.fromtimestamp(closed.at, datetime.UTC).strftime("%H:%M:%S UTC")
-        decided = _DECIDED.get(option.kind, f"☑️ “{option.name or option.option_id}” chosen")
-        return f"{decided} by {_who(closed.by)} at {when}"
+        by = closed.by.name if closed.by else "someone"
+        return sentences.question_answered(
+            option.kind, option.name or option.option_id, by, closed.at
+        )
     if closed.settled is Settled.TIMED_OUT:
-        limit = duration(question.timeout_secs) if question else "the time limit"
-        told = f"“{option.name or option.option_id}”" if option else "that the request is cancelled"
-        return f"⏱️ No answer within {limit}: the agent was told {told}."
-    return _CLOSED[closed.settled]
+        told = f"“{option.name or option.option_id}”" if option else sentences.CANCELLED_REQUEST
+        return sentences.question_timed_out(question.timeout_secs if question else None, told)
+    return sentences.QUESTION_CLOSED[closed.settled.value]
 
 
 def closed_text(line: QuestionLine) -> str:
@@ -235,19 +198,13 @@ def read_question(text: str) -> ShownQuestion | None:
 # --- what an answer gets --------------------------------------------------------------------
 
 
-def _open_now(numbers: Sequence[int]) -> str:
-    if not numbers:
-        return "No question is open here now."
-    return "Open here now: " + ", ".join(str(n) for n in numbers) + "."
-
-
 def answer_text(decision: Decision) -> str:
     """The reply to an answer: what it decided, or why it decided nothing."""
     if isinstance(decision, Accepted):
         question = decision.entry.question
         closed = decision.entry.closed
         line = decision_line(closed, question) if closed else ""
-        return f"Question {question.number} ({question.title}): {line}."
+        return sentences.answer_accepted(question.number, question.title, line)
     return _refusal_text(decision)
 
 
@@ -256,28 +213,19 @@ def _refusal_text(refused: Refused) -> str:
     number = asked.number if asked else None
     match refused.why:
         case Refusal.NONE_OPEN:
-            return "There is no open question in this thread to answer."
+            return sentences.NO_OPEN_QUESTION
         case Refusal.WHICH:
-            first = refused.open_numbers[0]
-            return (
-                f"Several questions are open here ({', '.join(map(str, refused.open_numbers))}): "
-                f"say which one, e.g. /allow {first} or /deny {first}."
-            )
+            return sentences.several_open(list(refused.open_numbers))
         case Refusal.NOT_OPEN:
             if refused.closed is not None:
-                return (
-                    f"This question is no longer open: question {number} was settled "
-                    f"({decision_line(refused.closed)})."
-                )
-            return (
-                f"This question is no longer open: there is no open question {number} in "
-                f"this thread. {_open_now(refused.open_numbers)}"
-            )
+                return sentences.question_settled_already(number, decision_line(refused.closed))
+            return sentences.question_not_open(number, list(refused.open_numbers))
         case Refusal.BOT:
-            return "Bots cannot answer questions."
+            return sentences.BOTS_CANNOT_ANSWER
         case Refusal.NOT_ALLOWED:
             assert refused.question is not None
-            return f"Only {_who(refused.question.initiator)} or an approver can answer this."
+            initiator = refused.question.initiator
+            return sentences.only_initiator(initiator.name if initiator else None)
         case Refusal.NO_SUCH_OPTION:
             question = refused.question
             assert question is not None
@@ -286,11 +234,11 @@ def _refusal_text(refused: Refused) -> str:
             else:
                 kind = asked.kind if asked is not None else None
                 wanted = f"“{(kind or 'such').replace('_', ' ')}” option"
-            choices = "; ".join(
+            choices = [
                 f"{o.name or o.option_id}: {c}"
                 for o, c in zip(question.options, option_commands(question), strict=True)
-            )
-            return f"Question {question.number} has no {wanted}. Choose one of: {choices}."
+            ]
+            return sentences.no_such_option(question.number, wanted, choices)
     raise AssertionError(refused.why)
 
 
@@ -343,7 +291,9 @@ async def show_questions(
                     with trio.move_on_after(response_timeout):
                         response = await channel.request(reply)
                     message_id = response.message_id if response and response.success else None
-                if not ask_ids or response is None:
+                if message_id is not None:
+                    handle.question_shown(number, message_id)
+                elif not ask_ids or response is None or not response.success:
                     await channel.send_reply(reply)
                 shown[number] = _Shown(message_id, closed)
             elif not state.closed and line.closed is not None:

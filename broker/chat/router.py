@@ -41,6 +41,7 @@ import logging
 import re
 from collections.abc import Iterable
 
+import attrs
 import trio
 
 from broker import sentences
@@ -245,6 +246,8 @@ class Router:
                 return answer
             sender = event.sender
             answerer = Answerer(Person(sender.id, sender.name), event.platform, sender.is_bot)
+            if event.event_type == "button":
+                answer = attrs.evolve(answer, message_id=event.message_id)
             decision = self.pool.answer(key, answer, answerer)
             if event.event_type == "button" and isinstance(decision, Accepted):
                 replier.finished = True  # the question's message is edited to show it

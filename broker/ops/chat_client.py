@@ -58,6 +58,7 @@ from rich.console import Console, Group, RenderableType
 from rich.syntax import Syntax
 from rich.text import Text
 
+from broker import sentences
 from broker.chat.questions import ShownQuestion, read_question
 from broker.chat.split import Fence, fence_after
 from broker.frontends.wire import (
@@ -467,8 +468,8 @@ class KeyMode:
 
 
 def question_prompt(question: ShownQuestion) -> str:
-    keys = " · ".join(f"{n} {o.label}" for n, o in enumerate(question.options, start=1))
-    return f"❓ Question {question.number} — press a key: {keys} (Esc: type instead)"
+    keys = [f"{n} {o.label}" for n, o in enumerate(question.options, start=1)]
+    return sentences.question_prompt(question.number, keys)
 
 
 # --- the session ----------------------------------------------------------------------------
@@ -642,10 +643,10 @@ class ChatSession:
                     elif key == KEY_ESCAPE:
                         self._typing = True
                         self._ask_next()
-                        self.view.note("Type your message; the question stays open.")
+                        self.view.note(sentences.QUESTION_TYPING)
                         continue
                     elif not self.answer_key(key.strip()):
-                        self.view.note("Press an option's number, or Esc to type instead.")
+                        self.view.note(sentences.QUESTION_KEYS_HELP)
                         continue
                     else:
                         continue

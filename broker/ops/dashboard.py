@@ -37,6 +37,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from broker import sentences
 from broker.ops.status import STATUS_PATH, STATUS_SCHEMA
 from broker.sentences import duration
 
@@ -200,8 +201,9 @@ def _tool(session: dict[str, Any]) -> str | Text:
     waiting = session.get("waiting_for_approval")
     if waiting is None:
         return _text(session["current_tool"])
-    since = duration(session.get("waiting_secs"))  # the thread waits on a person, not the agent
-    return Text(f"waiting for approval: {waiting} ({since})", style="bold black on yellow")
+    # the thread waits on a person, not on the agent
+    text = sentences.waiting_for_approval(waiting, session.get("waiting_secs"))
+    return Text(text, style="bold black on yellow")
 
 
 # The sessions table's columns: (name, justify, the cell of a session), in display order.

@@ -258,11 +258,13 @@ class QuestionBook:
 @attrs.frozen
 class Answer:
     """What a person answered: question ``number`` (None: the only open one)
-    with an option of ``kind``, or the ``index``-th option (1-based)."""
+    with an option of ``kind``, or the ``index``-th option (1-based).
+    ``message_id`` is the message whose button was clicked, if any."""
 
     number: int | None
     kind: str | None = None
     index: int | None = None
+    message_id: str | None = None
 
 
 @attrs.frozen
@@ -327,6 +329,10 @@ def decide_answer(
             closed = book.closed_question(answer.number) if book is not None else None
             return Refused(Refusal.NOT_OPEN, closed=closed, open_numbers=numbers, asked_for=answer)
         entry = found
+    shown = entry.handle.transcript.questions.get(entry.question.number)
+    stale = shown is not None and shown.message_id not in (None, answer.message_id)
+    if answer.message_id is not None and stale:  # a button of another, older message
+        return Refused(Refusal.NOT_OPEN, open_numbers=numbers, asked_for=answer)
     question = entry.question
     if answerer.is_bot:
         return Refused(Refusal.BOT, question, asked_for=answer)

@@ -290,6 +290,9 @@ async def test_bad_answers_get_clear_replies_and_block_nothing(
                 make_event("/allow 1", platform="cli"), event_type="button", message_id=message_id
             )
             again = attrs.evolve(click, event_id="evt_click_again")
+            stale = attrs.evolve(click, event_id="evt_stale", message_id="an-older-message")
+            await client.send_event(stale)
+            old_button = (await client.reply_to(stale))[0]
             await client.send_event(click)
             await client.send_event(again)
             second = (await client.reply_to(again))[0]
@@ -300,6 +303,7 @@ async def test_bad_answers_get_clear_replies_and_block_nothing(
     assert typo.startswith("“first” is not a question number.")
     assert elsewhere.startswith("This question is no longer open: there is no open question 1")
     assert "You said: “hello from elsewhere”" in other_thread
+    assert old_button.startswith("This question is no longer open: there is no open question 1")
     assert first == []  # the first click is shown by the question's edit
     assert second.startswith("This question is no longer open: question 1 was settled (✅ allowed")
     assert "selected allow_once" in final
