@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 
 PREFIX=.interop
 # Pinned: the tests assert behaviour of exactly this release.
-PACKAGES=("@zed-industries/claude-agent-acp@0.23.1")
+# codex-acp ships its binary through an optional dependency per platform
+# (@zed-industries/codex-acp-linux-x64, ...), which npm installs beside it.
+PACKAGES=("@zed-industries/claude-agent-acp@0.23.1" "@zed-industries/codex-acp@0.16.0")
 
 warn() {
     printf '\n' >&2
@@ -21,7 +23,7 @@ warn() {
 for tool in node npm; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         warn "'$tool' is not on PATH: real ACP agents are NOT installed." \
-            "The interop tests against claude-agent-acp will be SKIPPED." \
+            "The interop tests against claude-agent-acp and codex-acp will be SKIPPED." \
             "Install Node.js 20+ with npm and run scripts/install-interop-agents.sh again."
         exit 0
     fi

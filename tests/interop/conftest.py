@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 INTEROP_PREFIX = ROOT / ".interop"
 CLAUDE_AGENT_PACKAGE = "@zed-industries/claude-agent-acp"
 CLAUDE_AGENT_VERSION = "0.23.1"
+CODEX_AGENT_PACKAGE = "@zed-industries/codex-acp"
+CODEX_AGENT_VERSION = "0.16.0"
 
 NODE_MISSING = (
     "!!! NODE IS NOT ON PATH: the interop tests against the real claude-agent-acp are SKIPPED. "
@@ -28,31 +30,41 @@ def node_available() -> bool:
     return shutil.which("node") is not None
 
 
-@pytest.fixture(scope="session")
-def claude_agent_entry() -> Path:
-    """The agent's entry script (its package.json ``bin``), installed at the pinned version.
+def installed_entry(package_name: str, version: str, command: str) -> Path:
+    """An agent's entry script (its package.json ``bin``), installed at the pinned version.
 
     Fails (does not skip) when node is present but the package is missing or
     at another version: that is a broken setup, not a missing prerequisite.
     """
-    package_dir = INTEROP_PREFIX / "node_modules" / CLAUDE_AGENT_PACKAGE
+    package_dir = INTEROP_PREFIX / "node_modules" / package_name
     manifest = package_dir / "package.json"
     if not manifest.is_file():
         pytest.fail(
-            f"{CLAUDE_AGENT_PACKAGE} is not installed in {INTEROP_PREFIX}: "
+            f"{package_name} is not installed in {INTEROP_PREFIX}: "
             "run scripts/install-interop-agents.sh",
             pytrace=False,
         )
     package = json.loads(manifest.read_text())
-    if package.get("version") != CLAUDE_AGENT_VERSION:
+    if package.get("version") != version:
         pytest.fail(
-            f"{CLAUDE_AGENT_PACKAGE} in {INTEROP_PREFIX} is at {package.get('version')}, "
-            f"the tests need {CLAUDE_AGENT_VERSION}: run scripts/install-interop-agents.sh",
+            f"{package_name} in {INTEROP_PREFIX} is at {package.get('version')}, "
+            f"the tests need {version}: run scripts/install-interop-agents.sh",
             pytrace=False,
         )
     bin_field = package["bin"]
-    relative = bin_field if isinstance(bin_field, str) else bin_field["claude-agent-acp"]
+    relative = bin_field if isinstance(bin_field, str) else bin_field[command]
     return (package_dir / relative).resolve()
+
+
+@pytest.fixture(scope="session")
+def claude_agent_entry() -> Path:
+    return installed_entry(CLAUDE_AGENT_PACKAGE, CLAUDE_AGENT_VERSION, "claude-agent-acp")
+
+
+@pytest.fixture(scope="session")
+def codex_agent_entry() -> Path:
+    """codex-acp's launcher script, which starts the platform binary npm installed."""
+    return installed_entry(CODEX_AGENT_PACKAGE, CODEX_AGENT_VERSION, "codex-acp")
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ import attrs
 import h11
 import trio
 
-from broker.testing.http11 import read_request
+from .fake_http import FakeHttpServer, RecordedRequest, send, send_json
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,6 @@ class ModelReply:
 Responder = Callable[[dict[str, Any]], ModelReply]
 
 
-@attrs.frozen
-class RecordedRequest:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any  # parsed JSON, the raw text when it is not JSON, None when empty
-
-
 def text_reply(text: str, **kwargs: Any) -> ModelReply:
     """A reply with one text block."""
     return ModelReply(blocks=(Text(text),), **kwargs)
@@ -119,7 +111,7 @@ def tool_results(request: dict[str, Any]) -> list[dict[str, Any]]:
     return [b for b in messages[-1]["content"] if b.get("type") == "tool_result"]
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeHttpServer):
     """The server. Start it with ``port = await nursery.start(fake.serve)``.
 
     ``responder`` is called synchronously for each ``/v1/messages`` request
@@ -128,15 +120,11 @@ class FakeAnthropic:
     agent sees a failure instead of the test hanging.
     """
 
+    name = "fake anthropic"
+
     def __init__(self, responder: Responder) -> None:
+        super().__init__()
         self.responder = responder
-        self.port = 0
-        self.requests: list[RecordedRequest] = []
-        self.unknown: list[RecordedRequest] = []
-        self.errors: list[str] = []
-        self.aborted_streams = 0
-        self.completed_streams = 0
-        self.changed = trio.Event()
 
     @property
     def base_url(self) -> str:
@@ -144,69 +132,23 @@ class FakeAnthropic:
 
     def message_requests(self) -> list[dict[str, Any]]:
         """Bodies of every ``POST /v1/messages`` so far, oldest first."""
-        return [r.body for r in self.requests if r.path.split("?")[0] == "/v1/messages"]
+        return self.bodies("/v1/messages")
 
-    async def wait_for(self, condition: Callable[[], bool]) -> None:
-        """Wait (unbounded; wrap in ``trio.fail_after``) until ``condition()`` holds.
-
-        The condition is re-checked after every request and every stream end.
-        """
-        while not condition():
-            await self.changed.wait()
-
-    def _touch(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
-
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on 127.0.0.1 (a free port) until cancelled; reports the port."""
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            task_status.started(self.port)
-            await trio.serve_listeners(self._serve_connection, listeners, handler_nursery=nursery)
-
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request = await self._read_request(conn, stream)
-                if request is None:
-                    return
-                await self._respond(conn, stream, request)
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
-            log.debug("fake anthropic: connection ended: %r", exc)
-        finally:
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                await stream.aclose()
-
-    async def _read_request(
-        self, conn: h11.Connection, stream: trio.SocketStream
-    ) -> RecordedRequest | None:
-        request = await read_request(conn, stream)
-        return None if request is None else _record(*request)
-
-    async def _respond(
+    async def respond(
         self, conn: h11.Connection, stream: trio.SocketStream, request: RecordedRequest
     ) -> None:
-        self.requests.append(request)
-        self._touch()
         path = request.path.split("?")[0]
         if request.method == "POST" and path == "/v1/messages":
             await self._messages(conn, stream, request)
         elif request.method == "POST" and path == "/v1/messages/count_tokens":
             tokens = max(1, len(json.dumps(request.body)) // 4)
-            await _send_json(conn, stream, 200, {"input_tokens": tokens})
+            await send_json(conn, stream, 200, {"input_tokens": tokens})
         elif request.method == "HEAD" and path == "/":
             # claude-agent-acp probes the base URL this way at session/new.
-            await _send(
+            await send(
                 conn, stream, h11.Response(status_code=200, headers=[(b"content-length", b"0")])
             )
-            await _send(conn, stream, h11.EndOfMessage())
+            await send(conn, stream, h11.EndOfMessage())
         elif request.method == "GET" and path == "/v1/models":
             model = {
                 "type": "model",
@@ -214,16 +156,15 @@ class FakeAnthropic:
                 "display_name": "Claude Sonnet 4.5",
                 "created_at": "2025-09-29T00:00:00Z",
             }
-            await _send_json(
+            await send_json(
                 conn,
                 stream,
                 200,
                 {"data": [model], "has_more": False, "first_id": MODEL, "last_id": MODEL},
             )
         else:
-            log.warning("fake anthropic: unknown request %s %s", request.method, request.path)
-            self.unknown.append(request)
-            await _send_json(
+            self.unknown_request(request)
+            await send_json(
                 conn, stream, 404, _api_error("not_found_error", f"no such endpoint: {path}")
             )
 
@@ -231,59 +172,15 @@ class FakeAnthropic:
         self, conn: h11.Connection, stream: trio.SocketStream, request: RecordedRequest
     ) -> None:
         body = request.body if isinstance(request.body, dict) else {}
-        try:
-            reply = self.responder(body)
-        except Exception as exc:  # the agent must see an error, not a hang
-            log.exception("fake anthropic: responder failed")
-            self.errors.append(repr(exc))
-            await _send_json(conn, stream, 500, _api_error("api_error", repr(exc)))
+        reply = await self.scripted(
+            conn, stream, self.responder, body, lambda why: _api_error("api_error", why)
+        )
+        if reply is None:
             return
         if not body.get("stream"):
-            await _send_json(conn, stream, 200, _whole_message(reply, body))
+            await send_json(conn, stream, 200, _whole_message(reply, body))
             return
-        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-        await _send(conn, stream, h11.Response(status_code=200, headers=headers))
-        try:
-            for name, payload, delay in _sse_events(reply, body):
-                if delay:
-                    await trio.sleep(delay)
-                frame = f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
-                await _send(conn, stream, h11.Data(data=frame))
-            await _send(conn, stream, h11.EndOfMessage())
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.aborted_streams += 1
-            self._touch()
-            raise
-        self.completed_streams += 1
-        self._touch()
-
-
-def _record(head: h11.Request, body: bytes) -> RecordedRequest:
-    text = body.decode("utf-8", "replace")
-    parsed: Any = None
-    if text:
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = text
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
-    return RecordedRequest(head.method.decode(), head.target.decode(), headers, parsed)
-
-
-async def _send(conn: h11.Connection, stream: trio.SocketStream, event: h11.Event) -> None:
-    data = conn.send(event)
-    if data:
-        await stream.send_all(data)
-
-
-async def _send_json(
-    conn: h11.Connection, stream: trio.SocketStream, status: int, payload: Any
-) -> None:
-    data = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await _send(conn, stream, h11.Response(status_code=status, headers=headers))
-    await _send(conn, stream, h11.Data(data=data))
-    await _send(conn, stream, h11.EndOfMessage())
+        await self.stream_events(conn, stream, _sse_events(reply, body))
 
 
 def _api_error(kind: str, message: str) -> dict[str, Any]:
