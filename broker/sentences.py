@@ -480,3 +480,58 @@ def command_timed_out(name: str, secs: float) -> str:
 
 def option_failed(kind: str, error: str) -> str:
     return f"The agent could not change the {kind}: {error}."
+
+
+# --- authenticating an agent --------------------------------------------------------------------
+
+
+def auth_offers(offers: list[tuple[str, str, tuple[str, ...] | None, bool]], several: bool) -> str:
+    """Why the broker could not authenticate an agent by itself. ``offers``:
+    (method id, its name, the variables an env_var method needs or None for a
+    login, whether they are all set); ``several``: more than one could be used."""
+    if not offers:
+        return (
+            "the agent requires authentication but offers no method; "
+            "see the agent's own documentation"
+        )
+    parts = []
+    for method_id, name, names, ready in offers:
+        if names is None:
+            parts.append(f'"{method_id}" ({name or "a login the agent runs itself"})')
+        else:
+            need = " and ".join(names) or "variables it does not name"
+            parts.append(f'"{method_id}" (needs {need}: {"set" if ready else "not set"})')
+    advice = (
+        "choose one with [agent] auth_method"
+        if several
+        else "pass the variables with [agent] env or inherit_env, or set [agent] auth_method"
+    )
+    return (
+        "the agent requires authentication and the broker found no single method to use; "
+        f"it offers {', '.join(parts)}: {advice}"
+    )
+
+
+# --- the terminal chat --------------------------------------------------------------------------
+
+CHAT_HELLO = (
+    "Type a message and press Enter; Alt-Enter starts a new line, and a pasted block or one "
+    'between two """ lines is one message. /help lists the broker\'s commands. '
+    "Ctrl-C cancels the running turn; Ctrl-C twice, Ctrl-D or /quit quits."
+)
+CHAT_RECONNECTED = "Reconnected; the conversation goes on."
+
+
+def chat_thread_hint(thread: str) -> str:
+    return f"Thread {thread} — continue it with: agent-broker chat --thread {thread}"
+
+
+def chat_reconnecting(closed: str | None) -> str:
+    return f"The broker closed the connection ({closed}); reconnecting…"
+
+
+def chat_gone(closed: str | None, waited_secs: float) -> str:
+    return (
+        f"The broker closed the connection ({closed}) and did not come back within "
+        f"{waited_secs:g} s."
+    )

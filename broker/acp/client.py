@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from broker import sentences
+
 from .jsonrpc import JsonRpcPeer, RpcError, SendFn
 from .policy import FsAccess, PermissionPolicy, selected_outcome
 from .schema import (
@@ -113,30 +115,16 @@ def _usable_methods(methods: Sequence[AuthMethod], env: Mapping[str, str]) -> li
 def auth_methods_sentence(methods: Sequence[AuthMethod], env: Mapping[str, str]) -> str:
     """Why the broker could not authenticate by itself: the methods the agent
     offers and what each needs."""
-    offers = []
-    for method in methods:
-        if method.type == "env_var":
-            names = method.var_names
-            missing = [n for n in names if not env.get(n)]
-            need = " and ".join(names) or "variables it does not name"
-            state = "set" if not missing else "not set"
-            offers.append(f'"{method.id}" (needs {need}: {state})')
-        else:
-            offers.append(f'"{method.id}" ({method.name or "a login the agent runs itself"})')
-    if not offers:
-        return (
-            "the agent requires authentication but offers no method; "
-            "see the agent's own documentation"
+    offers = [
+        (
+            m.id,
+            m.name,
+            m.var_names if m.type == "env_var" else None,
+            all(env.get(n) for n in m.var_names),
         )
-    advice = (
-        "choose one with [agent] auth_method"
-        if len(_usable_methods(methods, env)) > 1
-        else "pass the variables with [agent] env or inherit_env, or set [agent] auth_method"
-    )
-    return (
-        "the agent requires authentication and the broker found no single method to use; "
-        f"it offers {', '.join(offers)}: {advice}"
-    )
+        for m in methods
+    ]
+    return sentences.auth_offers(offers, len(_usable_methods(methods, env)) > 1)
 
 
 @attrs.frozen

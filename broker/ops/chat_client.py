@@ -89,11 +89,6 @@ LOCAL_QUIT = frozenset({"/quit", "/exit"})
 BLOCK_FENCE = '"""'
 PASTE_START = "\x1b[200~"
 PASTE_END = "\x1b[201~"
-HELLO = (
-    "Type a message and press Enter; Alt-Enter starts a new line, and a pasted block or one "
-    'between two """ lines is one message. /help lists the broker\'s commands. '
-    "Ctrl-C cancels the running turn; Ctrl-C twice, Ctrl-D or /quit quits."
-)
 # Lines of a reply still in progress (the broker's indicators): such a reply is not settled.
 _IN_PROGRESS = ("⏳ ", "⚙️ ", "💭 ", "🔧 ")
 
@@ -709,10 +704,7 @@ async def run_chat(
             nursery.cancel_scope.cancel()
         view.settle()
     if status != EX_NOPERM:
-        view.note(
-            f"Thread {identity.channel_id} — continue it with: "
-            f"agent-broker chat --thread {identity.channel_id}"
-        )
+        view.note(sentences.chat_thread_hint(identity.channel_id))
     return status
 
 
@@ -740,13 +732,13 @@ async def _connect_and_chat(
                             ("agent-broker chat", "bold"),
                             f" — connected to {_redacted(url)} as {identity.thread_key}"
                             f" (thread {identity.channel_id})\n",
-                            (HELLO, "dim"),
+                            (sentences.CHAT_HELLO, "dim"),
                         )
                     )
                     view.prompt()
                     nursery.start_soon(session.read_input, nursery.cancel_scope)
                 else:
-                    view.note("Reconnected; the conversation goes on.", "green")
+                    view.note(sentences.CHAT_RECONNECTED, "green")
                 connected_once, away_since, delay = True, None, 0.5
                 closed = await session.serve(ws)
         except trio_websocket.ConnectionRejected as exc:
@@ -768,13 +760,9 @@ async def _connect_and_chat(
         now = trio.current_time()
         if away_since is None:
             away_since = now
-            view.note(f"The broker closed the connection ({closed}); reconnecting…", "yellow")
+            view.note(sentences.chat_reconnecting(closed), "yellow")
         if now - away_since >= reconnect_secs:
-            view.note(
-                f"The broker closed the connection ({closed}) and did not come back within "
-                f"{reconnect_secs:g} s.",
-                "bold red",
-            )
+            view.note(sentences.chat_gone(closed, reconnect_secs), "bold red")
             return EX_UNAVAILABLE
         await trio.sleep(min(delay, max(reconnect_secs - (now - away_since), 0)))
         delay = min(delay * 2, 5.0)
