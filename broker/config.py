@@ -261,6 +261,31 @@ class ReactionsConfig:
     enabled: bool = False
 
 
+_MEMBER_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+def _members_problem(value: Mapping[str, str]) -> tuple[str, str, object] | None:
+    for name, address in value.items():
+        if not _MEMBER_NAME.fullmatch(name):
+            return f".{name}", "a member name (lower-case letters, digits, '-' and '.')", name
+        if not _listen_ok(address):
+            return f".{name}", 'the member\'s [server] address "HOST:PORT"', address
+    return None
+
+
+@attrs.frozen
+class ClusterConfig:
+    """Several brokers sharing the threads (docs/scaling.md). Off while ``members`` is empty."""
+
+    members: Mapping[str, str] = attrs.field(factory=dict, metadata=_check(_members_problem))
+    replica: str = ""
+    peer_token: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.members)
+
+
 @attrs.frozen
 class BrokerConfig:
     """The whole configuration. Sections are attributes named like the TOML tables."""
@@ -279,15 +304,17 @@ class BrokerConfig:
     render: RenderConfig = RenderConfig()
     reactions: ReactionsConfig = ReactionsConfig()
     slack: SlackConfig = SlackConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def secret_values(self) -> tuple[str, ...]:
-        """The broker's own secrets (server, gateway, Discord and Slack tokens) that are set."""
+        """The broker's own secrets that are set: server, gateway, Discord, Slack, peer tokens."""
         tokens = (
             self.server.token,
             self.gateway.token,
             self.discord.token,
             self.slack.app_token,
             self.slack.bot_token,
+            self.cluster.peer_token,
         )
         return tuple(t for t in tokens if t)
 
@@ -311,6 +338,7 @@ class BrokerConfig:
                 app_token="***" if self.slack.app_token else "",
                 bot_token="***" if self.slack.bot_token else "",
             ),
+            cluster=attrs.evolve(self.cluster, peer_token="***" if self.cluster.peer_token else ""),
         )
 
 
@@ -626,6 +654,7 @@ def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
             "required when [discord] enabled = true: the bot's token from the Discord "
             'Developer Portal, e.g. token = "${DISCORD_BOT_TOKEN}"',
         )
+    yield from _cluster_problems(config)
     pool = config.pool
     if pool.warm_spares > pool.max_sessions >= 1:  # a bad max_sessions is reported already
         yield (
@@ -635,6 +664,26 @@ def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
                 f"got {pool.warm_spares}"
             ),
         )
+
+
+def _cluster_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
+    cluster = config.cluster
+    if not cluster.enabled:
+        return
+    if cluster.replica not in cluster.members:
+        yield (
+            "cluster.replica",
+            f"expected one of the names in cluster.members ({', '.join(cluster.members)}), "
+            f'got {_describe(cluster.replica)}; on Kubernetes: replica = "${{HOSTNAME}}"',
+        )
+    if not cluster.peer_token:
+        yield (
+            "cluster.peer_token",
+            "required when cluster.members is set: the secret the replicas forward events "
+            'with, the same on every member, e.g. peer_token = "${BROKER_PEER_TOKEN}"',
+        )
+    if not config.server.enabled:
+        yield ("server.enabled", "must be true in a cluster: the replicas forward over /ws")
 
 
 def _raise_problems(file: str, problems: list[tuple[str, str]]) -> None:

@@ -32,7 +32,14 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "broker.acp": ("broker.sessions", "broker.chat", "broker.frontends", "broker.ops"),
     "broker.sessions": ("broker.chat", "broker.frontends", "broker.ops", "broker.testing"),
     "broker.frontends": ("broker.acp", "broker.sessions", "broker.chat", "broker.ops"),
-    "broker.chat": ("broker.ops", "broker.testing"),
+    "broker.chat": ("broker.ops", "broker.testing", "broker.cluster"),
+    "broker.cluster": (
+        "broker.acp",
+        "broker.sessions",
+        "broker.chat",
+        "broker.ops",
+        "broker.testing",
+    ),
 }
 
 

@@ -101,8 +101,8 @@ class ReloadPlan:
 def plan_reload(old: BrokerConfig, new: BrokerConfig) -> ReloadPlan:
     """Split a reloaded configuration into what applies now and what does not.
 
-    The listen address, ``[server] enabled``, the gateway connection and the
-    state file stay as they are (each named in ``kept``); everything else is
+    The listen address, ``[server] enabled``, the gateway connection,
+    ``[cluster]`` and the state file stay as they are (each named in ``kept``); everything else is
     taken from ``new``: router allowlists and rendering at once, pool limits
     and permissions through :meth:`Pool.update_config`, the log level, and the
     server token and frame limit for connections made from now on.
@@ -119,6 +119,8 @@ def plan_reload(old: BrokerConfig, new: BrokerConfig) -> ReloadPlan:
         kept.append("[discord] enabled, token and api_base_url take effect at the next restart")
     if new.slack != old.slack:
         kept.append("[slack] takes effect at the next restart")
+    if new.cluster != old.cluster:
+        kept.append("[cluster] takes effect at the next restart")
     if new.state.path != old.state.path:
         kept.append(f"[state] path stays {old.state.path} until a restart")
     applied = attrs.evolve(
@@ -132,6 +134,7 @@ def plan_reload(old: BrokerConfig, new: BrokerConfig) -> ReloadPlan:
             api_base_url=old.discord.api_base_url,
         ),
         slack=old.slack,
+        cluster=old.cluster,
         state=old.state,
     )
     changed = tuple(
