@@ -19,7 +19,7 @@ one list append per chunk.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import attrs
 
@@ -328,8 +328,9 @@ class TurnHandle:
     closes the turn at once, since nothing can come late for it.
     """
 
-    def __init__(self, thread_key: str) -> None:
+    def __init__(self, thread_key: str, *, on_end: Callable[[TurnEnd], None] | None = None) -> None:
         self.thread_key = thread_key
+        self._on_end = on_end  # called once, with the TurnEnd, as it is pushed
         self.transcript = Transcript()
         self._pending: list[ReplyEvent] = []
         self._changed = Pulse()
@@ -347,8 +348,11 @@ class TurnHandle:
             return
         self._pending.append(event)
         self.transcript.apply(event)
-        if isinstance(event, TurnEnd) and event.stop_reason is None:
-            self.transcript.closed = True
+        if isinstance(event, TurnEnd):
+            if event.stop_reason is None:
+                self.transcript.closed = True
+            if self._on_end is not None:
+                self._on_end(event)
         self._changed.fire()
 
     def question_shown(self, number: int, message_id: str) -> None:

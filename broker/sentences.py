@@ -410,10 +410,14 @@ def status_no_agent(state: str, pool_summary: str) -> str:
 
 
 def status_blocked(reason: str, until: str, detail: str) -> str:
-    """``/status`` of a thread whose agent keeps failing."""
-    lines = [f"📊 Blocked until {until}: {reason}"]
-    if detail.strip():
-        lines.append(f"Last lines it logged:\n{detail.strip()}")
+    """``/status`` of a thread whose agent keeps failing: state, why, until when."""
+    lines = [f"📊 Blocked until {until}: no agent starts for this thread.", reason]
+    tail = "\n".join(detail.strip("\n").splitlines()[-10:])
+    if tail.strip():
+        fence = "```"
+        while fence in tail:
+            fence += "`"
+        lines.append(f"Last lines it logged:\n{fence}\n{tail}\n{fence}")
     return "\n".join(lines)
 
 

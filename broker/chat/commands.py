@@ -74,6 +74,10 @@ async def run_command(command: SlashCommand, pool: Pool, key: str) -> str:
 def status_text(pool: Pool, key: str) -> str:
     """What ``/status`` answers: synchronous, never waits."""
     snap = pool.session_snapshot(key)
+    blocked = pool.blocked_thread(key)
+    if blocked is not None and snap is None:
+        until = sentences.wall_clock(blocked.until)
+        return sentences.status_blocked(blocked.reason, until, blocked.detail)
     if snap is None:
         state = sentences.STATUS_SUSPENDED if pool.is_suspended(key) else sentences.STATUS_NEW
         return sentences.status_no_agent(state, pool.snapshot().summary())

@@ -65,6 +65,7 @@ EVENT_STYLES = {
     "idle": "dim",
     "crashed": "bold red",
     "start_failed": "red",
+    "blocked": "bold red",
     "timed_out": "bold magenta",
     "reset": "blue",
 }

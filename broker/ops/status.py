@@ -130,7 +130,9 @@ def status_document(
                 {
                     "thread_key": b.thread_key,
                     "secs_left": _secs(b.secs_left),
+                    "until": round(b.until, 3),
                     "reason": mask_secrets(b.reason, secrets),
+                    "detail": mask_secrets(b.detail, secrets),
                 }
                 for b in snapshot.blocked_threads
             ],
@@ -244,13 +246,11 @@ _COUNTERS = (
     ("agent_broker_timeouts_total", "timed_out", "Turns stopped at the hard ceiling."),
     ("agent_broker_turns_submitted_total", "turns_submitted", "Prompts handed to the pool."),
     ("agent_broker_leftovers_stopped_total", "leftovers_stopped", "Leftover agents stopped."),
-)
-_TURN_OUTCOMES = (
-    ("completed", "turns_completed"),
-    ("timed_out", "timed_out"),
-    ("cancelled", "cancelled"),
-    ("refused_busy", "refused_busy"),
-    ("refused_pool_full", "refused_pool_full"),
+    (
+        "agent_broker_crash_loops_total",
+        "crash_loops",
+        "Threads blocked for a window after their agent failed too often.",
+    ),
 )
 
 
@@ -333,9 +333,19 @@ def metrics_text(
         sum(s.queue_length for s in snapshot.sessions),
     )
     counters = snapshot.counters
-    out.family("agent_broker_turns_total", "counter", "Turns ended or refused, by outcome.")
-    for outcome, attribute in _TURN_OUTCOMES:
-        out.sample("agent_broker_turns_total", getattr(counters, attribute), outcome=outcome)
+    out.family(
+        "agent_broker_turns_total",
+        "counter",
+        "Submitted turns by their one outcome; the outcomes sum to turns submitted.",
+    )
+    for outcome, count in counters.turns_ended.items():
+        out.sample("agent_broker_turns_total", count, outcome=outcome)
+    out.one(
+        "agent_broker_blocked_threads",
+        "gauge",
+        "Threads refused for now because their agent kept failing.",
+        len(snapshot.blocked_threads),
+    )
     for name, attribute, help_text in _COUNTERS:
         out.one(name, "counter", help_text, getattr(counters, attribute))
     out.histogram(

@@ -123,6 +123,14 @@ def session_settings(
     )
 
 
+@attrs.frozen
+class _Block:
+    until: float  # trio clock
+    wall_until: float  # the same moment, wall clock
+    reason: str
+    detail: str
+
+
 class NoLiveSession(LookupError):
     """The thread has no running agent to ask (send it a message first)."""
 
@@ -150,7 +158,8 @@ class Pool:
         self._spares: list[Session] = []
         # key -> (tracker, last failure); ordered by last failure, pruned from the front
         self._trackers: dict[str, tuple[RestartTracker, float]] = {}
-        self._blocked: dict[str, tuple[float, str]] = {}
+        self._blocked: dict[str, _Block] = {}
+        self._retry_at: dict[str, float] = {}  # key -> no start before (the backoff)
         self._changed = Pulse()
         self._reaper_wake = Pulse()
         self._closing = False
@@ -188,7 +197,7 @@ class Pool:
         Busy, pool-full, crash-loop and shutdown refusals arrive as the
         handle's :class:`TurnEnd`, never as exceptions.
         """
-        handle = TurnHandle(thread_key)
+        handle = TurnHandle(thread_key, on_end=self._count_end)
         turn = Turn(prompt, handle, trio.current_time())
         self.counters.turns_submitted += 1
         if self._closing:
@@ -206,6 +215,10 @@ class Pool:
         self._bump()
         return handle
 
+    def _count_end(self, end: TurnEnd) -> None:
+        """Every submitted turn ends once (the handle calls this once): its outcome."""
+        self.counters.turns_ended[end.outcome.value] += 1
+
     def snapshot(self) -> PoolSnapshot:
         sessions = [s.snapshot() for s in self._sessions.values()]
         sessions += [s.snapshot() for s in self._stopping if s.key is not None]
@@ -217,7 +230,7 @@ class Pool:
             len(self._suspended),
             len(self._spares),
             ready,
-            attrs.evolve(self.counters),
+            self.counters.copy(),
             self._closing,
             self.version,
             self.turn_seconds.copy(),
@@ -226,9 +239,9 @@ class Pool:
             self.answer_seconds.copy(),
             tuple(sorted(self._suspended)[:LISTED_THREADS]),
             tuple(
-                BlockedThread(key, until - now, reason)
-                for key, (until, reason) in sorted(self._blocked.items())
-                if until > now
+                BlockedThread(key, block.until - now, block.reason, block.wall_until, block.detail)
+                for key, block in sorted(self._blocked.items())
+                if block.until > now
             ),
         )
 
@@ -301,6 +314,7 @@ class Pool:
         forgot = self._suspended.pop(thread_key, None) is not None
         self._blocked.pop(thread_key, None)
         self._trackers.pop(thread_key, None)
+        self._retry_at.pop(thread_key, None)
         if self._store is not None:
             self._store.forget_thread(thread_key)
         session = self._sessions.pop(thread_key, None)
@@ -366,12 +380,14 @@ class Pool:
         one that ended with turns left), or say why not: the one admission path,
         decide -> evict -> start."""
         self._forget_old_failures()
-        blocked = self._blocked.get(thread_key)
-        if blocked is not None:
-            until, reason = blocked
-            if trio.current_time() < until:
-                return TurnEnd(Outcome.START_FAILED, reason=reason)
+        now = trio.current_time()
+        block = self._blocked.get(thread_key)
+        if block is not None:
+            if now < block.until:
+                return TurnEnd(Outcome.START_FAILED, reason=block.reason, detail=block.detail)
             del self._blocked[thread_key]
+        # a start right after a failure waits out its backoff, however it was asked for
+        delay = max(delay, self._retry_at.get(thread_key, now) - now)
         decision = decide_admission(self._sessions.values(), self.config.pool.max_sessions)
         if isinstance(decision, Refuse):
             self.counters.refused_pool_full += 1
@@ -431,7 +447,7 @@ class Pool:
         if self._closing:
             return
         blocked = self._blocked.get(SPARES_KEY)
-        if blocked is not None and trio.current_time() < blocked[0]:
+        if blocked is not None and trio.current_time() < blocked.until:
             return
         while len(self._spares) < self.config.pool.warm_spares:
             spare = Session(None, self._settings, self, start_delay=self._spare_delay)
@@ -504,7 +520,7 @@ class Pool:
             else:
                 self.counters.crashed += 1
             self._note(end.failure.value, key, end.reason)
-            delay = self._record_failure(key or SPARES_KEY, end.reason)
+            delay = self._record_failure(key or SPARES_KEY, end.reason, end.detail)
             if key is None:
                 self._spare_delay = delay
         for turn in end.leftovers:
@@ -520,8 +536,12 @@ class Pool:
             if last_failure >= horizon:
                 break
             del self._trackers[key]
+            self._retry_at.pop(key, None)
 
-    def _record_failure(self, key: str, reason: str) -> float:
+    def _record_failure(self, key: str, reason: str, detail: str) -> float:
+        """Count a failure of ``key``'s agent (a failed start or a crash, mid-turn
+        or idle); the backoff before its next start, or ``inf`` when the thread
+        is now blocked for the restart window."""
         now = trio.current_time()
         self._forget_old_failures()
         entry = self._trackers.pop(key, None)
@@ -529,14 +549,30 @@ class Pool:
         self._trackers[key] = (tracker, now)
         decision = tracker.record_failure(now)
         if decision.fatal is not None:
-            until = now + self._policy.window_secs
             wall_until = time.time() + self._policy.window_secs
             sentence = sentences.crash_loop_reason(decision.fatal, reason, wall_clock(wall_until))
-            self._blocked[key] = (until, sentence)
+            self._blocked[key] = _Block(
+                now + self._policy.window_secs, wall_until, sentence, detail
+            )
+            self.counters.crash_loops += 1
+            self._note("blocked", key, sentence)
             log.error("%s: crash loop: %s", key, decision.fatal)
             del self._trackers[key]
+            self._retry_at.pop(key, None)
             return math.inf
-        return decision.delay or 0.0
+        delay = decision.delay or 0.0
+        self._retry_at[key] = now + delay
+        return delay
+
+    def blocked_thread(self, thread_key: str) -> BlockedThread | None:
+        """The block on ``thread_key`` after its agent kept failing, if any."""
+        now = trio.current_time()
+        block = self._blocked.get(thread_key)
+        if block is None or block.until <= now:
+            return None
+        return BlockedThread(
+            thread_key, block.until - now, block.reason, block.wall_until, block.detail
+        )
 
     def _place_leftover(self, ended: SessionEnd, turn: Turn, delay: float) -> None:
         key = turn.handle.thread_key
@@ -545,8 +581,9 @@ class Pool:
         elif self._closing:
             turn.handle.push(TurnEnd(Outcome.SHUTDOWN, reason=sentences.SHUTDOWN))
         elif math.isinf(delay):
-            blocked = self._blocked.get(key)
-            turn.handle.push(TurnEnd(Outcome.START_FAILED, reason=blocked[1] if blocked else ""))
+            block = self._blocked.get(key)
+            reason, detail = (block.reason, block.detail) if block else ("", "")
+            turn.handle.push(TurnEnd(Outcome.START_FAILED, reason=reason, detail=detail))
         else:
             successor = self._sessions.get(key)
             if successor is None:

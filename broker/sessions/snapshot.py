@@ -11,6 +11,7 @@ import math
 
 import attrs
 
+from broker.reply import Outcome
 from broker.sessions.questions import QuestionCounters
 from broker.sessions.session import SessionSnapshot, SessionState
 
@@ -30,6 +31,12 @@ class PoolCounters:
     refused_busy: int = 0
     refused_pool_full: int = 0
     leftovers_stopped: int = 0
+    crash_loops: int = 0  # threads blocked after their agent failed too often
+    # every submitted turn's one outcome (an Outcome value): they sum to turns_submitted
+    turns_ended: dict[str, int] = attrs.field(factory=lambda: {o.value: 0 for o in Outcome})
+
+    def copy(self) -> PoolCounters:
+        return attrs.evolve(self, turns_ended=dict(self.turns_ended))
 
 
 TURN_SECONDS_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, math.inf)
@@ -60,7 +67,8 @@ class PoolEvent:
     """Something people watching the broker want to see (the dashboard's feed)."""
 
     at: float  # wall-clock time, seconds since the epoch
-    kind: str  # started | resumed | evicted | idle | crashed | start_failed | timed_out | reset
+    # started | resumed | evicted | idle | crashed | start_failed | blocked | timed_out | reset
+    kind: str
     thread_key: str
     detail: str = ""
 
@@ -70,11 +78,14 @@ LISTED_THREADS = 100  # suspended threads a snapshot names (all are counted)
 
 @attrs.frozen
 class BlockedThread:
-    """A thread refused for a while after its agent kept failing."""
+    """A thread refused for a while after its agent kept failing: until
+    ``until`` (wall clock, seconds since the epoch), or a /reset."""
 
     thread_key: str
     secs_left: float
     reason: str
+    until: float = 0.0
+    detail: str = ""  # the tail of the last failure's stderr
 
 
 @attrs.frozen

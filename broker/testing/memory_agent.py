@@ -12,7 +12,7 @@ integration layer.
 Prompts are scripted with the fake agent's directives
 (:mod:`broker.testing.fake_agent_script`); this agent understands ``@say``,
 ``@delay``, ``@silent-tool``, ``@crash``, ``@hang`` / ``@hang-hard``,
-``@reply``, ``@chunks``, ``@late`` and ``@stop``. A ``@crash`` ends the agent
+``@reply``, ``@chunks``, ``@late``, ``@stop`` and ``@error``. A ``@crash`` ends the agent
 as a process exit would (stdout closes, the exit status is the code); a stop
 is a SIGTERM the agent does not survive. Each agent keeps a log of what it
 received and when (:attr:`MemoryAgent.received`).
@@ -149,7 +149,12 @@ class MemoryAgent:
         elif method == "session/load" and self.options.load_session:
             result = None
         elif method == "session/prompt":
-            result = await self._prompt(params)
+            try:
+                result = await self._prompt(params)
+            except _Failed as failed:
+                error = {"code": failed.code, "message": failed.message}
+                await self._write({"jsonrpc": "2.0", "id": request_id, "error": error})
+                return
             if result is None:
                 return  # crashed
         else:
@@ -202,6 +207,8 @@ class MemoryAgent:
         self._prompt_scope = None
         if scope.cancelled_caught:
             return {"stopReason": "cancelled"}
+        if script.error is not None:
+            raise _Failed(script.error.code, script.error.message)
         if late:
             assert self._nursery is not None
             self._nursery.start_soon(
@@ -217,8 +224,18 @@ class MemoryAgent:
             await self._chunk(session_id, chunk, message_id)
 
 
+class _Failed(Exception):
+    """``@error CODE MESSAGE``: the prompt is answered with this JSON-RPC error."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class MemoryTransport:
-    """Starts :class:`MemoryAgent` s in place of processes; keeps every one it started."""
+    """Starts :class:`MemoryAgent` s in place of processes; keeps every one it started.
+    Each start reads :attr:`options` then, so a test may change them between starts."""
 
     def __init__(self, options: MemoryAgentOptions | None = None) -> None:
         self.options = options or MemoryAgentOptions()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from broker.frontends.gateway import GatewaySnapshot
 from broker.frontends.server import ServerSnapshot
+from broker.reply import Outcome
 from broker.sessions.pool import Histogram, PoolCounters, PoolEvent, PoolSnapshot
 from broker.sessions.session import SessionSnapshot
 from broker.sessions.snapshot import BlockedThread
@@ -12,6 +13,9 @@ SERVER = ServerSnapshot("127.0.0.1", 8765, ("ws-1", "ws-3"), 17, 2)
 GATEWAY = GatewaySnapshot(
     "wss://bot:pw@gw.example:8443/ws?key=k", False, 3, 40, 5, "refused with HTTP 502"
 )
+
+
+ENDED = {"completed": 7, "timed_out": 2}
 
 
 def busy_session(key: str, **changes: object) -> SessionSnapshot:
@@ -43,7 +47,16 @@ def pool_snapshot(*sessions: SessionSnapshot, closing: bool = False) -> PoolSnap
         suspended=4,
         spares=2,
         spares_ready=1,
-        counters=PoolCounters(spawned=9, crashed=1, timed_out=2, turns_completed=7),
+        counters=PoolCounters(
+            spawned=9,
+            crashed=1,
+            timed_out=2,
+            turns_completed=7,
+            turns_submitted=9,
+            turns_ended={
+                o.value: {"completed": 7, "timed_out": 2}.get(o.value, 0) for o in Outcome
+            },
+        ),
         closing=closing,
         version=33,
         turn_seconds=histogram,
