@@ -257,6 +257,8 @@ def image_not_accepted(name: str) -> str:
 # --- the router ---------------------------------------------------------------------------------
 
 SHUTDOWN_REPLY = f"🔌 {SHUTDOWN}"
+#: The reply, after a restart, to an event a killed broker had accepted and never answered.
+RESTARTED_REPLY = "🔌 The broker restarted before finishing this message; please send it again."
 
 
 def internal_error(error_name: str) -> str:

@@ -26,12 +26,12 @@ import attrs
 
 from broker.frontends.base import Outbox
 from broker.frontends.wire import InboundEvent, OutboundReply, ReplyChannelRef
+from broker.sentences import RESTARTED_REPLY
 from broker.store import EventRecord, Store
 
 log = logging.getLogger(__name__)
 
 FORGET_EVERY = 256  # finished events between two prunes of the store's journal
-RESTARTED_REPLY = "🔌 The broker restarted before finishing this message; please send it again."
 
 
 @attrs.frozen

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import trio
 
-from broker.chat.journal import RESTARTED_REPLY, Duplicate, EventJournal, NewEvent, tell_unfinished
+from broker.chat.journal import Duplicate, EventJournal, NewEvent, tell_unfinished
 from broker.frontends.base import Claim, MemoryOutbox
+from broker.sentences import RESTARTED_REPLY
 from broker.store import open_store
 from broker.testing.fake_gateway import make_event
 
