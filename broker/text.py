@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 Json = TypeVar("Json")
 
 
@@ -29,12 +31,14 @@ def valid_text(text: str) -> str:
 
 
 def may_hold_surrogates(source: str | bytes) -> bool:
-    """Whether JSON ``source`` can decode to a lone surrogate at all: only through a
-    ``\\u`` escape, or (bytes, which :func:`json.loads` decodes with
-    ``surrogatepass``) through a raw 0xED lead byte. A cheap test before :func:`valid_json`."""
+    """Whether JSON ``source`` can decode to a lone surrogate at all: only through
+    an escape of a surrogate (``\\ud800`` to ``\\udfff``; an escaped non-ASCII
+    letter is not one), or (bytes, which :func:`json.loads` decodes with
+    ``surrogatepass``) through a raw 0xED lead byte. A cheap test before
+    :func:`valid_json`."""
     if isinstance(source, bytes):
-        return b"\\u" in source or b"\xed" in source
-    return "\\u" in source or has_lone_surrogate(source)
+        return _SURROGATE_ESCAPE_BYTES.search(source) is not None or b"\xed" in source
+    return _SURROGATE_ESCAPE.search(source) is not None or has_lone_surrogate(source)
 
 
 def valid_json(value: Json) -> tuple[Json, int]:
