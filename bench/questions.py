@@ -28,7 +28,7 @@ from bench.harness import (
     run_broker,
     summary_ms,
 )
-from bench.latency import fmt_ms
+from bench.latency import _per_turn, fmt_ms
 
 TURN_TIMEOUT = 60.0
 TARGET_P99 = 0.010
@@ -52,7 +52,10 @@ async def questions(ctx: Context) -> Result:
         run_broker(root, sections, label="questions") as broker,
         open_chat(broker.url) as client,
     ):
+        cpu0 = broker.cpu_times()
         for i in range(warmup + rounds):
+            if i == warmup:
+                cpu0 = broker.cpu_times()
             with trio.fail_after(TURN_TIMEOUT):
                 turn = await client.send(
                     "q",
@@ -67,11 +70,18 @@ async def questions(ctx: Context) -> Result:
                 await answer.done.wait()
             asked_at.append(turn.done_at)
             answer_sent.append(answer.sent_at)
+        cpu = _per_turn(broker.cpu_times(), cpu0, rounds)
     lines = [json.loads(line) for line in timings.read_text().splitlines()]
     assert len(lines) == warmup + rounds, len(lines)
     asked = [at - line["sent"] for at, line in zip(asked_at, lines, strict=True)][warmup:]
     answered = [line["received"] - at for at, line in zip(answer_sent, lines, strict=True)][warmup:]
-    result.metrics.update(rounds=rounds, asked=summary_ms(asked), answered=summary_ms(answered))
+    result.metrics.update(
+        rounds=rounds,
+        asked=summary_ms(asked),
+        answered=summary_ms(answered),
+        broker_cpu_ms_per_turn=cpu,
+    )
+    result.check("broker CPU per asked turn", "(reported)", f"{cpu['total']:.2f} ms", None)
     for what, samples in (
         ("agent's request -> question on the socket", asked),
         ("answer on the socket -> agent's stdin", answered),
