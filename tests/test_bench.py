@@ -84,7 +84,8 @@ async def test_questions_scenario_measures_both_spans_of_every_question(tmp_path
     for span in ("asked", "answered"):
         assert metrics[span]["n"] == metrics["rounds"]
         assert 0 < metrics[span]["p50_ms"] <= metrics[span]["max_ms"]
-    assert len(questions["checks"]) == 2
+    assert len(questions["checks"]) == 3  # two spans and the CPU per turn
+    assert metrics["broker_cpu_ms_per_turn"]["total"] > 0
 
 
 async def test_unknown_scenario_is_refused_with_the_list_of_names(tmp_path: Path) -> None:
