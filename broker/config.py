@@ -23,9 +23,11 @@ import shutil
 import sys
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 import cattrs
@@ -36,6 +38,7 @@ from cattrs.errors import (
     ForbiddenExtraKeysError,
     IterableValidationError,
 )
+from cronsim import CronSim, CronSimError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,9 @@ TOOL_KINDS = (
 )
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
+OVERLAP_VALUES = ("queue", "skip")
+CATCH_UP_VALUES = ("latest", "none")
+SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_BASE_ENV = ("HOME", "PATH", "USER", "LANG")
 
 # A check returns None when the value is fine, else (key path suffix, expectation, bad value).
@@ -286,9 +292,69 @@ class ClusterConfig:
         return bool(self.members)
 
 
+def cron_problem(expression: str) -> str | None:
+    """Why ``expression`` is not a five-field cron expression, or None when it is."""
+    if len(expression.split()) != 5:
+        return "five fields (minute hour day-of-month month day-of-week)"
+    try:
+        CronSim(expression, datetime.now(UTC))
+    except CronSimError as exc:
+        return f"a valid cron expression ({str(exc).lower()})"
+    return None
+
+
+def zone(name: str) -> ZoneInfo | None:
+    """The IANA time zone ``name`` ("UTC", "Europe/Berlin"), None when there is none."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+@attrs.frozen
+class ScheduleConfig:
+    """One ``[[schedules]]`` entry: a prompt that runs at the times of ``cron``.
+
+    The target is either ``thread`` (an existing thread key, every run a turn
+    of that thread) or ``platform`` and ``channel`` (every run a new thread
+    ``schedule:<name>:<run time>`` in that channel).
+    """
+
+    name: str = attrs.field(
+        default="",
+        metadata=_require(
+            "a name of letters, digits, '_', '-' or '.' (at most 64)",
+            lambda v: SCHEDULE_NAME.fullmatch(v) is not None,
+        ),
+    )
+    cron: str = attrs.field(
+        default="",
+        metadata=_check(lambda v: None if (why := cron_problem(v)) is None else ("", why, v)),
+    )
+    tz: str = attrs.field(
+        default="UTC",
+        metadata=_require(
+            "an IANA time zone name (UTC, Europe/Berlin)", lambda v: zone(v) is not None
+        ),
+    )
+    prompt: str = attrs.field(default="", metadata=_require("the prompt's text", bool))
+    thread: str = attrs.field(
+        default="",
+        metadata=_require(
+            'a thread key "platform:id", or "" with platform and channel',
+            lambda v: v == "" or (":" in v and not v.startswith(":") and not v.endswith(":")),
+        ),
+    )
+    platform: str = ""
+    channel: str = ""
+    overlap: str = attrs.field(default="queue", metadata=_one_of(OVERLAP_VALUES))
+    catch_up: str = attrs.field(default="latest", metadata=_one_of(CATCH_UP_VALUES))
+
+
 @attrs.frozen
 class BrokerConfig:
-    """The whole configuration. Sections are attributes named like the TOML tables."""
+    """The whole configuration. Sections are attributes named like the TOML tables;
+    ``schedules`` is the array of tables ``[[schedules]]``."""
 
     server: ServerConfig = ServerConfig()
     gateway: GatewayConfig = GatewayConfig()
@@ -305,6 +371,7 @@ class BrokerConfig:
     reactions: ReactionsConfig = ReactionsConfig()
     slack: SlackConfig = SlackConfig()
     cluster: ClusterConfig = ClusterConfig()
+    schedules: tuple[ScheduleConfig, ...] = ()
 
     def secret_values(self) -> tuple[str, ...]:
         """The broker's own secrets that are set: server, gateway, Discord, Slack, peer tokens."""
@@ -480,11 +547,14 @@ def _section_classes() -> dict[str, type[Any]]:
     """TOML table name -> its attrs class, with string annotations resolved."""
     classes: dict[str, type[Any]] = {}
     for section in attrs.fields(attrs.resolve_types(BrokerConfig)):
-        assert isinstance(section.type, type)
-        classes[section.name] = attrs.resolve_types(section.type)
+        if section.name not in ARRAYS:
+            assert isinstance(section.type, type)
+            classes[section.name] = attrs.resolve_types(section.type)
     return classes
 
 
+#: TOML arrays of tables (``[[schedules]]``) -> the attrs class of one entry.
+ARRAYS: dict[str, type[Any]] = {"schedules": attrs.resolve_types(ScheduleConfig)}
 SECTIONS = _section_classes()
 
 
@@ -519,9 +589,42 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], structure_tuple)
     conv.register_structure_hook_func(lambda t: t == Mapping[str, str], structure_mapping)
     # Sections: an array or a scalar where a table belongs is a type error, not a crash.
-    for cls in SECTIONS.values():
+    for cls in (*SECTIONS.values(), *ARRAYS.values()):
         conv.register_structure_hook(cls, _section_hook(conv, cls))
+    for cls in ARRAYS.values():
+        conv.register_structure_hook_func(_is_array_of(cls), _array_hook(conv, cls))
     return conv
+
+
+def _is_array_of(cls: type[Any]) -> Callable[[Any], bool]:
+    wanted = tuple[cls, ...]  # type: ignore[valid-type]
+    return lambda t: bool(t == wanted)
+
+
+class _EntryErrors(Exception):
+    """The entries of an array of tables that could not be structured, by index."""
+
+    def __init__(self, errors: list[tuple[int, Exception]]) -> None:
+        super().__init__(f"{len(errors)} bad entries")
+        self.errors = errors
+
+
+def _array_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, object], tuple[T, ...]]:
+    def hook(value: object, _type: object) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            raise _WrongValue("an array of tables ([[...]])", value)
+        entries: list[T] = []
+        errors: list[tuple[int, Exception]] = []
+        for index, item in enumerate(value):
+            try:
+                entries.append(conv.structure(item, cls))
+            except (cattrs.BaseValidationError, ForbiddenExtraKeysError, _WrongValue) as exc:
+                errors.append((index, exc))
+        if errors:
+            raise _EntryErrors(errors)
+        return tuple(entries)
+
+    return hook
 
 
 def _section_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, object], T]:
@@ -558,6 +661,9 @@ def _walk_errors(exc: BaseException, path: str, bound: str) -> Iterator[tuple[st
                 yield from _walk_errors(sub, f"{path}[{getattr(note, 'index', '?')}]", "")
         for sub in others:
             yield from _walk_errors(sub, path, bound)
+    elif isinstance(exc, _EntryErrors):
+        for index, sub in exc.errors:
+            yield from _walk_errors(sub, f"{path}[{index}]", "")
     elif isinstance(exc, _WrongValue):
         bound = "" if exc.where else bound
         yield path + exc.where, f"expected {exc.expected}{bound}, got {_describe(exc.value)}"
@@ -577,20 +683,49 @@ def _bound_of(owner: object, name: str) -> str:
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string"}
 
 
-def _value_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
+def _tables(config: BrokerConfig) -> Iterator[tuple[str, Any]]:
+    """(key path, attrs value) of every section and every entry of every array."""
     for section in attrs.fields(BrokerConfig):
-        section_value = getattr(config, section.name)
-        for field in attrs.fields(type(section_value)):
+        value = getattr(config, section.name)
+        if section.name in ARRAYS:
+            for index, entry in enumerate(value):
+                yield f"{section.name}[{index}]", entry
+        else:
+            yield section.name, value
+
+
+def _value_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
+    for path, table in _tables(config):
+        for field in attrs.fields(type(table)):
             check: Check | None = field.metadata.get("check")
             minimum: int | None = field.metadata.get("minimum")
-            value = getattr(section_value, field.name)
+            value = getattr(table, field.name)
             problem = None if check is None else check(value)
             if minimum is not None and value < minimum:
                 problem = ("", f"{_TYPE_WORDS[field.type]} >= {minimum}", value)
             if problem is not None:
                 suffix, expected, bad = problem
-                key = f"{section.name}.{field.name}{suffix}"
+                key = f"{path}.{field.name}{suffix}"
                 yield key, f"expected {expected}, got {_describe(bad)}"
+
+
+def _schedule_problems(schedules: Iterable[ScheduleConfig]) -> Iterator[tuple[str, str]]:
+    """A target that is neither a thread nor a channel (or both), a name used twice."""
+    seen: set[str] = set()
+    for index, schedule in enumerate(schedules):
+        where = f"schedules[{index}]"
+        if schedule.name and schedule.name in seen:
+            yield f"{where}.name", f'"{schedule.name}" names an earlier schedule too'
+        seen.add(schedule.name)
+        place = bool(schedule.platform or schedule.channel)
+        if schedule.thread and place:
+            yield f"{where}.thread", "give thread, or platform and channel, not both"
+        elif not schedule.thread and not (schedule.platform and schedule.channel):
+            missing = "channel" if schedule.platform else "platform"
+            if not place:
+                yield f"{where}.thread", 'expected a thread key, or platform and channel, got ""'
+            else:
+                yield f"{where}.{missing}", "expected a string with the other, got nothing"
 
 
 def is_loopback(host: str) -> bool:
@@ -655,6 +790,7 @@ def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
             'Developer Portal, e.g. token = "${DISCORD_BOT_TOKEN}"',
         )
     yield from _cluster_problems(config)
+    yield from _schedule_problems(config.schedules)
     pool = config.pool
     if pool.warm_spares > pool.max_sessions >= 1:  # a bad max_sessions is reported already
         yield (

@@ -1,5 +1,5 @@
 """Persisted broker state in SQLite: thread -> ACP session id, running agents, the reply outbox,
-the journal of accepted events.
+the journal of accepted events, each schedule's last run and where each thread's replies go.
 
 The store is written by one writer task that takes operations from an
 unbounded in-memory queue and applies them in a worker thread, in order. So
@@ -132,6 +132,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     frame TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schedule_runs (
+    name TEXT PRIMARY KEY,
+    run_time REAL NOT NULL,
+    result TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS places (
+    thread_key TEXT PRIMARY KEY,
+    frontend TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    thread_id TEXT,
+    updated_at REAL NOT NULL
+);
 """
 
 
@@ -179,6 +193,26 @@ class OutboxItem:
     id: int
     destination: str
     frame: str
+
+
+@attrs.frozen
+class ScheduleRun:
+    """The newest run time of a schedule that was dealt with (run, skipped or
+    missed; seconds since the epoch) and how it went."""
+
+    run_time: float
+    result: str
+
+
+@attrs.frozen
+class Place:
+    """Where a thread's replies go: the front-end its last message came through
+    and the platform channel (and thread) it was in."""
+
+    frontend: str
+    platform: str
+    channel_id: str
+    thread_id: str | None = None
 
 
 Operation = Callable[[sqlite3.Connection], object]
@@ -339,6 +373,31 @@ class Store:
         self.outbox_rows -= len(ids)
         self.put(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids]))
 
+    def save_schedule_run(self, name: str, run: ScheduleRun) -> None:
+        now = time.time()
+        self.put(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO schedule_runs VALUES (?, ?, ?, ?)",
+                (name, run.run_time, run.result, now),
+            )
+        )
+
+    def save_place(self, thread_key: str, place: Place) -> None:
+        now = time.time()
+        self.put(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO places VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    thread_key,
+                    place.frontend,
+                    place.platform,
+                    place.channel_id,
+                    place.thread_id,
+                    now,
+                ),
+            )
+        )
+
     # -- awaited reads ----------------------------------------------------------
 
     async def flush(self) -> None:
@@ -383,6 +442,21 @@ class Store:
         """The final reply an answered event got (None: not answered, or unknown)."""
         rows = await self._read("SELECT final FROM events WHERE event_key = ?", (event_key,))
         return None if not rows or rows[0][0] is None else str(rows[0][0])
+
+    async def schedule_runs(self) -> dict[str, ScheduleRun]:
+        """schedule name -> its last run, for every schedule that ever ran."""
+        rows = await self._read("SELECT name, run_time, result FROM schedule_runs")
+        return {str(r[0]): ScheduleRun(float(r[1]), str(r[2])) for r in rows}
+
+    async def places(self) -> dict[str, Place]:
+        """thread key -> where its replies go, for every thread a message came from."""
+        rows = await self._read(
+            "SELECT thread_key, frontend, platform, channel_id, thread_id FROM places"
+        )
+        return {
+            str(r[0]): Place(str(r[1]), str(r[2]), str(r[3]), None if r[4] is None else str(r[4]))
+            for r in rows
+        }
 
     async def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         await self.flush()
