@@ -392,6 +392,7 @@ Commands answered by the broker:
 /reset — stop the agent and forget this thread's conversation
 /model [list | set NAME] — show or switch the agent's model
 /mode [list | set NAME] — show or switch the agent's mode
+/schedules — the scheduled prompts, their next and last runs
 /allow N, /allow always N — allow what question N asks (once, or from now on)
 /deny N, /deny always N — refuse it; /answer N K — pick its K-th option
 /help — this list

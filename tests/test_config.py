@@ -13,6 +13,7 @@ import attrs
 import pytest
 
 from broker.config import (
+    ARRAYS,
     SECTIONS,
     AgentConfig,
     BrokerConfig,
@@ -325,7 +326,7 @@ def documented_keys() -> dict[str, str]:
     found: dict[str, str] = {}
     section = None
     for line in (ROOT / "docs" / "config.md").read_text().splitlines():
-        if heading := re.fullmatch(r"## \[(\w+)\]", line):
+        if heading := re.fullmatch(r"## \[\[?(\w+)\]?\]", line):
             section = heading.group(1)
         elif row := re.match(r"\| `(\w+)` \| `(.*?)` \| .+ \|$", line):
             assert section is not None, line
@@ -342,6 +343,11 @@ def test_docs_list_exactly_the_keys_and_defaults_of_the_code() -> None:
         for section, cls in SECTIONS.items()
         for field in attrs.fields(cls)
     }
+    for array, cls in ARRAYS.items():  # [[schedules]]: the defaults of one entry
+        entry = cls()
+        in_code.update(
+            {f"{array}.{f.name}": toml_literal(getattr(entry, f.name)) for f in attrs.fields(cls)}
+        )
     assert documented_keys() == in_code
 
 

@@ -1,7 +1,7 @@
 """Slash commands the broker answers itself, never sent to the agent.
 
 ``/reset``, ``/cancel``, ``/status``, ``/model [list|set X]``,
-``/mode [list|set X]`` and ``/help``. Each answers with exactly one sentence
+``/mode [list|set X]``, ``/schedules`` and ``/help``. Each answers with exactly one sentence
 or short block of text. Any other ``/word`` is not a broker command: the
 router sends it to the agent as ordinary text, because agents have slash
 commands of their own (``/compact``, ``/clear``...).
@@ -19,6 +19,7 @@ Requests to the agent are bounded by the caller's cancel scope.
 from __future__ import annotations
 
 import re
+import time
 
 import attrs
 
@@ -27,10 +28,22 @@ from broker.acp.client import AcpError
 from broker.acp.jsonrpc import PeerClosed, RpcError
 from broker.acp.schema import ConfigOption
 from broker.sentences import HELP_TEXT
+from broker.chat.scheduler import Scheduler, schedules_text
 from broker.sessions.pool import NoLiveSession, Pool
 from broker.sessions.session import SessionSnapshot
 
-COMMANDS = ("reset", "cancel", "status", "model", "mode", "help", "allow", "deny", "answer")
+COMMANDS = (
+    "reset",
+    "cancel",
+    "status",
+    "model",
+    "mode",
+    "schedules",
+    "help",
+    "allow",
+    "deny",
+    "answer",
+)
 _COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?:@(\S+))?(?:\s+(.*))?$", re.DOTALL)
 _AGENT_ERRORS = (AcpError, RpcError, PeerClosed)
 
@@ -50,7 +63,9 @@ def parse_command(text: str) -> SlashCommand | None:
     return SlashCommand(match.group(1).lower(), tuple((match.group(3) or "").split()))
 
 
-async def run_command(command: SlashCommand, pool: Pool, key: str) -> str:
+async def run_command(
+    command: SlashCommand, pool: Pool, key: str, *, schedules: Scheduler | None = None
+) -> str:
     """Carry out ``command`` for thread ``key``; the text of the one reply.
 
     Never raises for what the agent does (errors, exit): the reply says what
@@ -61,6 +76,8 @@ async def run_command(command: SlashCommand, pool: Pool, key: str) -> str:
         return HELP_TEXT
     if command.name == "status":
         return status_text(pool, key)
+    if command.name == "schedules":
+        return schedules_text(schedules.snapshot() if schedules else (), time.time())
     if command.name == "cancel":
         return sentences.CANCELLING if await pool.cancel(key) else sentences.NOTHING_TO_CANCEL
     if command.name == "reset":

@@ -15,9 +15,9 @@ one per event, so a slow turn or a slow frontend holds up nothing else):
    ``@name`` in the text). Staying silent is deliberate: answering strangers,
    bots or chatter not addressed to the bot would be noise or a loop.
 2. **Broker commands** (:mod:`broker.chat.commands`): ``/reset``, ``/cancel``,
-   ``/status``, ``/model``, ``/mode``, ``/help`` are answered by the broker,
-   and so are answers to the agent's questions (``/allow``, ``/deny``,
-   ``/answer``: :mod:`broker.chat.questions`), typed or sent by a button.
+   ``/status``, ``/model``, ``/mode``, ``/schedules``, ``/help`` are answered by
+   the broker, and so are answers to the agent's questions (``/allow``,
+   ``/deny``, ``/answer``: :mod:`broker.chat.questions`), typed or sent by a button.
    Any other ``/word`` goes to the agent as text (agents have their own).
 3. **The prompt** (:func:`~broker.chat.prompt.build_prompt`, synchronous): text,
    sender context and attachments, or a refusal that reaches no agent.
@@ -51,6 +51,7 @@ from broker.chat.journal import Duplicate, EventJournal
 from broker.chat.present import render_end
 from broker.chat.prompt import Refusal, build_prompt
 from broker.chat.questions import ANSWER_COMMANDS, answer_text, parse_answer
+from broker.chat.scheduler import Scheduler
 from broker.config import BrokerConfig, RouterConfig
 from broker.frontends.base import RESPONSE_TIMEOUT_SECS, ReplyChannel
 from broker.frontends.wire import InboundEvent, thread_key
@@ -161,7 +162,8 @@ class Router:
     to its first message (the protocol's 5 s); ``command_timeout`` bounds
     what ``/model`` and ``/mode`` wait for the agent. ``journal`` answers
     each event id once (default: in memory only; the service gives it the
-    store, so the window and the restart notice survive a crash).
+    store, so the window and the restart notice survive a crash). ``schedules`` is
+    what ``/schedules`` lists.
     """
 
     def __init__(
@@ -172,8 +174,10 @@ class Router:
         response_timeout: float = RESPONSE_TIMEOUT_SECS,
         command_timeout: float = COMMAND_TIMEOUT_SECS,
         journal: EventJournal | None = None,
+        schedules: ScheduleSource | None = None,
     ) -> None:
         self.pool = pool
+        self.schedules = schedules
         self.config = config
         self.journal = (
             journal if journal is not None else EventJournal(None, config.router.dedup_window_secs)
@@ -258,7 +262,9 @@ class Router:
             log.info("%s: /%s from %s", key, command.name, event.sender.id)
             answer = sentences.command_timed_out(command.name, self.command_timeout)
             with trio.move_on_after(self.command_timeout):
-                answer = await run_command(command, self.pool, key)
+                answer = await run_command(
+                    command, self.pool, key, schedules=self.schedules
+                )
             await replier.final(answer)
             return answer
         plan = build_prompt(event, text, config.prompt)

@@ -36,12 +36,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 import attrs
 import trio
 
 from broker.chat.delivery import Replier, deliver_turn
-from broker.chat.schedules import Drop, Fire, next_runs, run_label, run_thread_id
+from broker.chat.schedules import Drop, Fire, next_runs, run_label, run_thread_id, time_after
 from broker.config import ScheduleConfig
 from broker.frontends.base import ReplyChannel
 from broker.frontends.wire import Channel, Content, InboundEvent, Sender, thread_key
@@ -399,6 +400,9 @@ class Scheduler:
         return end.outcome.value, end.reason
 
 
+NO_SCHEDULES = "No schedules are configured ([[schedules]] in broker.toml)."
+
+
 def next_run_text(epoch: float | None, now: float) -> str:
     if epoch is None:
         return "never again"
@@ -429,6 +433,25 @@ def schedules_text(statuses: Iterable[ScheduleStatus], now: float) -> str:
     )
 
 
+def upcoming_text(schedules: Iterable[ScheduleConfig], now: float, count: int = 3) -> str:
+    """What ``agent-broker schedules`` prints: each schedule and its next runs."""
+    lines = []
+    for schedule in schedules:
+        lines.append(
+            f"{schedule.name}: {schedule.cron} ({schedule.tz}) → {target_text(schedule)};"
+            f" overlap {schedule.overlap}, catch_up {schedule.catch_up}"
+        )
+        moment: datetime | None = _moment(now)
+        for _ in range(count):
+            moment = time_after(schedule, moment) if moment is not None else None
+            if moment is None:
+                lines.append("  (no further runs)")
+                break
+            local = moment.astimezone(ZoneInfo(schedule.tz)).strftime("%Y-%m-%d %H:%M %Z")
+            lines.append(f"  {moment.strftime('%Y-%m-%d %H:%M')} UTC  ({local})")
+    return "\n".join(lines) if lines else NO_SCHEDULES
+
+
 __all__ = [
     "FAILED",
     "INTERRUPTED",
@@ -441,4 +464,5 @@ __all__ = [
     "Scheduler",
     "find_target",
     "schedules_text",
+    "upcoming_text",
 ]

@@ -306,6 +306,19 @@ class WebSocketServer:
                 scope.shield = True
                 await ws.aclose()
 
+    def serves(self, platform: str) -> bool:
+        """Whether a live client serves every thread of ``platform`` now."""
+        return any(
+            not c.link.closed and (c.claim.everything or platform in c.claim.platforms)
+            for c in self._clients.values()
+        )
+
+    def platform_channel(self, connection_id: str) -> LinkChannel:
+        """A channel for replies no client asked for (a scheduled run): each
+        waits in the outbox until a client that serves its thread takes it (at
+        once when one is connected). It cannot stream (``request`` answers None)."""
+        return LinkChannel("server", connection_id, None, self._keep)
+
     async def _run_event(
         self, waiting: list[Parcel], event: InboundEvent, channel: LinkChannel, link: Link
     ) -> None:

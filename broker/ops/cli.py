@@ -1,7 +1,7 @@
 """The ``agent-broker`` command (also ``python -m broker``).
 
-Subcommands: ``run``, ``check-config``, ``status``, ``dashboard``, ``chat``,
-``discord register-commands``.
+Subcommands: ``run``, ``check-config``, ``schedules``, ``status``, ``dashboard``,
+``chat``, ``discord register-commands``.
 Each loads the configuration first: ``--config PATH``, else ``./broker.toml``
 when it exists, else the embedded default. A configuration problem in any
 subcommand prints one message (no traceback) to stderr and exits with 78
@@ -18,6 +18,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import broker
@@ -160,6 +161,13 @@ def cmd_discord(args: argparse.Namespace, config: BrokerConfig, source: str) -> 
     return EX_OK
 
 
+def cmd_schedules(args: argparse.Namespace, config: BrokerConfig, source: str) -> int:
+    from broker.chat.scheduler import upcoming_text
+
+    print(upcoming_text(config.schedules, time.time()))
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each subcommand's handler is in ``args.handler``."""
     parser = argparse.ArgumentParser(
@@ -188,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help=url_help)
     p = add("dashboard", cmd_dashboard, "live terminal dashboard of the running broker")
     p.add_argument("--url", help=url_help)
+    add(
+        "schedules",
+        cmd_schedules,
+        "list the [[schedules]] of the configuration and their next runs",
+    )
     p = add("chat", cmd_chat, "chat with an agent through the running broker")
     p.add_argument("--url", help=url_help)
     p.add_argument("--platform", default="cli", help="platform name in thread keys (default: cli)")

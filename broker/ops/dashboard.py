@@ -69,6 +69,13 @@ EVENT_STYLES = {
     "timed_out": "bold magenta",
     "reset": "blue",
 }
+RESULT_STYLES = {
+    "completed": "green",
+    "skipped": "yellow",
+    "missed": "yellow",
+    "failed": "bold red",
+    "interrupted": "magenta",
+}
 
 
 class StatusError(Exception):
@@ -385,6 +392,35 @@ def frontends(doc: dict[str, Any]) -> Text:
     return lines
 
 
+def schedules_table(doc: dict[str, Any], *, expand: bool = True) -> Table | None:
+    """Each schedule's next run and last result; None when there are none."""
+    schedules = doc.get("schedules") or []
+    if not schedules:
+        return None
+    table = Table(title="Schedules", title_justify="left", expand=expand)
+    for name in ("schedule", "cron", "target", "next run", "last run", "last result"):
+        table.add_column(name, no_wrap=name != "last result")
+    now = doc["generated_at"]
+    for item in schedules:
+        next_run = item["next_run"]
+        last_run = item["last_run"]
+        result = item["last_result"] or "never ran"
+        if item["last_detail"]:
+            result += f" ({item['last_detail']})"
+        if item["running"]:
+            result = f"running · {result}"
+        table.add_row(
+            item["name"],
+            f"{item['cron']} {item['tz']}",
+            item["target"],
+            "-" if next_run is None else f"in {duration(next_run - now)}",
+            "-" if last_run is None else f"{duration(now - last_run)} ago",
+            Text(result, style=RESULT_STYLES.get(item["last_result"] or "", "")),
+        )
+    return table
+
+
+def events(doc: dict[str, Any]) -> Table:
 def events(doc: dict[str, Any], limit: int = EVENTS_SHOWN) -> Table:
     table = Table.grid(padding=(0, 2))
     table.title = "Recent events"
@@ -435,8 +471,11 @@ def render_dashboard(
     without_agent = threads_without_agent(doc)
     if without_agent:
         parts.append(without_agent)
+    schedules = schedules_table(doc, expand=width is None)
     if height is None:
-        parts += [sessions_table(doc, width=width), events(doc)]
+        parts.append(sessions_table(doc, width=width))
+        parts += [schedules] if schedules is not None else []
+        parts.append(events(doc))
         return Group(*parts)
     measure = width or 80
     left = height - _lines(Group(*parts), measure)
@@ -444,6 +483,9 @@ def render_dashboard(
     table = sessions_table(doc, width=width, max_rows=rows)
     left -= _lines(table, measure)
     parts.append(table)
+    if schedules is not None and _lines(schedules, measure) <= left:
+        parts.append(schedules)  # below the sessions, when it fits whole
+        left -= _lines(schedules, measure)
     if left >= 3:
         parts.append(events(doc, limit=left - 1))
     return Group(*parts)
@@ -582,4 +624,6 @@ def print_status(url: str, as_json: bool) -> int:
         console.print(sessions_table(doc, expand=False))
     else:
         console.print("no live sessions")
+    if (schedules := schedules_table(doc, expand=False)) is not None:
+        console.print(schedules)
     return EX_OK

@@ -3,9 +3,10 @@
 :func:`serve` opens, in this order, the state store (``[state] path``), the
 session pool with that store (which first stops agents a killed broker left
 behind), the router, the WebSocket server (``[server] enabled``) with the
-status routes, the gateway client (``[gateway] url`` set) and the Discord
-front-end (``[discord] enabled``). Replies that
-find no connection wait in a :class:`StoreOutbox`, so they survive a restart.
+status routes, the gateway client (``[gateway] url`` set), the Discord
+front-end (``[discord] enabled``) and the scheduler (``[[schedules]]``).
+Replies that find no connection wait in a :class:`StoreOutbox`, so they
+survive a restart.
 Then it tells systemd ``READY=1`` and keeps ``STATUS=`` current
 ("3 sessions (1 busy), 2 suspended, 1 client"), pinging ``WATCHDOG=1`` when
 the unit asks for it.
@@ -20,8 +21,8 @@ scope (:func:`stop_budget`); a second signal cuts it short at once. Either way
 the agents' process groups are still stopped (the supervisor's shielded stop).
 
 SIGHUP rereads the configuration file and applies what can change without
-dropping a session (see :func:`plan_reload`); a bad file is logged and the
-running configuration kept.
+dropping a session (see :func:`plan_reload`), the schedules among it; a bad
+file is logged and the running configuration kept.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import trio.lowlevel
 from broker.chat.commands import COMMANDS
 from broker.chat.journal import EventJournal, tell_unfinished
 from broker.chat.router import Router
+from broker.chat.scheduler import PlaceBook, Scheduler
 from broker.config import BrokerConfig, ConfigError, load_config
 from broker.frontends.base import (
     Claim,
@@ -277,15 +279,19 @@ class StoreOutbox:
 
 class InFlight:
     """The router as the transports see it, counting the events being handled,
-    so a stop can wait until the last replies have been written."""
+    so a stop can wait until the last replies have been written, and noting
+    where each thread's messages come from (for scheduled runs)."""
 
-    def __init__(self, sink: InboundSink) -> None:
+    def __init__(self, sink: InboundSink, places: PlaceBook | None = None) -> None:
         self.sink = sink
+        self.places = places
         self.running = 0
         self._idle = trio.Event()
         self._idle.set()
 
     async def handle_event(self, event: InboundEvent, channel: ReplyChannel) -> None:
+        if self.places is not None:
+            self.places.note(event, channel.frontend)
         if self.running == 0:
             self._idle = trio.Event()
         self.running += 1
@@ -343,11 +349,25 @@ class Broker:
     lifecycle: Lifecycle
     in_flight: InFlight
     outboxes: dict[str, StoreOutbox]
+    scheduler: Scheduler
     server: WebSocketServer | None = None
     gateway: GatewayClient | None = None
     discord: DiscordFrontend | None = None
     slack: SlackFrontend | None = None
     reloads: int = 0
+
+    def schedule_channel(self, platform: str, frontend: str | None) -> ReplyChannel | None:
+        """Where a scheduled run's reply goes: the front-end of the thread's
+        place, or (``frontend`` None) the server when a client serves the
+        platform now, else the gateway, else the server's outbox."""
+        server, gateway = self.server, self.gateway
+        if frontend is None and server is not None and server.serves(platform):
+            return server.platform_channel("schedules")
+        if frontend in (None, "gateway") and gateway is not None:
+            return gateway.channel
+        if frontend in (None, "server") and server is not None:
+            return server.platform_channel("schedules")
+        return None
 
     def stop(self, reason: str = "requested") -> None:
         """Begin the graceful stop (as SIGTERM does); called again, stop at once."""
@@ -402,6 +422,8 @@ class Broker:
         for note in self.pool.update_config(config):
             log.info("reload: %s", note)
         self.router.update_config(config)
+        if config.schedules != old.schedules:
+            self.scheduler.update(config.schedules)
         if self.server is not None:
             self.server.settings = config.server  # token and frame limit: new connections
         if self.discord is not None:
@@ -542,7 +564,18 @@ async def serve(
                 # pool's close and carry its last replies out.
                 async with trio.open_nursery() as frontends:
                     async with open_pool(config, store=store) as pool:
-                        router = Router(pool, config, journal=journal)
+                        places = PlaceBook(store)
+                        await places.load()
+                        scheduler = Scheduler(
+                            config.schedules,
+                            pool,
+                            places=places,
+                            channels=lambda platform, frontend: broker.schedule_channel(
+                                platform, frontend
+                            ),
+                            store=store,
+                        )
+                        router = Router(pool, config, journal=journal, schedules=scheduler)
                         broker = Broker(
                             config,
                             config_path,
@@ -555,15 +588,18 @@ async def serve(
                                 started_at=started_at,
                                 secrets=config.secret_values(),
                                 store_snapshot=store.snapshot,
+                                schedules=scheduler,
                             ),
                             notifier,
                             lifecycle,
-                            InFlight(router),
+                            InFlight(router, places),
                             outboxes,
+                            scheduler,
                         )
                         if signals is not None:
                             top.start_soon(broker._watch_signals, signals)
                         await _start_frontends(broker, frontends)
+                        await frontends.start(scheduler.run)
                         if notifier.enabled:
                             frontends.start_soon(broker._report_status)
                         frontends.start_soon(run_watchdog, notifier, broker.healthy)

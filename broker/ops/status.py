@@ -28,7 +28,7 @@ import math
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -36,6 +36,7 @@ import trio
 import trio_websocket
 
 import broker
+from broker.chat.scheduler import Scheduler, ScheduleStatus
 from broker.config import mask_secrets
 from broker.frontends.discord.adapter import DiscordSnapshot
 from broker.frontends.gateway import GatewaySnapshot
@@ -97,6 +98,7 @@ def status_document(
     secrets: Iterable[str] = (),
     closing: bool = False,
     store: StoreSnapshot | None = None,
+    schedules: Sequence[ScheduleStatus] = (),
 ) -> dict[str, Any]:
     """The status document (schema ``agent-broker.status.v1``) as plain JSON data.
 
@@ -104,8 +106,9 @@ def status_document(
     (``time.time()``), ``pid`` defaults to this process. Sessions are sorted
     by thread key; ``recent`` holds the last events, oldest first. Infinite or
     unknown durations are ``null``. A front-end that is not running is
-    ``null``. ``closing`` says shutdown began before the pool knows it. No
-    snapshot holds a token, but free text (event details, tool titles, the
+    ``null``. ``closing`` says shutdown began before the pool knows it.
+    ``schedules`` are the scheduler's states (next run, last run and result).
+    No snapshot holds a token, but free text (event details, tool titles, the
     gateway's last error) is still masked with ``secrets``.
     """
     by_state = state_counts(snapshot)
@@ -185,6 +188,20 @@ def status_document(
                 "detail": event.detail,
             }
             for event in snapshot.recent[-RECENT_EVENTS:]
+        ],
+        "schedules": [
+            {
+                "name": status.name,
+                "cron": status.cron,
+                "tz": status.tz,
+                "target": status.target,
+                "next_run": _secs(status.next_run),
+                "last_run": _secs(status.last_run),
+                "last_result": status.last_result or None,
+                "last_detail": status.last_detail or None,
+                "running": status.running,
+            }
+            for status in schedules
         ],
     }
     secrets = tuple(secret for secret in secrets if secret)
@@ -299,8 +316,12 @@ def metrics_text(
     gateway: GatewaySnapshot | None = None,
     discord: DiscordSnapshot | None = None,
     slack: SlackSnapshot | None = None,
+    schedule_runs: Mapping[tuple[str, str], int] | None = None,
+    schedules: Sequence[ScheduleStatus] = (),
 ) -> str:
-    """The Prometheus text exposition (format 0.0.4) of the snapshots. Pure."""
+    """The Prometheus text exposition (format 0.0.4) of the snapshots. Pure.
+
+    ``schedule_runs`` counts scheduled runs by (schedule, result)."""
     out = _Exposition()
     out.family("agent_broker_info", "gauge", "Always 1; the version is a label.")
     out.sample("agent_broker_info", 1, version=version)
@@ -355,6 +376,7 @@ def metrics_text(
     )
     _question_metrics(out, snapshot)
     _frontend_metrics(out, server, gateway, discord, slack)
+    _schedule_metrics(out, schedule_runs or {}, schedules)
     return "\n".join(out.lines) + "\n"
 
 
@@ -407,6 +429,28 @@ def _histogram_part(histogram: Histogram) -> dict[str, Any]:
         "sum": _secs(histogram.total),
         "count": histogram.count,
     }
+
+
+def _schedule_metrics(
+    out: _Exposition, runs: Mapping[tuple[str, str], int], schedules: Sequence[ScheduleStatus]
+) -> None:
+    """Scheduled runs by schedule and result, and each schedule's next run
+    (families without samples are left out)."""
+    name = "agent_broker_schedule_runs_total"
+    if runs:
+        out.family(
+            name,
+            "counter",
+            "Scheduled runs by schedule and result (a turn outcome, skipped, missed or failed).",
+        )
+        for (schedule, result), count in sorted(runs.items()):
+            out.sample(name, count, schedule=schedule, result=result)
+    name = "agent_broker_schedule_next_run_timestamp_seconds"
+    upcoming = [status for status in schedules if status.next_run is not None]
+    if upcoming:
+        out.family(name, "gauge", "When each schedule runs next, seconds since the epoch.")
+        for status in upcoming:
+            out.sample(name, status.next_run or 0.0, schedule=status.name)
 
 
 def _frontend_metrics(
@@ -511,8 +555,10 @@ class StatusEndpoints:
         store_snapshot: StoreSnapshotSource | None = None,
         heartbeat_secs: float = HEARTBEAT_SECS,
         max_per_sec: float = MAX_DOCUMENTS_PER_SEC,
+        schedules: Scheduler | None = None,
     ) -> None:
         self.pool = pool
+        self.schedules = schedules
         self.server_snapshot = server_snapshot
         self.gateway_snapshot = gateway_snapshot
         self.store_snapshot = store_snapshot
@@ -549,6 +595,7 @@ class StatusEndpoints:
             secrets=self.secrets,
             closing=self.closing,
             store=None if self.store_snapshot is None else self.store_snapshot(),
+            schedules=self.schedules.snapshot() if self.schedules is not None else (),
         )
 
     def _slack(self) -> SlackSnapshot | None:
@@ -586,6 +633,8 @@ class StatusEndpoints:
             gateway=gateway,
             discord=discord,
             slack=self._slack(),
+            schedule_runs=self.schedules.runs if self.schedules is not None else None,
+            schedules=self.schedules.snapshot() if self.schedules is not None else (),
         )
         return HttpResponse(200, text.encode(), METRICS_CONTENT_TYPE)
 

@@ -74,13 +74,16 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
-def toml_text(data: Mapping[str, Mapping[str, Any]]) -> str:
-    """broker.toml text for sections of keys (as from ``config_to_dict``)."""
+def toml_text(data: Mapping[str, Any]) -> str:
+    """broker.toml text for sections of keys (as from ``config_to_dict``); a list
+    of tables becomes ``[[name]]`` entries."""
     lines = []
     for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-        lines.append("")
+        tables = values if isinstance(values, list) else [values]
+        for table in tables:
+            lines.append(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+            lines.append("")
     return "\n".join(lines)
 
 
