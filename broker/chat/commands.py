@@ -27,8 +27,8 @@ from broker import sentences
 from broker.acp.client import AcpError
 from broker.acp.jsonrpc import PeerClosed, RpcError
 from broker.acp.schema import ConfigOption
+from broker.chat.schedules import ScheduleSource, schedules_text
 from broker.sentences import HELP_TEXT
-from broker.chat.scheduler import Scheduler, schedules_text
 from broker.sessions.pool import NoLiveSession, Pool
 from broker.sessions.session import SessionSnapshot
 
@@ -64,7 +64,7 @@ def parse_command(text: str) -> SlashCommand | None:
 
 
 async def run_command(
-    command: SlashCommand, pool: Pool, key: str, *, schedules: Scheduler | None = None
+    command: SlashCommand, pool: Pool, key: str, *, schedules: ScheduleSource | None = None
 ) -> str:
     """Carry out ``command`` for thread ``key``; the text of the one reply.
 

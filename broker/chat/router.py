@@ -51,7 +51,7 @@ from broker.chat.journal import Duplicate, EventJournal
 from broker.chat.present import render_end
 from broker.chat.prompt import Refusal, build_prompt
 from broker.chat.questions import ANSWER_COMMANDS, answer_text, parse_answer
-from broker.chat.scheduler import Scheduler
+from broker.chat.schedules import ScheduleSource
 from broker.config import BrokerConfig, RouterConfig
 from broker.frontends.base import RESPONSE_TIMEOUT_SECS, ReplyChannel
 from broker.frontends.wire import InboundEvent, thread_key

@@ -36,13 +36,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 import attrs
 import trio
 
 from broker.chat.delivery import Replier, deliver_turn
-from broker.chat.schedules import Drop, Fire, next_runs, run_label, run_thread_id, time_after
+from broker.chat.schedules import (
+    Drop,
+    Fire,
+    ScheduleStatus,
+    moment_of,
+    next_runs,
+    run_label,
+    run_thread_id,
+    target_text,
+)
 from broker.config import ScheduleConfig
 from broker.frontends.base import ReplyChannel
 from broker.frontends.wire import Channel, Content, InboundEvent, Sender, thread_key
@@ -65,10 +73,6 @@ INTERRUPTED = "interrupted"  # the broker stopped while it ran
 
 def _epoch(moment: datetime) -> float:
     return moment.timestamp()
-
-
-def _moment(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
 
 
 class PlaceBook:
@@ -170,27 +174,6 @@ def find_target(
     return Target(thread_key(event), event, channel)
 
 
-@attrs.define
-class ScheduleStatus:
-    """One schedule as ``/status``, the dashboard and ``/schedules`` show it."""
-
-    name: str
-    cron: str
-    tz: str
-    target: str
-    next_run: float | None = None  # seconds since the epoch
-    last_run: float | None = None
-    last_result: str = ""  # "" never ran; an outcome value, or skipped | missed | failed
-    last_detail: str = ""  # why, for failed and skipped
-    running: int = 0
-
-
-def target_text(schedule: ScheduleConfig) -> str:
-    if schedule.thread:
-        return f"thread {schedule.thread}"
-    return f"new thread in {schedule.platform}:{schedule.channel}"
-
-
 class Scheduler:
     """Runs the schedules; see the module docstring. Start it with
     ``await nursery.start(scheduler.run)``.
@@ -284,14 +267,14 @@ class Scheduler:
         first; raises nothing else (a failed run is that run's result)."""
         if self.store is not None:
             for name, stored in (await self.store.schedule_runs()).items():
-                self._last[name] = _moment(stored.run_time)
+                self._last[name] = moment_of(stored.run_time)
                 if (status := self.statuses.get(name)) is not None:
                     status.last_run = stored.run_time
                     status.last_result = INTERRUPTED if stored.result == RUNNING else stored.result
         async with trio.open_nursery() as nursery:
             task_status.started(self)
             while True:
-                now = _moment(self.wall())
+                now = moment_of(self.wall())
                 wake_at = self._tick(now, nursery)
                 wait = MAX_SLEEP_SECS
                 if wake_at is not None:
@@ -400,58 +383,6 @@ class Scheduler:
         return end.outcome.value, end.reason
 
 
-NO_SCHEDULES = "No schedules are configured ([[schedules]] in broker.toml)."
-
-
-def next_run_text(epoch: float | None, now: float) -> str:
-    if epoch is None:
-        return "never again"
-    moment = _moment(epoch)
-    wait = max(epoch - now, 0.0)
-    hours, rest = divmod(int(wait), 3600)
-    soon = f"in {hours}h {rest // 60}m" if hours else f"in {rest // 60}m {rest % 60}s"
-    return f"{moment.strftime('%Y-%m-%d %H:%M')} UTC ({soon})"
-
-
-def schedules_text(statuses: Iterable[ScheduleStatus], now: float) -> str:
-    """What ``/schedules`` and ``agent-broker schedules`` show."""
-    lines = []
-    for status in statuses:
-        last = "never ran"
-        if status.last_result:
-            when = _moment(status.last_run).strftime("%Y-%m-%d %H:%M") if status.last_run else ""
-            last = f"last {when} UTC: {status.last_result}"
-            if status.last_detail:
-                last += f" ({status.last_detail})"
-        running = " · running now" if status.running else ""
-        lines.append(
-            f"⏰ {status.name} — {status.cron} ({status.tz}) → {status.target}\n"
-            f"   next: {next_run_text(status.next_run, now)} · {last}{running}"
-        )
-    return (
-        "\n".join(lines) if lines else "No schedules are configured ([[schedules]] in broker.toml)."
-    )
-
-
-def upcoming_text(schedules: Iterable[ScheduleConfig], now: float, count: int = 3) -> str:
-    """What ``agent-broker schedules`` prints: each schedule and its next runs."""
-    lines = []
-    for schedule in schedules:
-        lines.append(
-            f"{schedule.name}: {schedule.cron} ({schedule.tz}) → {target_text(schedule)};"
-            f" overlap {schedule.overlap}, catch_up {schedule.catch_up}"
-        )
-        moment: datetime | None = _moment(now)
-        for _ in range(count):
-            moment = time_after(schedule, moment) if moment is not None else None
-            if moment is None:
-                lines.append("  (no further runs)")
-                break
-            local = moment.astimezone(ZoneInfo(schedule.tz)).strftime("%Y-%m-%d %H:%M %Z")
-            lines.append(f"  {moment.strftime('%Y-%m-%d %H:%M')} UTC  ({local})")
-    return "\n".join(lines) if lines else NO_SCHEDULES
-
-
 __all__ = [
     "FAILED",
     "INTERRUPTED",
@@ -460,9 +391,6 @@ __all__ = [
     "SKIPPED",
     "ChannelFinder",
     "PlaceBook",
-    "ScheduleStatus",
     "Scheduler",
     "find_target",
-    "schedules_text",
-    "upcoming_text",
 ]

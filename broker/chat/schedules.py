@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import attrs
@@ -138,3 +139,90 @@ def run_thread_id(name: str, run_time: datetime) -> str:
     """The thread a run of a ``platform`` + ``channel`` schedule starts:
     ``schedule:<name>:<run time>``."""
     return f"schedule:{name}:{run_label(run_time)}"
+
+
+# -- what people read about schedules -------------------------------------------------
+
+
+@attrs.define
+class ScheduleStatus:
+    """One schedule as ``/status``, the dashboard and ``/schedules`` show it."""
+
+    name: str
+    cron: str
+    tz: str
+    target: str
+    next_run: float | None = None  # seconds since the epoch
+    last_run: float | None = None
+    last_result: str = ""  # "" never ran; an outcome value, or skipped | missed | failed
+    last_detail: str = ""  # why, for failed and skipped
+    running: int = 0
+
+
+def target_text(schedule: ScheduleConfig) -> str:
+    if schedule.thread:
+        return f"thread {schedule.thread}"
+    return f"new thread in {schedule.platform}:{schedule.channel}"
+
+
+class ScheduleSource(Protocol):
+    """Where the schedules' states come from (the scheduler)."""
+
+    def snapshot(self) -> tuple[ScheduleStatus, ...]: ...
+
+
+def moment_of(epoch: float) -> datetime:
+    """Seconds since the epoch as an aware UTC datetime."""
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+NO_SCHEDULES = "No schedules are configured ([[schedules]] in broker.toml)."
+
+
+def next_run_text(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return "never again"
+    moment = moment_of(epoch)
+    wait = max(epoch - now, 0.0)
+    hours, rest = divmod(int(wait), 3600)
+    soon = f"in {hours}h {rest // 60}m" if hours else f"in {rest // 60}m {rest % 60}s"
+    return f"{moment.strftime('%Y-%m-%d %H:%M')} UTC ({soon})"
+
+
+def schedules_text(statuses: Iterable[ScheduleStatus], now: float) -> str:
+    """What ``/schedules`` and ``agent-broker schedules`` show."""
+    lines = []
+    for status in statuses:
+        last = "never ran"
+        if status.last_result:
+            when = moment_of(status.last_run).strftime("%Y-%m-%d %H:%M") if status.last_run else ""
+            last = f"last {when} UTC: {status.last_result}"
+            if status.last_detail:
+                last += f" ({status.last_detail})"
+        running = " · running now" if status.running else ""
+        lines.append(
+            f"⏰ {status.name} — {status.cron} ({status.tz}) → {status.target}\n"
+            f"   next: {next_run_text(status.next_run, now)} · {last}{running}"
+        )
+    return (
+        "\n".join(lines) if lines else "No schedules are configured ([[schedules]] in broker.toml)."
+    )
+
+
+def upcoming_text(schedules: Iterable[ScheduleConfig], now: float, count: int = 3) -> str:
+    """What ``agent-broker schedules`` prints: each schedule and its next runs."""
+    lines = []
+    for schedule in schedules:
+        lines.append(
+            f"{schedule.name}: {schedule.cron} ({schedule.tz}) → {target_text(schedule)};"
+            f" overlap {schedule.overlap}, catch_up {schedule.catch_up}"
+        )
+        moment: datetime | None = moment_of(now)
+        for _ in range(count):
+            moment = time_after(schedule, moment) if moment is not None else None
+            if moment is None:
+                lines.append("  (no further runs)")
+                break
+            local = moment.astimezone(ZoneInfo(schedule.tz)).strftime("%Y-%m-%d %H:%M %Z")
+            lines.append(f"  {moment.strftime('%Y-%m-%d %H:%M')} UTC  ({local})")
+    return "\n".join(lines) if lines else NO_SCHEDULES

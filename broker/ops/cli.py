@@ -162,7 +162,7 @@ def cmd_discord(args: argparse.Namespace, config: BrokerConfig, source: str) -> 
 
 
 def cmd_schedules(args: argparse.Namespace, config: BrokerConfig, source: str) -> int:
-    from broker.chat.scheduler import upcoming_text
+    from broker.chat.schedules import upcoming_text
 
     print(upcoming_text(config.schedules, time.time()))
     return EX_OK

@@ -36,7 +36,8 @@ import trio
 import trio_websocket
 
 import broker
-from broker.chat.scheduler import Scheduler, ScheduleStatus
+from broker.chat.scheduler import Scheduler
+from broker.chat.schedules import ScheduleStatus
 from broker.config import mask_secrets
 from broker.frontends.discord.adapter import DiscordSnapshot
 from broker.frontends.gateway import GatewaySnapshot

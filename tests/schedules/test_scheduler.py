@@ -22,8 +22,8 @@ from broker.chat.scheduler import (
     SKIPPED,
     PlaceBook,
     Scheduler,
-    schedules_text,
 )
+from broker.chat.schedules import schedules_text
 from broker.config import ScheduleConfig
 from broker.frontends.wire import (
     Channel,
