@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -49,6 +49,7 @@ from broker.chat.schedules import (
     next_runs,
     run_label,
     run_thread_id,
+    run_title,
     target_text,
 )
 from broker.config import ScheduleConfig
@@ -127,6 +128,18 @@ class RunStore(Protocol):
 ChannelFinder = Callable[[str, str | None], ReplyChannel | None]
 
 
+class ThreadNotOpened(Exception):
+    """A native front-end could not open a run's thread; ``str(exc)`` says why."""
+
+
+#: Opens the thread of a run on a platform's native front-end (Discord: a thread
+#: from a message the bot posts; Slack: a top-level message whose thread holds the
+#: run): (platform, channel, first message) -> the new thread's place, or None when
+#: the platform has no native front-end here (the run's thread is then
+#: ``schedule:<name>:<run time>``). Raises :class:`ThreadNotOpened`.
+ThreadOpener = Callable[[str, str, str], Awaitable[Place | None]]
+
+
 @attrs.frozen
 class Target:
     """Where one run goes: the pool's thread key, the event it answers, the channel."""
@@ -152,20 +165,32 @@ def run_event(schedule: ScheduleConfig, run_time: datetime, place: Place) -> Inb
     )
 
 
-def find_target(
-    schedule: ScheduleConfig, run_time: datetime, places: PlaceBook, channels: ChannelFinder
+async def find_target(
+    schedule: ScheduleConfig,
+    run_time: datetime,
+    places: PlaceBook,
+    channels: ChannelFinder,
+    threads: ThreadOpener | None = None,
 ) -> Target | str:
-    """Where a run of ``schedule`` goes, or the sentence saying why it cannot."""
+    """Where a run of ``schedule`` goes, or the sentence saying why it cannot.
+    Waits only for a native front-end to open the run's thread."""
     if schedule.thread:
         place = places.get(schedule.thread)
         if place is None:
             return f"thread {schedule.thread} is unknown: no message has come from it"
-        frontend: str | None = place.frontend
     else:
-        place = Place(
-            "", schedule.platform, schedule.channel, run_thread_id(schedule.name, run_time)
-        )
-        frontend = None
+        where = f"{schedule.platform}:{schedule.channel}"
+        opened = None
+        if threads is not None:
+            try:
+                opened = await threads(
+                    schedule.platform, schedule.channel, run_title(schedule.name, run_time)
+                )
+            except ThreadNotOpened as exc:
+                return f"no thread could be opened in {where}: {exc}"
+        thread = run_thread_id(schedule.name, run_time)
+        place = opened or Place("", schedule.platform, schedule.channel, thread)
+    frontend = place.frontend or None
     channel = channels(place.platform, frontend)
     if channel is None:
         where = f"the {frontend} front-end" if frontend else "no front-end"
@@ -179,7 +204,8 @@ class Scheduler:
     ``await nursery.start(scheduler.run)``.
 
     ``wall`` is the wall clock in seconds since the epoch (tests pass one
-    tied to trio's clock). ``places`` and ``channels`` say where replies go.
+    tied to trio's clock). ``places``, ``channels`` and ``threads`` say where
+    replies go.
     """
 
     def __init__(
@@ -189,6 +215,7 @@ class Scheduler:
         *,
         places: PlaceBook,
         channels: ChannelFinder,
+        threads: ThreadOpener | None = None,
         store: RunStore | None = None,
         wall: Callable[[], float] = time.time,
         edit_interval: float = 1.5,
@@ -196,6 +223,7 @@ class Scheduler:
         self.pool = pool
         self.places = places
         self.channels = channels
+        self.threads = threads
         self.store = store
         self.wall = wall
         self.edit_interval = edit_interval
@@ -359,7 +387,7 @@ class Scheduler:
             self._record(schedule.name, run_time, result, detail)
 
     async def _turn(self, schedule: ScheduleConfig, run_time: datetime) -> tuple[str, str]:
-        target = find_target(schedule, run_time, self.places, self.channels)
+        target = await find_target(schedule, run_time, self.places, self.channels, self.threads)
         if isinstance(target, str):
             return FAILED, target
         log.info("schedule %s: run of %s in %s", schedule.name, run_label(run_time), target.key)
@@ -392,5 +420,7 @@ __all__ = [
     "ChannelFinder",
     "PlaceBook",
     "Scheduler",
+    "ThreadNotOpened",
+    "ThreadOpener",
     "find_target",
 ]

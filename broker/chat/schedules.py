@@ -135,6 +135,11 @@ def run_label(run_time: datetime) -> str:
     return run_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
+def run_title(name: str, run_time: datetime) -> str:
+    """The first message of a run's thread on a native front-end."""
+    return f"⏰ {name}: the run of {run_label(run_time)}"
+
+
 def run_thread_id(name: str, run_time: datetime) -> str:
     """The thread a run of a ``platform`` + ``channel`` schedule starts:
     ``schedule:<name>:<run time>``."""

@@ -43,7 +43,7 @@ import trio.lowlevel
 from broker.chat.commands import COMMANDS
 from broker.chat.journal import EventJournal, tell_unfinished
 from broker.chat.router import Router
-from broker.chat.scheduler import PlaceBook, Scheduler
+from broker.chat.scheduler import PlaceBook, Scheduler, ThreadNotOpened
 from broker.config import BrokerConfig, ConfigError, load_config
 from broker.frontends.base import (
     Claim,
@@ -62,7 +62,7 @@ from broker.frontends.wire import InboundEvent, OutboundReply, WireError, encode
 from broker.logs import RepeatLimiter, setup_logging
 from broker.ops.status import StatusEndpoints
 from broker.sessions.pool import Pool, open_pool, session_settings
-from broker.store import Store, StoreError, open_store
+from broker.store import Place, Store, StoreError, open_store
 from supervisor.notify import Notifier, run_watchdog
 
 log = logging.getLogger(__name__)
@@ -360,6 +360,10 @@ class Broker:
         """Where a scheduled run's reply goes: the front-end of the thread's
         place, or (``frontend`` None) the server when a client serves the
         platform now, else the gateway, else the server's outbox."""
+        if frontend == "discord" and self.discord is not None:
+            return self.discord.channel
+        if frontend == "slack" and self.slack is not None:
+            return self.slack
         server, gateway = self.server, self.gateway
         if frontend is None and server is not None and server.serves(platform):
             return server.platform_channel("schedules")
@@ -367,6 +371,22 @@ class Broker:
             return gateway.channel
         if frontend in (None, "server") and server is not None:
             return server.platform_channel("schedules")
+        return None
+
+    async def open_schedule_thread(self, platform: str, channel: str, text: str) -> Place | None:
+        """The thread of a scheduled run on Discord or Slack, opened with
+        ``text`` as its first message; None for platforms served by the server
+        or the gateway. Raises ThreadNotOpened when the platform refuses."""
+        if platform == "discord" and self.discord is not None:
+            thread = await self.discord.open_thread(channel, text)
+            if thread is None:
+                raise ThreadNotOpened("Discord refused or is unreachable (see the log)")
+            return Place("discord", platform, thread, thread)
+        if platform == "slack" and self.slack is not None:
+            thread = await self.slack.open_thread(channel, text)
+            if thread is None:
+                raise ThreadNotOpened("Slack refused or is unreachable (see the log)")
+            return Place("slack", platform, channel, thread)
         return None
 
     def stop(self, reason: str = "requested") -> None:
@@ -572,6 +592,9 @@ async def serve(
                             places=places,
                             channels=lambda platform, frontend: broker.schedule_channel(
                                 platform, frontend
+                            ),
+                            threads=lambda platform, channel, text: broker.open_schedule_thread(
+                                platform, channel, text
                             ),
                             store=store,
                         )

@@ -416,6 +416,30 @@ class DiscordFrontend:
         self._message_channel[message_id] = turn.channel_id
         return thread_id
 
+    async def open_thread(self, channel_id: str, text: str) -> str | None:
+        """Post ``text`` in channel ``channel_id`` and start a thread from that
+        message (a scheduled run's conversation); the thread's id, which is the
+        conversation's channel id. None when Discord refuses or is away (logged)."""
+        message_body = {"content": text, "allowed_mentions": {"parse": []}}
+        thread_body = {
+            "name": messages.thread_name(text),
+            "auto_archive_duration": messages.THREAD_ARCHIVE_MINUTES,
+        }
+        try:
+            message = await self.rest.call("POST", f"/channels/{channel_id}/messages", message_body)
+            message_id = str(message.get("id") or "") if isinstance(message, dict) else ""
+            path = f"/channels/{channel_id}/messages/{message_id}/threads"
+            thread = await self.rest.call("POST", path, thread_body)
+        except (DiscordHTTPError, DiscordUnavailable) as exc:
+            log.warning("discord: no thread opened in %s: %s", channel_id, exc)
+            return None
+        thread_id = str(thread.get("id") or message_id) if isinstance(thread, dict) else message_id
+        self.replies_sent += 1
+        self._own_threads.add(thread_id)
+        self._thread_owner[thread_id] = True
+        self._message_channel[message_id] = channel_id
+        return thread_id
+
     async def _attachments(self, items: object) -> tuple[Attachment, ...]:
         if not isinstance(items, list):
             return ()

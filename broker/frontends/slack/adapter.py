@@ -64,6 +64,7 @@ from broker.frontends.slack.events import (
     FileRef,
     Incoming,
     split_thread_id,
+    thread_id,
 )
 from broker.frontends.slack.message import blocks, emoji_name, escape
 from broker.frontends.slack.pacing import EDIT_INTERVAL_SECS, EditPacer
@@ -75,6 +76,7 @@ from broker.frontends.wire import (
     GatewayResponse,
     InboundEvent,
     OutboundReply,
+    ReplyChannelRef,
     new_request_id,
 )
 
@@ -245,6 +247,20 @@ class SlackFrontend:
         return GatewayResponse(
             request_id, True, thread_id=reply.channel.thread_id, message_id=str(answer["ts"])
         )
+
+    async def open_thread(self, channel: str, text: str) -> str | None:
+        """Post ``text`` as a new top-level message in ``channel``, whose thread
+        holds a scheduled run; the conversation's ``thread_id``. None when Slack
+        refuses or is away (logged)."""
+        try:
+            answer = await self._post(OutboundReply("", PLATFORM, ReplyChannelRef(channel), text))
+        except (SlackUnavailable, SlackApiError) as exc:
+            log.warning("slack: no thread opened in %s: %s", channel, exc)
+            return None
+        ts = str(answer["ts"])
+        if self.conversations is not None:
+            self.conversations.join(channel, ts)
+        return thread_id(channel, ts)
 
     # -- sending -----------------------------------------------------------------------
 
