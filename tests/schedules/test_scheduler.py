@@ -124,11 +124,16 @@ class RecordingChannel:
 
 
 class MemoryRunStore:
+    """Last runs in memory; once ``killed``, writes are lost, as a SIGKILLed
+    broker's would be."""
+
     def __init__(self) -> None:
         self.saved: dict[str, ScheduleRun] = {}
+        self.killed = False
 
     def save_schedule_run(self, name: str, run: ScheduleRun) -> None:
-        self.saved[name] = run
+        if not self.killed:
+            self.saved[name] = run
 
     async def schedule_runs(self) -> dict[str, ScheduleRun]:
         await trio.lowlevel.checkpoint()
@@ -263,14 +268,28 @@ async def test_a_restart_right_after_a_run_does_not_run_it_twice(
         async with trio.open_nursery() as first_life:
             await first_life.start(rig.scheduler(schedule, store=store).run)
             await rig.sleep_until_wall(epoch(2026, 12, 1, 2, 0, 1))
+            store.killed = True  # the broker is killed mid-run: nothing more is written
             first_life.cancel_scope.cancel()
         assert len(rig.pool.submitted) == 1
-        assert store.saved["nightly"] == ScheduleRun(epoch(2026, 12, 1, 2), INTERRUPTED)
+        assert store.saved["nightly"] == ScheduleRun(epoch(2026, 12, 1, 2), "running")
+        store.killed = False
         again = rig.scheduler(schedule, store=store)
         await rig.nursery.start(again.run)
         assert again.snapshot()[0].last_result == INTERRUPTED
         await rig.sleep_until_wall(epoch(2026, 12, 1, 23))
     assert [s.at for s in rig.pool.submitted] == [epoch(2026, 12, 1, 2)]
+
+
+async def test_a_run_cut_by_a_stop_is_recorded_as_interrupted(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = MemoryRunStore()
+    with trio.fail_after(DAY):
+        async with trio.open_nursery() as life:
+            await life.start(rig.scheduler(channel_schedule(), store=store).run)
+            await rig.sleep_until_wall(epoch(2026, 12, 1, 2, 0, 1))
+            life.cancel_scope.cancel()
+    assert store.saved["nightly"] == ScheduleRun(epoch(2026, 12, 1, 2), INTERRUPTED)
 
 
 def _event_from(platform: str, channel: str, thread: str | None) -> InboundEvent:
