@@ -87,6 +87,7 @@ APPLICATION_COMMANDS: tuple[tuple[str, str, bool], ...] = (
     ("allow", "Answer a permission question: [always] NUMBER", True),
     ("deny", "Answer a permission question: [always] NUMBER", True),
     ("answer", "Answer a question: NUMBER CHOICE", True),
+    ("schedules", "The scheduled prompts, their next and last runs", False),
     ("help", "The broker's commands", False),
 )
 
