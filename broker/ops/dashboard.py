@@ -420,7 +420,6 @@ def schedules_table(doc: dict[str, Any], *, expand: bool = True) -> Table | None
     return table
 
 
-def events(doc: dict[str, Any]) -> Table:
 def events(doc: dict[str, Any], limit: int = EVENTS_SHOWN) -> Table:
     table = Table.grid(padding=(0, 2))
     table.title = "Recent events"

@@ -49,7 +49,7 @@ async def test_a_run_missed_while_down_runs_once_at_start_and_reaches_a_client_o
                 functools.partial(serve, config, handle_signals=False)
             )
             assert broker.server is not None
-            async with chat(broker.server.port) as client:
+            async with chat(broker.server.port, "?platforms=telegram") as client:
                 reply = await client.reply(f"schedule:nightly:{run_label(due)}", "You said")
                 assert "run the test suite and report" in reply
                 while broker.scheduler.snapshot()[0].last_result != "completed":
