@@ -262,9 +262,7 @@ class Router:
             log.info("%s: /%s from %s", key, command.name, event.sender.id)
             answer = sentences.command_timed_out(command.name, self.command_timeout)
             with trio.move_on_after(self.command_timeout):
-                answer = await run_command(
-                    command, self.pool, key, schedules=self.schedules
-                )
+                answer = await run_command(command, self.pool, key, schedules=self.schedules)
             await replier.final(answer)
             return answer
         plan = build_prompt(event, text, config.prompt)

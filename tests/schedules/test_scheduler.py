@@ -117,9 +117,7 @@ class RecordingChannel:
     async def send_reply(self, reply: OutboundReply) -> None:
         self.replies.append(reply)
 
-    async def request(
-        self, reply: OutboundReply, *, timeout: float = 5.0
-    ) -> GatewayResponse | None:
+    async def request(self, reply: OutboundReply) -> GatewayResponse | None:
         return None
 
 
