@@ -542,3 +542,90 @@ def chat_gone(closed: str | None, waited_secs: float) -> str:
         f"The broker closed the connection ({closed}) and did not come back within "
         f"{waited_secs:g} s."
     )
+
+
+# --- schedules ([[schedules]]) ------------------------------------------------------------
+
+NO_SCHEDULES = "No schedules are configured ([[schedules]] in broker.toml)."
+SCHEDULE_PREVIOUS_RUN_GOING = "its previous run has not ended"
+SCHEDULE_RUN_STOPPED = "the broker stopped during the run"
+
+
+def schedule_run_title(name: str, run_label: str) -> str:
+    """The first message of a run's thread on Discord or Slack."""
+    return f"⏰ {name}: the run of {run_label}"
+
+
+def schedule_target(thread: str, platform: str, channel: str) -> str:
+    return f"thread {thread}" if thread else f"new thread in {platform}:{channel}"
+
+
+def schedule_unknown_thread(thread: str) -> str:
+    return f"thread {thread} is unknown: no message has come from it"
+
+
+def schedule_no_thread(where: str, why: str) -> str:
+    return f"no thread could be opened in {where}: {why}"
+
+
+def schedule_no_frontend(frontend: str | None, platform: str) -> str:
+    where = f"the {frontend} front-end" if frontend else "no front-end"
+    return f"{where} serves {platform} in this broker"
+
+
+def schedule_platform_refused(platform: str) -> str:
+    return f"{platform} refused or is unreachable (see the log)"
+
+
+def schedule_thread_busy(thread: str) -> str:
+    return f"thread {thread} is busy"
+
+
+def schedule_internal_error(kind: str) -> str:
+    return f"internal error ({kind})"
+
+
+def schedule_missed(count: int) -> str:
+    return f"{count} missed while down"
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(at))
+
+
+def schedule_next_run(at: float | None, now: float) -> str:
+    """``2026-12-02 02:00 UTC (in 15h 4m)``; ``never again``."""
+    if at is None:
+        return "never again"
+    hours, rest = divmod(int(max(at - now, 0.0)), 3600)
+    soon = f"in {hours}h {rest // 60}m" if hours else f"in {rest // 60}m {rest % 60}s"
+    return f"{_utc(at)} UTC ({soon})"
+
+
+def schedule_entry(
+    name: str,
+    when: str,
+    target: str,
+    next_run: str,
+    last_run: float | None,
+    last_result: str,
+    last_detail: str,
+    running: int,
+) -> str:
+    """One schedule in ``/schedules``: ``when`` is its cron and time zone."""
+    last = "never ran"
+    if last_result:
+        last = f"last {_utc(last_run) + ' UTC' if last_run else ''}: {last_result}"
+        if last_detail:
+            last += f" ({last_detail})"
+    going = " · running now" if running else ""
+    return f"⏰ {name} — {when} → {target}\n   next: {next_run} · {last}{going}"
+
+
+def schedule_upcoming(
+    name: str, when: str, target: str, overlap: str, catch_up: str, times: list[tuple[str, str]]
+) -> str:
+    """One schedule in ``agent-broker schedules``: its next ``(UTC, local)`` times."""
+    lines = [f"{name}: {when} → {target}; overlap {overlap}, catch_up {catch_up}"]
+    lines += [f"  {utc} UTC  ({local})" for utc, local in times] or ["  (no further runs)"]
+    return "\n".join(lines)

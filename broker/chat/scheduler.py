@@ -40,6 +40,7 @@ from typing import Protocol
 import attrs
 import trio
 
+from broker import sentences
 from broker.chat.delivery import Replier, deliver_turn
 from broker.chat.schedules import (
     Drop,
@@ -177,7 +178,7 @@ async def find_target(
     if schedule.thread:
         place = places.get(schedule.thread)
         if place is None:
-            return f"thread {schedule.thread} is unknown: no message has come from it"
+            return sentences.schedule_unknown_thread(schedule.thread)
     else:
         where = f"{schedule.platform}:{schedule.channel}"
         opened = None
@@ -187,14 +188,13 @@ async def find_target(
                     schedule.platform, schedule.channel, run_title(schedule.name, run_time)
                 )
             except ThreadNotOpened as exc:
-                return f"no thread could be opened in {where}: {exc}"
+                return sentences.schedule_no_thread(where, str(exc))
         thread = run_thread_id(schedule.name, run_time)
         place = opened or Place("", schedule.platform, schedule.channel, thread)
     frontend = place.frontend or None
     channel = channels(place.platform, frontend)
     if channel is None:
-        where = f"the {frontend} front-end" if frontend else "no front-end"
-        return f"{where} serves {place.platform} in this broker"
+        return sentences.schedule_no_frontend(frontend, place.platform)
     event = run_event(schedule, run_time, place)
     return Target(thread_key(event), event, channel)
 
@@ -337,7 +337,7 @@ class Scheduler:
             drop.missed,
             run_label(drop.run_time),
         )
-        self._record(drop.name, drop.run_time, MISSED, f"{drop.missed} missed while down")
+        self._record(drop.name, drop.run_time, MISSED, sentences.schedule_missed(drop.missed))
 
     def _fire(self, schedule: ScheduleConfig, fire: Fire, nursery: trio.Nursery) -> None:
         if fire.caught_up:
@@ -361,20 +361,20 @@ class Scheduler:
     def _busy_reason(self, schedule: ScheduleConfig) -> str | None:
         """Why a run would overlap another, or None."""
         if self._running[schedule.name]:
-            return "its previous run has not ended"
+            return sentences.SCHEDULE_PREVIOUS_RUN_GOING
         if schedule.thread:
             snap = self.pool.session_snapshot(schedule.thread)
             if snap is not None and (snap.state == SessionState.BUSY.value or snap.queue_length):
-                return f"thread {schedule.thread} is busy"
+                return sentences.schedule_thread_busy(schedule.thread)
         return None
 
     async def _run_one(self, schedule: ScheduleConfig, run_time: datetime) -> None:
-        result, detail = INTERRUPTED, "the broker stopped during the run"
+        result, detail = INTERRUPTED, sentences.SCHEDULE_RUN_STOPPED
         try:
             result, detail = await self._turn(schedule, run_time)
         except Exception as exc:
             log.exception("schedule %s: the run of %s failed", schedule.name, run_label(run_time))
-            result, detail = FAILED, f"internal error ({type(exc).__name__})"
+            result, detail = FAILED, sentences.schedule_internal_error(type(exc).__name__)
         finally:
             self._running[schedule.name] -= 1
             if result == FAILED:

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 import attrs
 from cronsim import CronSim
 
+from broker import sentences
 from broker.config import ScheduleConfig
 
 #: A run found this late after its time is still "on time" (the scheduler was
@@ -137,7 +138,7 @@ def run_label(run_time: datetime) -> str:
 
 def run_title(name: str, run_time: datetime) -> str:
     """The first message of a run's thread on a native front-end."""
-    return f"⏰ {name}: the run of {run_label(run_time)}"
+    return sentences.schedule_run_title(name, run_label(run_time))
 
 
 def run_thread_id(name: str, run_time: datetime) -> str:
@@ -165,9 +166,7 @@ class ScheduleStatus:
 
 
 def target_text(schedule: ScheduleConfig) -> str:
-    if schedule.thread:
-        return f"thread {schedule.thread}"
-    return f"new thread in {schedule.platform}:{schedule.channel}"
+    return sentences.schedule_target(schedule.thread, schedule.platform, schedule.channel)
 
 
 class ScheduleSource(Protocol):
@@ -181,53 +180,43 @@ def moment_of(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-NO_SCHEDULES = "No schedules are configured ([[schedules]] in broker.toml)."
-
-
-def next_run_text(epoch: float | None, now: float) -> str:
-    if epoch is None:
-        return "never again"
-    moment = moment_of(epoch)
-    wait = max(epoch - now, 0.0)
-    hours, rest = divmod(int(wait), 3600)
-    soon = f"in {hours}h {rest // 60}m" if hours else f"in {rest // 60}m {rest % 60}s"
-    return f"{moment.strftime('%Y-%m-%d %H:%M')} UTC ({soon})"
-
-
 def schedules_text(statuses: Iterable[ScheduleStatus], now: float) -> str:
-    """What ``/schedules`` and ``agent-broker schedules`` show."""
-    lines = []
-    for status in statuses:
-        last = "never ran"
-        if status.last_result:
-            when = moment_of(status.last_run).strftime("%Y-%m-%d %H:%M") if status.last_run else ""
-            last = f"last {when} UTC: {status.last_result}"
-            if status.last_detail:
-                last += f" ({status.last_detail})"
-        running = " · running now" if status.running else ""
-        lines.append(
-            f"⏰ {status.name} — {status.cron} ({status.tz}) → {status.target}\n"
-            f"   next: {next_run_text(status.next_run, now)} · {last}{running}"
+    """What ``/schedules`` shows."""
+    lines = [
+        sentences.schedule_entry(
+            status.name,
+            f"{status.cron} ({status.tz})",
+            status.target,
+            sentences.schedule_next_run(status.next_run, now),
+            status.last_run,
+            status.last_result,
+            status.last_detail,
+            status.running,
         )
-    return (
-        "\n".join(lines) if lines else "No schedules are configured ([[schedules]] in broker.toml)."
-    )
+        for status in statuses
+    ]
+    return "\n".join(lines) if lines else sentences.NO_SCHEDULES
 
 
 def upcoming_text(schedules: Iterable[ScheduleConfig], now: float, count: int = 3) -> str:
     """What ``agent-broker schedules`` prints: each schedule and its next runs."""
-    lines = []
+    entries = []
     for schedule in schedules:
-        lines.append(
-            f"{schedule.name}: {schedule.cron} ({schedule.tz}) → {target_text(schedule)};"
-            f" overlap {schedule.overlap}, catch_up {schedule.catch_up}"
-        )
+        times: list[tuple[str, str]] = []
         moment: datetime | None = moment_of(now)
-        for _ in range(count):
-            moment = time_after(schedule, moment) if moment is not None else None
-            if moment is None:
-                lines.append("  (no further runs)")
-                break
-            local = moment.astimezone(ZoneInfo(schedule.tz)).strftime("%Y-%m-%d %H:%M %Z")
-            lines.append(f"  {moment.strftime('%Y-%m-%d %H:%M')} UTC  ({local})")
-    return "\n".join(lines) if lines else NO_SCHEDULES
+        while moment is not None and len(times) < count:
+            moment = time_after(schedule, moment)
+            if moment is not None:
+                local = moment.astimezone(ZoneInfo(schedule.tz)).strftime("%Y-%m-%d %H:%M %Z")
+                times.append((moment.strftime("%Y-%m-%d %H:%M"), local))
+        entries.append(
+            sentences.schedule_upcoming(
+                schedule.name,
+                f"{schedule.cron} ({schedule.tz})",
+                target_text(schedule),
+                schedule.overlap,
+                schedule.catch_up,
+                times,
+            )
+        )
+    return "\n".join(entries) if entries else sentences.NO_SCHEDULES

@@ -40,6 +40,7 @@ import attrs
 import trio
 import trio.lowlevel
 
+from broker import sentences
 from broker.chat.commands import COMMANDS
 from broker.chat.journal import EventJournal, tell_unfinished
 from broker.chat.router import Router
@@ -380,12 +381,12 @@ class Broker:
         if platform == "discord" and self.discord is not None:
             thread = await self.discord.open_thread(channel, text)
             if thread is None:
-                raise ThreadNotOpened("Discord refused or is unreachable (see the log)")
+                raise ThreadNotOpened(sentences.schedule_platform_refused("Discord"))
             return Place("discord", platform, thread, thread)
         if platform == "slack" and self.slack is not None:
             thread = await self.slack.open_thread(channel, text)
             if thread is None:
-                raise ThreadNotOpened("Slack refused or is unreachable (see the log)")
+                raise ThreadNotOpened(sentences.schedule_platform_refused("Slack"))
             return Place("slack", platform, channel, thread)
         return None
 
