@@ -70,8 +70,12 @@ async def running_broker(
     config: BrokerConfig, *, response_timeout: float = 5.0
 ) -> AsyncIterator[Stack]:
     """Pool, router and server; on leaving, the pool closes first (turns end
-    with their replies), then the server stops."""
-    async with open_pool(config) as pool, trio.open_nursery() as nursery:
+    with their replies), then the server stops.
+
+    The pool runs in a task of its own, as in the service, so a test may close
+    it (``stack.pool.aclose()``) and go on talking to the server."""
+    async with trio.open_nursery() as nursery:
+        pool: Pool = await nursery.start(_run_pool, config)
         router = Router(pool, config, response_timeout=response_timeout)
         tracked = TrackedRouter(router)
         server: WebSocketServer = await nursery.start(
@@ -80,6 +84,12 @@ async def running_broker(
         yield Stack(pool, router, tracked, server)
         await pool.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def _run_pool(config: BrokerConfig, *, task_status: trio.TaskStatus[Pool]) -> None:
+    async with open_pool(config) as pool:
+        task_status.started(pool)
+        await trio.sleep_forever()
 
 
 @attrs.frozen

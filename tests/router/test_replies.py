@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import trio
 
+from broker import sentences
 from broker.chat.split import platform_limit
 from broker.config import BrokerConfig
 from broker.frontends.wire import Command, InboundEvent
@@ -173,9 +174,9 @@ async def test_pool_full_and_shutdown_each_end_in_one_reply(
             await stack.pool.aclose()
             frames = await client.settle(stack, busy)
             assert frames[0].reply.request_id and frames[1:] == edits(frames)
-            assert "🔌 The broker is shutting down" in frames[-1].reply.text
+            assert f"🔌 {sentences.SHUTDOWN}" in frames[-1].reply.text
             after = await client.send("hello again", channel_id="c")
-            assert "shutting down" in single_text(await client.settle(stack, after))
+            assert sentences.SHUTDOWN in single_text(await client.settle(stack, after))
 
 
 async def test_a_slow_turn_holds_up_no_other_thread(
