@@ -92,6 +92,11 @@ def size_phrase(n: int) -> str:
 SHUTDOWN = (
     "The broker is restarting, so this message was not finished; send it again once it is back."
 )
+# A cluster: the replica that owns the thread cannot be reached (docs/scaling.md).
+HOST_RESTARTING = (
+    "⏳ This conversation's host is restarting, so this message was not answered; "
+    "send it again in a minute."
+)
 CANCELLED = "Cancelled."
 RESET = "The conversation was reset."
 RESET_QUEUED = "The conversation was reset before this message ran."

@@ -392,7 +392,8 @@ class LinkChannel:
     """A :class:`~broker.frontends.base.ReplyChannel` over a link that may be
     absent or gone; replies its link cannot write go to ``fallback`` (a
     synchronous callable that keeps them in the outbox for a connection that
-    serves their thread)."""
+    serves their thread). ``peer``: the connection is another replica of a
+    cluster forwarding its clients' events (docs/scaling.md)."""
 
     def __init__(
         self,
@@ -400,11 +401,14 @@ class LinkChannel:
         connection_id: str,
         link: Link | None,
         fallback: Callable[[OutboundReply], None],
+        *,
+        peer: bool = False,
     ) -> None:
         self._frontend = frontend
         self._connection_id = connection_id
         self.link = link
         self._fallback = fallback
+        self.peer = peer
 
     @property
     def connection_id(self) -> str:

@@ -2,7 +2,9 @@
 
 One TCP port serves:
 
-* ``/ws``: the openab gateway protocol v1 (events in, replies out);
+* ``/ws``: the openab gateway protocol v1 (events in, replies out); in a
+  cluster, ``/ws?peer=NAME`` with the peer token is another replica
+  forwarding its clients' events (no per-connection cap on events in flight);
 * extra WebSocket routes (``ws_routes``, e.g. a live ``/status`` feed);
 * plain HTTP ``GET`` routes (``http_routes``: ``/status``, ``/healthz``,
   ``/metrics``). Paths in ``PUBLIC_PATHS`` need no token; all others do
@@ -22,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from typing import NoReturn
 
@@ -79,6 +82,7 @@ PUBLIC_PATHS = frozenset({"/healthz"})
 PING_INTERVAL_SECS = 20.0
 PONG_TIMEOUT_SECS = 10.0
 MAX_EVENTS_IN_FLIGHT = 64  # per connection; more are refused with "slow down"
+PEER_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")  # a cluster member, as in [cluster] members
 
 WebSocketHandler = Callable[[trio_websocket.WebSocketRequest], Awaitable[None]]
 
@@ -140,6 +144,7 @@ class WebSocketServer:
         self.events_received = 0
         self._events = event_nursery
         self.max_events_in_flight = MAX_EVENTS_IN_FLIGHT
+        self.peer_token = ""  # set in a cluster: /ws?peer=NAME connections present it
         self._clients: dict[str, _Client] = {}
         self._ids = itertools.count(1)
         self._waiting_changed = trio.Event()
@@ -228,31 +233,50 @@ class WebSocketServer:
                 pass  # not a valid handshake: the library answered 400
             elif head.path != WS_PATH and head.path not in self.ws_routes:
                 await request.reject(404, body=b"not found\n")
-            elif (refusal := token_status(head, self.settings.token)) is not None:
+            elif (peer_name := self._peer_name(head)) == "":
+                await request.reject(400, body=b"peer: expected a member name\n")
+            elif (refusal := token_status(head, self._token_for(peer_name))) is not None:
                 log.warning("refused %s from %s: HTTP %d", head.path, peer, refusal)
                 await request.reject(refusal, body=b"token required\n")
             elif head.path in self.ws_routes:
                 await self.ws_routes[head.path](request)
             else:
-                await self._serve_client(await request.accept(), head, peer)
+                await self._serve_client(await request.accept(), head, peer, peer_name)
             nursery.cancel_scope.cancel()
         with trio.move_on_after(CLOSE_GRACE_SECS) as scope:
             scope.shield = True
             await stream.aclose()
 
+    def _peer_name(self, head: HttpRequest) -> str | None:
+        """The member a ``/ws?peer=NAME`` connection says it is ("" when the name
+        is not one); None for an ordinary client or when no peer token is set."""
+        name = head.query_value("peer")
+        if name is None or not self.peer_token or head.path != WS_PATH:
+            return None
+        return name if PEER_NAME.fullmatch(name) else ""
+
+    def _token_for(self, peer_name: str | None) -> str:
+        return self.settings.token if peer_name is None else self.peer_token
+
     async def _serve_client(
-        self, ws: trio_websocket.WebSocketConnection, head: HttpRequest, peer: str
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        head: HttpRequest,
+        peer: str,
+        peer_name: str | None = None,
     ) -> None:
-        connection_id = f"ws-{next(self._ids)}"
+        # A peer replica forwards many clients' events: the forwarder bounds them.
+        number = next(self._ids)
+        connection_id = f"ws-{number}" if peer_name is None else f"peer-{peer_name}-{number}"
         link = Link(
             ws,
             connection_id,
             max_frame_bytes=self.settings.max_frame_bytes,
-            max_in_flight=self.max_events_in_flight,
+            max_in_flight=self.max_events_in_flight if peer_name is None else None,
             on_lost=self._put_back,
             on_taken=self.outbox.delivered,
         )
-        channel = LinkChannel("server", connection_id, link, self._keep)
+        channel = LinkChannel("server", connection_id, link, self._keep, peer=peer_name is not None)
         claim = declared_claim(head.query_value("platforms"), head.query_value("threads"))
         client = self._clients[connection_id] = _Client(link, channel, claim)
         log.info("%s connected from %s (serves %s)", connection_id, peer, _describe(claim))

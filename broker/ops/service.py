@@ -43,8 +43,9 @@ import trio.lowlevel
 from broker import sentences
 from broker.chat.commands import COMMANDS
 from broker.chat.journal import EventJournal, tell_unfinished
-from broker.chat.router import Router
+from broker.chat.router import Router, ignore_reason
 from broker.chat.scheduler import PlaceBook, Scheduler, ThreadNotOpened
+from broker.cluster.forward import ClusterSink
 from broker.config import BrokerConfig, ConfigError, load_config
 from broker.frontends.base import (
     Claim,
@@ -355,6 +356,7 @@ class Broker:
     gateway: GatewayClient | None = None
     discord: DiscordFrontend | None = None
     slack: SlackFrontend | None = None
+    cluster: ClusterSink | None = None
     reloads: int = 0
 
     def schedule_channel(self, platform: str, frontend: str | None) -> ReplyChannel | None:
@@ -494,8 +496,34 @@ class Broker:
         log.info("stopped: %s", self.pool.snapshot().summary())
 
 
+def discord_shard_of(config: BrokerConfig) -> tuple[int, int]:
+    """``(shard_id, num_shards)`` of this replica's Discord connection: its
+    ordinal in ``[cluster] members`` of the member count."""
+    members = list(config.cluster.members)
+    return members.index(config.cluster.replica), len(members)
+
+
+async def _start_cluster(broker: Broker, nursery: trio.Nursery) -> None:
+    """In a cluster, put the :class:`ClusterSink` between the transports and the
+    router: events of threads another replica owns are forwarded to it."""
+    cluster, router = broker.config.cluster, broker.router
+    sink = ClusterSink(
+        broker.router,
+        replica=cluster.replica,
+        members=cluster.members,
+        peer_token=cluster.peer_token,
+        ignored=lambda event: ignore_reason(event, router.config.router) is not None,
+    )
+    broker.cluster = await nursery.start(sink.run)
+    broker.in_flight.sink = sink
+    broker.status.cluster_snapshot = sink.snapshot
+    log.info("replica %s of %d", cluster.replica, len(cluster.members))
+
+
 async def _start_frontends(broker: Broker, nursery: trio.Nursery) -> None:
     config = broker.config
+    if config.cluster.enabled:
+        await _start_cluster(broker, nursery)
     if config.server.enabled:
         server: WebSocketServer = await nursery.start(
             functools.partial(
@@ -509,6 +537,8 @@ async def _start_frontends(broker: Broker, nursery: trio.Nursery) -> None:
         )
         broker.server = server
         broker.status.server_snapshot = server.snapshot
+        if config.cluster.enabled:
+            server.peer_token = config.cluster.peer_token
     if config.gateway.url:
         gateway = GatewayClient(config.gateway, broker.in_flight, outbox=broker.outboxes["gateway"])
         broker.gateway = await nursery.start(gateway.run)
@@ -516,7 +546,10 @@ async def _start_frontends(broker: Broker, nursery: trio.Nursery) -> None:
         log.info("dialing the gateway %s", config.redacted().gateway.url)
     if config.discord.enabled:
         discord = DiscordFrontend(
-            config.discord, broker.in_flight, outbox=broker.outboxes["discord"]
+            config.discord,
+            broker.in_flight,
+            outbox=broker.outboxes["discord"],
+            gateway_options={"shard": discord_shard_of(config)} if config.cluster.enabled else {},
         )
         discord.configure(config.discord, config.router, config.prompt)
         broker.discord = await nursery.start(discord.run)

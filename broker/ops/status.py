@@ -38,6 +38,7 @@ import trio_websocket
 import broker
 from broker.chat.scheduler import Scheduler
 from broker.chat.schedules import ScheduleStatus
+from broker.cluster.forward import ClusterSnapshot
 from broker.config import mask_secrets
 from broker.frontends.discord.adapter import DiscordSnapshot
 from broker.frontends.gateway import GatewaySnapshot
@@ -100,6 +101,7 @@ def status_document(
     closing: bool = False,
     store: StoreSnapshot | None = None,
     schedules: Sequence[ScheduleStatus] = (),
+    cluster: ClusterSnapshot | None = None,
 ) -> dict[str, Any]:
     """The status document (schema ``agent-broker.status.v1``) as plain JSON data.
 
@@ -174,6 +176,7 @@ def status_document(
             for s in sessions
         ],
         "store": None if store is None else attrs.asdict(store),
+        "cluster": None if cluster is None else attrs.asdict(cluster),
         "frontends": {
             "server": None if server is None else _server_part(server),
             "gateway": None if gateway is None else _gateway_part(gateway),
@@ -565,6 +568,7 @@ class StatusEndpoints:
         self.store_snapshot = store_snapshot
         self.discord_snapshot: Callable[[], DiscordSnapshot] | None = None
         self.slack_snapshot: Callable[[], SlackSnapshot] | None = None
+        self.cluster_snapshot: Callable[[], ClusterSnapshot] | None = None
         self.secrets = tuple(secrets)
         self.started_at = started_at
         self.version = version
@@ -597,6 +601,7 @@ class StatusEndpoints:
             closing=self.closing,
             store=None if self.store_snapshot is None else self.store_snapshot(),
             schedules=self.schedules.snapshot() if self.schedules is not None else (),
+            cluster=None if self.cluster_snapshot is None else self.cluster_snapshot(),
         )
 
     def _slack(self) -> SlackSnapshot | None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from broker.config import ConfigError, load_config, structure_config
-from broker.ops.service import plan_reload
+from broker.ops.service import discord_shard_of, plan_reload
 
 MEMBERS = {"agent-broker-0": "127.0.0.1:9000", "agent-broker-1": "127.0.0.1:9001"}
 
@@ -63,3 +63,8 @@ def test_a_reload_keeps_the_member_list_until_a_restart() -> None:
     plan = plan_reload(old, new)
     assert plan.config.cluster == old.cluster
     assert "[cluster] takes effect at the next restart" in plan.kept
+
+
+def test_each_replica_runs_the_discord_shard_of_its_ordinal() -> None:
+    config = structure_config(cluster(replica="agent-broker-1"), file="broker.toml", environ={})
+    assert discord_shard_of(config) == (1, 2)

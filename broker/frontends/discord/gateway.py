@@ -104,8 +104,10 @@ class DiscordGateway:
         rand: Callable[[], float] = random.random,
         dial: Dialer | None = None,
         intents: int = int(protocol.INTENTS),
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self._token = token
+        self.shard = shard
         self.rest = rest
         self.on_dispatch = on_dispatch
         self.backoff = Backoff(backoff, rand)
@@ -290,7 +292,7 @@ class DiscordGateway:
                     await trio.sleep(wait)
                 self.pacer.sent(trio.current_time())
                 self.identifies += 1
-                await self._send(ws, protocol.identify(self._token, self.intents))
+                await self._send(ws, protocol.identify(self._token, self.intents, self.shard))
             try:
                 ended = await self._read(ws, beat)
             except trio_websocket.ConnectionClosed as closed:

@@ -88,9 +88,16 @@ def frame(op: Op, d: Any) -> dict[str, Any]:
     return {"op": int(op), "d": d}
 
 
-def identify(token: str, intents: int = int(INTENTS)) -> dict[str, Any]:
+def identify(
+    token: str, intents: int = int(INTENTS), shard: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The IDENTIFY payload; ``shard`` is ``(shard_id, num_shards)`` when the bot
+    is sharded (a cluster: each replica is the shard of its ordinal)."""
     properties = {"os": "linux", "browser": "agent-broker", "device": "agent-broker"}
-    return frame(Op.IDENTIFY, {"token": token, "intents": intents, "properties": properties})
+    d: dict[str, Any] = {"token": token, "intents": intents, "properties": properties}
+    if shard is not None:
+        d["shard"] = list(shard)
+    return frame(Op.IDENTIFY, d)
 
 
 def resume(token: str, session_id: str, seq: int | None) -> dict[str, Any]:

@@ -124,3 +124,8 @@ def test_identify_asks_for_exactly_the_intents_it_needs() -> None:
 def test_gateway_url_gets_version_and_encoding() -> None:
     assert with_query("wss://gateway.discord.gg") == "wss://gateway.discord.gg/?v=10&encoding=json"
     assert with_query("ws://127.0.0.1:5/resume") == "ws://127.0.0.1:5/resume?v=10&encoding=json"
+
+
+def test_a_replica_of_a_cluster_identifies_as_the_shard_of_its_ordinal() -> None:
+    assert "shard" not in protocol.identify("T")["d"]
+    assert protocol.identify("T", shard=(2, 3))["d"]["shard"] == [2, 3]
