@@ -258,7 +258,7 @@ class BrokerRunner:
         pid = self.process.pid
         status, body = await self.get("/status")
         if status == 200:
-            self.figures.pool_counters.update(json.loads(body)["counters"])
+            self.figures.pool_counters.update(flat_counters(json.loads(body)["counters"]))
         self.state = "stopping"
         began = trio.current_time()
         self.process.send_signal(signal.SIGTERM)
@@ -329,3 +329,15 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def flat_counters(counters: dict[str, Any]) -> dict[str, int]:
+    """The status document's counters as one level: ``turns_ended`` by outcome
+    becomes ``turns_ended.completed`` and so on, so runs add up."""
+    flat: dict[str, int] = {}
+    for name, value in counters.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{key}": int(count) for key, count in value.items()})
+        else:
+            flat[name] = int(value)
+    return flat
