@@ -57,6 +57,10 @@ TOOL_KINDS = (
     "other",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+WORKSPACE_MODES = ("shared", "per-thread", "git-worktree")
+MCP_TRANSPORTS = ("stdio", "http", "sse")
+SWITCHING = ("anyone", "approvers", "never")
+DEFAULT_PROFILE = "default"
 LOG_FORMATS = ("text", "json")
 OVERLAP_VALUES = ("queue", "skip")
 CATCH_UP_VALUES = ("latest", "none")
@@ -182,7 +186,21 @@ class DiscordConfig:
 
 
 @attrs.frozen
+class McpServerConfig:
+    """One MCP server an agent's sessions get (``[agents.NAME.mcp_servers.SERVER]``)."""
+
+    type: str = attrs.field(default="stdio", metadata=_one_of(MCP_TRANSPORTS))
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    url: str = ""
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
 class AgentConfig:
+    """One agent profile: ``[agent]`` (the profile ``default``) or ``[agents.NAME]``."""
+
     command: str = attrs.field(default="python", metadata=_require("a command", bool))
     args: tuple[str, ...] = ("-m", "broker.testing.fake_agent")
     working_dir: str = "."
@@ -193,6 +211,36 @@ class AgentConfig:
     max_line_bytes: int = attrs.field(default=8388608, metadata=_at_least(1024))
     restart_after_cancel: bool = False
     auth_method: str = ""
+    max_sessions: int = attrs.field(default=0, metadata=_at_least(0))
+    warm_spares: int = attrs.field(default=0, metadata=_at_least(0))
+    permissions_default: str = attrs.field(default="", metadata=_one_of(("", *PERMISSION_VALUES)))
+    permissions_by_kind: Mapping[str, str] = attrs.field(
+        factory=dict, metadata=_check(_permissions_map_problem)
+    )
+    mcp_servers: Mapping[str, McpServerConfig] = attrs.field(factory=dict)
+    workspace: str = attrs.field(default="shared", metadata=_one_of(WORKSPACE_MODES))
+    repo: str = ""
+    base_ref: str = ""
+
+
+@attrs.frozen
+class AgentsConfig:
+    """``[agents]``: which profile serves a thread no route names, and who may switch."""
+
+    default: str = attrs.field(default=DEFAULT_PROFILE, metadata=_require("a profile name", bool))
+    switching: str = attrs.field(default="anyone", metadata=_one_of(SWITCHING))
+
+
+@attrs.frozen
+class RouteConfig:
+    """One ``[[routes]]`` rule: every key set must match; the first rule that does wins."""
+
+    agent: str = attrs.field(default="", metadata=_require("a profile name", bool))
+    platform: str = ""
+    channel: str = ""
+    guild: str = ""
+    user: str = ""
+    switch: bool = True
 
 
 @attrs.frozen
@@ -232,6 +280,8 @@ class PermissionsConfig:
 class StateConfig:
     path: str = attrs.field(default="state/broker.sqlite3", metadata=_require("a file path", bool))
     lock_wait_secs: float = attrs.field(default=30, metadata=_at_least(0))
+    workspace_ttl_days: float = attrs.field(default=0, metadata=_at_least(0))
+    prune_unmerged: bool = False
 
 
 @attrs.frozen
@@ -360,6 +410,7 @@ class BrokerConfig:
     gateway: GatewayConfig = GatewayConfig()
     discord: DiscordConfig = DiscordConfig()
     agent: AgentConfig = AgentConfig()
+    agents: AgentsConfig = AgentsConfig()
     pool: PoolConfig = PoolConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     permissions: PermissionsConfig = PermissionsConfig()
@@ -372,6 +423,18 @@ class BrokerConfig:
     slack: SlackConfig = SlackConfig()
     cluster: ClusterConfig = ClusterConfig()
     schedules: tuple[ScheduleConfig, ...] = ()
+    # not sections: [agents.NAME] tables (with [agent] as "default" when both are
+    # written; empty: [agent] alone is the one profile) and the [[routes]] rules
+    profiles: Mapping[str, AgentConfig] = attrs.field(factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+
+    def agent_profiles(self) -> dict[str, AgentConfig]:
+        """Profile name -> its agent, in the file's order (``[agent]`` alone: ``default``)."""
+        return dict(self.profiles) if self.profiles else {DEFAULT_PROFILE: self.agent}
+
+    def default_profile(self) -> str:
+        """The profile of a thread no route and no ``/agent`` chose."""
+        return self.agents.default
 
     def secret_values(self) -> tuple[str, ...]:
         """The broker's own secrets that are set: server, gateway, Discord, Slack, peer tokens."""
@@ -396,16 +459,30 @@ class BrokerConfig:
                 url=mask_secrets(self.gateway.url, self.secret_values()),
             ),
             discord=attrs.evolve(self.discord, token="***" if self.discord.token else ""),
-            agent=attrs.evolve(
-                self.agent,
-                env={k: mask_secrets(v, self.secret_values()) for k, v in self.agent.env.items()},
-            ),
+            agent=self._redacted_agent(self.agent),
+            profiles={name: self._redacted_agent(a) for name, a in self.profiles.items()},
             slack=attrs.evolve(
                 self.slack,
                 app_token="***" if self.slack.app_token else "",
                 bot_token="***" if self.slack.bot_token else "",
             ),
             cluster=attrs.evolve(self.cluster, peer_token="***" if self.cluster.peer_token else ""),
+        )
+
+    def _redacted_agent(self, agent: AgentConfig) -> AgentConfig:
+        secrets = self.secret_values()
+        servers = {
+            name: attrs.evolve(
+                server,
+                env={k: "***" for k in server.env},
+                headers={k: "***" for k in server.headers},
+            )
+            for name, server in agent.mcp_servers.items()
+        }
+        return attrs.evolve(
+            agent,
+            env={k: mask_secrets(v, secrets) for k, v in agent.env.items()},
+            mcp_servers=servers,
         )
 
 
@@ -429,6 +506,14 @@ def config_to_dict(config: BrokerConfig) -> dict[str, Any]:
     """Plain TOML/JSON-shaped data (tables, lists, scalars); use ``config.redacted()`` first
     for anything shown to people."""
     data: dict[str, Any] = _converter.unstructure(config)
+    profiles: dict[str, Any] = data.pop("profiles")
+    if profiles:
+        default = profiles.pop(DEFAULT_PROFILE, None)
+        if default is None:
+            del data["agent"]
+        else:
+            data["agent"] = default
+        data["agents"].update(profiles)
     return data
 
 
@@ -547,15 +632,21 @@ def _section_classes() -> dict[str, type[Any]]:
     """TOML table name -> its attrs class, with string annotations resolved."""
     classes: dict[str, type[Any]] = {}
     for section in attrs.fields(attrs.resolve_types(BrokerConfig)):
-        if section.name not in ARRAYS:
-            assert isinstance(section.type, type)
+        if section.name in ARRAYS or not isinstance(section.type, type):
+            continue  # [[arrays]], and the profiles: not sections
+        if attrs.has(section.type):
             classes[section.name] = attrs.resolve_types(section.type)
     return classes
 
 
 #: TOML arrays of tables (``[[schedules]]``) -> the attrs class of one entry.
-ARRAYS: dict[str, type[Any]] = {"schedules": attrs.resolve_types(ScheduleConfig)}
+ARRAYS: dict[str, type[Any]] = {
+    "schedules": attrs.resolve_types(ScheduleConfig),
+    "routes": attrs.resolve_types(RouteConfig),
+}
 SECTIONS = _section_classes()
+#: tables below a section, by name (``[agents.NAME.mcp_servers.SERVER]``).
+TABLES: dict[str, type[Any]] = {"mcp_servers": attrs.resolve_types(McpServerConfig)}
 
 
 def _make_converter() -> cattrs.Converter:
@@ -588,8 +679,18 @@ def _make_converter() -> cattrs.Converter:
 
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], structure_tuple)
     conv.register_structure_hook_func(lambda t: t == Mapping[str, str], structure_mapping)
+
+    def structure_servers(value: object, _type: object) -> Mapping[str, McpServerConfig]:
+        if not isinstance(value, dict):
+            raise _WrongValue("a table of MCP servers", value)
+        return _structure_tables(conv, value, McpServerConfig)
+
+    conv.register_structure_hook_func(
+        lambda t: t == Mapping[str, McpServerConfig], structure_servers
+    )
     # Sections: an array or a scalar where a table belongs is a type error, not a crash.
-    for cls in (*SECTIONS.values(), *ARRAYS.values()):
+    # (Registered last: a class's hook binds the field hooks registered before it.)
+    for cls in (*TABLES.values(), *SECTIONS.values(), *ARRAYS.values()):
         conv.register_structure_hook(cls, _section_hook(conv, cls))
     for cls in ARRAYS.values():
         conv.register_structure_hook_func(_is_array_of(cls), _array_hook(conv, cls))
@@ -625,6 +726,39 @@ def _array_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, objec
         return tuple(entries)
 
     return hook
+
+
+class _Problems(Exception):
+    """Several problems below one key: (key path suffix, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{where}: {what}" for where, what in problems))
+        self.problems = problems
+
+
+def _below(path: str, sub: str) -> str:
+    """The key path ``sub`` (as :func:`_walk_errors` yields it) below ``path``."""
+    if not sub:
+        return path
+    if not path:
+        return sub
+    return path + sub if sub.startswith(("[", ".")) else f"{path}.{sub}"
+
+
+def _structure_tables(
+    conv: cattrs.Converter, value: Mapping[str, Any], cls: type[T]
+) -> dict[str, T]:
+    """A table of tables (name -> ``cls``); every problem of every entry at once."""
+    out: dict[str, T] = {}
+    problems: list[tuple[str, str]] = []
+    for name, table in value.items():
+        try:
+            out[name] = conv.structure(table, cls)
+        except (ClassValidationError, ForbiddenExtraKeysError, _WrongValue, _Problems) as exc:
+            problems += [(_below(f".{name}", p), m) for p, m in _walk_errors(exc, "", "")]
+    if problems:
+        raise _Problems(problems)
+    return out
 
 
 def _section_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, object], T]:
@@ -664,6 +798,9 @@ def _walk_errors(exc: BaseException, path: str, bound: str) -> Iterator[tuple[st
     elif isinstance(exc, _EntryErrors):
         for index, sub in exc.errors:
             yield from _walk_errors(sub, f"{path}[{index}]", "")
+    elif isinstance(exc, _Problems):
+        for where, message in exc.problems:
+            yield path + where, message
     elif isinstance(exc, _WrongValue):
         bound = "" if exc.where else bound
         yield path + exc.where, f"expected {exc.expected}{bound}, got {_describe(exc.value)}"
@@ -690,23 +827,44 @@ def _tables(config: BrokerConfig) -> Iterator[tuple[str, Any]]:
         if section.name in ARRAYS:
             for index, entry in enumerate(value):
                 yield f"{section.name}[{index}]", entry
-        else:
+        elif attrs.has(type(value)):
             yield section.name, value
+
+
+def _table_problems(path: str, table: Any) -> Iterator[tuple[str, str]]:
+    """The value checks of the fields of one attrs instance, at key path ``path``."""
+    for field in attrs.fields(type(table)):
+        check: Check | None = field.metadata.get("check")
+        minimum: int | None = field.metadata.get("minimum")
+        value = getattr(table, field.name)
+        problem = None if check is None else check(value)
+        if minimum is not None and value < minimum:
+            problem = ("", f"{_TYPE_WORDS[field.type]} >= {minimum}", value)
+        if problem is not None:
+            suffix, expected, bad = problem
+            yield f"{path}.{field.name}{suffix}", f"expected {expected}, got {_describe(bad)}"
 
 
 def _value_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
     for path, table in _tables(config):
-        for field in attrs.fields(type(table)):
-            check: Check | None = field.metadata.get("check")
-            minimum: int | None = field.metadata.get("minimum")
-            value = getattr(table, field.name)
-            problem = None if check is None else check(value)
-            if minimum is not None and value < minimum:
-                problem = ("", f"{_TYPE_WORDS[field.type]} >= {minimum}", value)
-            if problem is not None:
-                suffix, expected, bad = problem
-                key = f"{path}.{field.name}{suffix}"
-                yield key, f"expected {expected}, got {_describe(bad)}"
+        yield from _table_problems(path, table)
+    for path, agent in _named_agents(config):
+        if path != "agent":
+            yield from _table_problems(path, agent)
+        for server_name, server in agent.mcp_servers.items():
+            yield from _table_problems(f"{path}.mcp_servers.{server_name}", server)
+
+
+def profile_key(config: BrokerConfig, name: str) -> str:
+    """The key path of profile ``name``: ``agent`` for [agent], else ``agents.NAME``."""
+    agent = config.agent_profiles()[name]
+    return "agent" if name == DEFAULT_PROFILE and agent is config.agent else f"agents.{name}"
+
+
+def _named_agents(config: BrokerConfig) -> Iterator[tuple[str, AgentConfig]]:
+    """(key path, agent) of every profile."""
+    for name, agent in config.agent_profiles().items():
+        yield profile_key(config, name), agent
 
 
 def _schedule_problems(schedules: Iterable[ScheduleConfig]) -> Iterator[tuple[str, str]]:
@@ -775,14 +933,7 @@ def _cross_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
                     f"{what}: [slack] enabled needs the {prefix}... token from the Slack app's "
                     "settings (see docs/slack.md); set it with ${VAR}",
                 )
-    if any(_holds(arg, secret) for secret in config.secret_values() for arg in config.agent.args):
-        yield (
-            "agent.args",
-            (
-                "holds one of the broker's tokens; an agent's command line is readable by every"
-                " local user, and the broker's secrets never reach an agent"
-            ),
-        )
+    yield from _profile_problems(config)
     if config.discord.enabled and not config.discord.token:
         yield (
             "discord.token",
@@ -822,6 +973,93 @@ def _cluster_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
         yield ("server.enabled", "must be true in a cluster: the replicas forward over /ws")
 
 
+def _profile_problems(config: BrokerConfig) -> Iterator[tuple[str, str]]:
+    """Checks of the profiles, the routes and their MCP servers."""
+    secrets = config.secret_values()
+    profiles = config.agent_profiles()
+    names = ", ".join(profiles)
+    token_sentence = (
+        "holds one of the broker's tokens; an agent's command line is readable by every"
+        " local user, and the broker's secrets never reach an agent"
+    )
+    for path, agent in _named_agents(config):
+        if any(_holds(arg, secret) for secret in secrets for arg in agent.args):
+            yield f"{path}.args", token_sentence
+        if agent.workspace == "git-worktree" and not agent.repo:
+            yield (
+                f"{path}.repo",
+                'required when workspace = "git-worktree": the repository each thread\'s '
+                "worktree is added from",
+            )
+        if agent.warm_spares and agent.workspace != "shared":
+            yield (
+                f"{path}.warm_spares",
+                'expected 0 when workspace is not "shared": a spare starts before its thread, '
+                "so it could not run in the thread's own workspace",
+            )
+        if agent.max_sessions > config.pool.max_sessions >= 1:
+            yield (
+                f"{path}.max_sessions",
+                f"expected an integer <= pool.max_sessions ({config.pool.max_sessions}), "
+                f"got {agent.max_sessions}",
+            )
+        for server_name, server in agent.mcp_servers.items():
+            where = f"{path}.mcp_servers.{server_name}"
+            if server.type == "stdio" and not server.command:
+                yield f"{where}.command", 'required for an MCP server of type "stdio"'
+            if server.type != "stdio" and not server.url.startswith(("http://", "https://")):
+                yield (
+                    f"{where}.url",
+                    f'an http:// or https:// URL is required for type "{server.type}"',
+                )
+            values = (*server.args, *server.env.values(), *server.headers.values(), server.url)
+            if any(_holds(value, secret) for secret in secrets for value in values):
+                yield where, token_sentence
+    if config.default_profile() not in profiles:
+        yield (
+            "agents.default",
+            f'expected the name of a profile ({names}), got "{config.default_profile()}"',
+        )
+    for index, route in enumerate(config.routes):
+        if route.agent and route.agent not in profiles:
+            yield (
+                f"routes[{index}].agent",
+                f'expected the name of a profile ({names}), got "{route.agent}"',
+            )
+
+
+def _split_profiles(
+    data: dict[str, Any], file: str
+) -> tuple[dict[str, Any], dict[str, AgentConfig]]:
+    """Take the ``[agents.NAME]`` tables out of ``data`` and structure them.
+
+    Returns the rest of the data and the named profiles."""
+    agents = data.get("agents")
+    if "profiles" in data:
+        _raise_problems(file, [("profiles", "unknown key")])
+    if not isinstance(agents, dict):
+        return data, {}
+    section = {k: v for k, v in agents.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in agents.items() if isinstance(v, dict)}
+    if not tables:
+        return data, {}
+    problems: list[tuple[str, str]] = []
+    if DEFAULT_PROFILE in tables and "agent" in data:
+        problems.append(
+            (
+                f"agents.{DEFAULT_PROFILE}",
+                "written twice: [agent] is the profile default; keep one of them",
+            )
+        )
+    named: dict[str, AgentConfig] = {}
+    try:
+        named = _structure_tables(_converter, tables, AgentConfig)
+    except _Problems as exc:
+        problems += [(_below("agents", where), what) for where, what in exc.problems]
+    _raise_problems(file, problems)
+    return {**data, "agents": section}, named
+
+
 def _raise_problems(file: str, problems: list[tuple[str, str]]) -> None:
     if problems:
         lines = [f"{file}: {path}: {message}" for path, message in problems]
@@ -835,10 +1073,14 @@ def structure_config(
     env = os.environ if environ is None else environ
     expanded = _expand_tree(dict(data), env, "", file)
     try:
-        config = _converter.structure(expanded, BrokerConfig)
+        rest, profiles = _split_profiles(expanded, file)
+        config = _converter.structure(rest, BrokerConfig)
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
         _raise_problems(file, list(_walk_errors(exc, "", "")))
         raise  # pragma: no cover - _raise_problems always raises for a non-empty tree
+    if profiles:
+        written = {DEFAULT_PROFILE: config.agent} if "agent" in rest else {}
+        config = attrs.evolve(config, profiles={**written, **profiles})
     _raise_problems(file, [*_value_problems(config), *_cross_problems(config)])
     return config
 
@@ -866,9 +1108,19 @@ def load_config(
         raise ConfigError(_toml_error_message(file, exc)) from None
     config = structure_config(data, file=file, environ=environ)
     base = Path(file).resolve().parent
+
+    def anchored(agent: AgentConfig) -> AgentConfig:
+        repo = str(base / agent.repo) if agent.repo else ""
+        return attrs.evolve(agent, working_dir=str(base / agent.working_dir), repo=repo)
+
+    agent = anchored(config.agent)
     return attrs.evolve(
         config,
-        agent=attrs.evolve(config.agent, working_dir=str(base / config.agent.working_dir)),
+        agent=agent,
+        profiles={
+            name: agent if profile is config.agent else anchored(profile)
+            for name, profile in config.profiles.items()
+        },
         state=attrs.evolve(config.state, path=str(base / config.state.path)),
     )
 

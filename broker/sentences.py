@@ -394,7 +394,9 @@ HELP_TEXT = """\
 Commands answered by the broker:
 /status — this thread's agent: state, uptime, queue, current tool
 /cancel — stop the running turn (queued messages still run)
-/reset — stop the agent and forget this thread's conversation
+/reset — stop the agent and forget this thread's conversation (--clean: its workspace too)
+/agent [NAME] — list the agents and this thread's, or switch to NAME
+/workspace — this thread's directory, branch and changes
 /model [list | set NAME] — show or switch the agent's model
 /mode [list | set NAME] — show or switch the agent's mode
 /schedules — the scheduled prompts, their next and last runs
@@ -634,3 +636,121 @@ def schedule_upcoming(
     lines = [f"{name}: {when} → {target}; overlap {overlap}, catch_up {catch_up}"]
     lines += [f"  {utc} UTC  ({local})" for utc, local in times] or ["  (no further runs)"]
     return "\n".join(lines)
+
+
+# --- agent profiles (/agent) -------------------------------------------------------------------
+
+
+def agent_list(profiles: list[tuple[str, str]], current: str) -> str:
+    """``/agent``: each profile with its command line; the thread's marked."""
+    lines = [f"🤖 Agents (this thread: {current}):"]
+    for name, command in profiles:
+        mark = " (this thread)" if name == current else ""
+        lines.append(f"• {name} — {one_line(command, 80)}{mark}")
+    lines.append("Switch with /agent NAME.")
+    return "\n".join(lines)
+
+
+def agent_unknown(name: str, names: list[str]) -> str:
+    return f"There is no agent “{name}”. Choose one of: {', '.join(names)}."
+
+
+def agent_already(name: str) -> str:
+    return f"🤖 This thread already talks to {name}."
+
+
+def agent_switched(name: str) -> str:
+    return (
+        f"🔀 This thread now talks to {name}: the previous agent is stopped and its "
+        "conversation forgotten. Your next message starts a fresh one (the workspace stays)."
+    )
+
+
+AGENT_SWITCH_NEVER = 'Switching agents is turned off here ([agents] switching = "never").'
+AGENT_SWITCH_PINNED = "This channel's agent is fixed by the broker's routes; it cannot be switched."
+AGENT_SWITCH_APPROVERS = (
+    "Only an approver ([permissions] approvers) may switch this thread's agent."
+)
+
+
+def profile_removed_note(old: str, new: str) -> str:
+    """The note on the first turn of a thread whose profile a reload removed."""
+    return f"The agent profile “{old}” was removed; this thread now talks to {new}, afresh."
+
+
+# --- workspaces (/workspace, /reset --clean, failures) -----------------------------------------
+
+GIT_MISSING = "git is not installed (not found on PATH), so no worktree can be made for this thread"
+
+
+def not_a_repo(repo: str, why: str) -> str:
+    return f"{repo} is not a git repository ({why}); check the profile's repo setting"
+
+
+def git_failed(command: str, why: str) -> str:
+    return f"{command} failed: {why}"
+
+
+def workspace_path_taken(path: str, branch: str) -> str:
+    return f"{path} exists and is not the worktree of {branch}; move it away"
+
+
+def branch_exists(branch: str, repo: str) -> str:
+    return (
+        f"the branch {branch} already exists in {repo} and is not this thread's workspace; "
+        "rename or delete it"
+    )
+
+
+def workspace_dirty(path: str, changes: int) -> str:
+    return (
+        f"the worktree {path} has uncommitted changes "
+        f"({count_phrase(changes, 'file', verb=False)}); commit or discard them first"
+    )
+
+
+def branch_kept(branch: str, base: str) -> str:
+    return f"the branch {branch} is not merged into {base}, so it is kept ([state] prune_unmerged)"
+
+
+def workspace_shared(path: str) -> str:
+    return f"📁 This thread works in the shared directory {path}."
+
+
+def workspace_not_made(path: str) -> str:
+    return f"📁 This thread's workspace {path} is made with its next message."
+
+
+def workspace_directory(path: str) -> str:
+    return f"📁 {path} (a directory of this thread's own)"
+
+
+def workspace_worktree(path: str, branch: str, changes: list[str]) -> str:
+    lines = [f"📁 {path}", f"🌿 {branch}"]
+    if not changes:
+        lines.append("No uncommitted changes.")
+    else:
+        lines.append(f"{count_phrase(len(changes), 'changed file', verb=False)}:")
+        lines += changes[:10]
+        if len(changes) > 10:
+            lines.append(f"… and {len(changes) - 10} more")
+    return "\n".join(lines)
+
+
+def workspace_failed(why: str) -> str:
+    return f"⚠️ {why.rstrip('.')}."
+
+
+def workspace_cleaned(path: str, branch: str, branch_deleted: bool, kept: str) -> str:
+    """``/reset --clean``: what went, and what stayed."""
+    parts = [f"🧹 Removed the workspace {path}"]
+    if branch and branch_deleted:
+        parts.append(f" and the branch {branch}")
+    text = "".join(parts) + "."
+    return f"{text} Kept: {kept}." if kept else text
+
+
+WORKSPACE_IN_USE = "the thread's agent is running again, so its workspace stays"
+NO_WORKSPACE = (
+    "This thread has no workspace of its own to clean (its agent works in a shared directory)."
+)

@@ -107,6 +107,10 @@ CREATE TABLE IF NOT EXISTS threads (
     session_id TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS thread_agents (
+    thread_key TEXT PRIMARY KEY,
+    profile TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agents (
     thread_key TEXT PRIMARY KEY,
     pid INTEGER NOT NULL,
@@ -282,6 +286,14 @@ class Store:
     def forget_thread(self, thread_key: str) -> None:
         self.put(lambda db: db.execute("DELETE FROM threads WHERE thread_key = ?", (thread_key,)))
 
+    def choose_agent(self, thread_key: str, profile: str) -> None:
+        """Remember the agent profile chosen for a thread (``/agent NAME``)."""
+        self.put(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO thread_agents VALUES (?, ?)", (thread_key, profile)
+            )
+        )
+
     def record_agent(self, record: AgentRecord) -> None:
         self.put(
             lambda db: db.execute(
@@ -410,6 +422,11 @@ class Store:
         """thread key -> ACP session id for every thread that can be resumed."""
         rows = await self._read("SELECT thread_key, session_id FROM threads")
         return {str(key): str(sid) for key, sid in rows}
+
+    async def chosen_agents(self) -> dict[str, str]:
+        """thread key -> the agent profile chosen for it with ``/agent``."""
+        rows = await self._read("SELECT thread_key, profile FROM thread_agents")
+        return {str(key): str(profile) for key, profile in rows}
 
     async def agents(self) -> list[AgentRecord]:
         rows = await self._read("SELECT thread_key, pid, pgid, start_ticks, broker_pid FROM agents")

@@ -15,6 +15,7 @@ import pytest
 from broker.config import (
     ARRAYS,
     SECTIONS,
+    TABLES,
     AgentConfig,
     BrokerConfig,
     ConfigError,
@@ -326,8 +327,8 @@ def documented_keys() -> dict[str, str]:
     found: dict[str, str] = {}
     section = None
     for line in (ROOT / "docs" / "config.md").read_text().splitlines():
-        if heading := re.fullmatch(r"## \[\[?(\w+)\]?\]", line):
-            section = heading.group(1)
+        if heading := re.fullmatch(r"## \[\[?([\w.]+)\]\]?", line):
+            section = heading.group(1).split(".")[-2 if line.endswith("NAME]") else -1]
         elif row := re.match(r"\| `(\w+)` \| `(.*?)` \| .+ \|$", line):
             assert section is not None, line
             key = f"{section}.{row.group(1)}"
@@ -343,11 +344,14 @@ def test_docs_list_exactly_the_keys_and_defaults_of_the_code() -> None:
         for section, cls in SECTIONS.items()
         for field in attrs.fields(cls)
     }
-    for array, cls in ARRAYS.items():  # [[schedules]]: the defaults of one entry
+    for array, cls in ARRAYS.items():  # [[schedules]], [[routes]]: the defaults of one entry
         entry = cls()
         in_code.update(
             {f"{array}.{f.name}": toml_literal(getattr(entry, f.name)) for f in attrs.fields(cls)}
         )
+    for table, cls in TABLES.items():  # [agents.NAME.mcp_servers.NAME]
+        for key, value in attrs.asdict(cls()).items():
+            in_code[f"{table}.{key}"] = toml_literal(value)
     assert documented_keys() == in_code
 
 

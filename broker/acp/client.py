@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from broker import sentences
+from broker.config import McpServerConfig
 
 from .jsonrpc import JsonRpcPeer, RpcError, SendFn
 from .policy import FsAccess, PermissionPolicy, selected_outcome
@@ -41,6 +42,7 @@ from .schema import (
     ContentBlock,
     CurrentModeUpdate,
     InitializeResult,
+    McpCapabilities,
     PermissionRequest,
     SessionModeState,
     SessionSetup,
@@ -55,6 +57,7 @@ from .schema import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+McpServers = Sequence[Mapping[str, Any]]  # ACP McpServer objects, as sent
 PROTOCOL_VERSION = 1
 
 UpdateConsumer = Callable[[SessionUpdate], None]
@@ -64,6 +67,30 @@ the policy would pick; returns the ``optionId`` to select (None: cancelled)."""
 
 
 ASKED_RULE = "a person in the chat"  # the rule of a decision an approver made
+
+
+def mcp_servers_payload(
+    servers: Mapping[str, McpServerConfig], capabilities: McpCapabilities
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """ACP ``mcpServers`` for ``session/new`` and ``session/load``: every stdio
+    server, and the http/sse ones the agent's ``capabilities`` take. Returns the
+    servers and the names of those left out (for a log line)."""
+    payload: list[dict[str, Any]] = []
+    left_out: list[str] = []
+    for name, server in servers.items():
+        if server.type == "stdio":
+            env = [{"name": k, "value": v} for k, v in server.env.items()]
+            payload.append(
+                {"name": name, "command": server.command, "args": list(server.args), "env": env}
+            )
+        elif getattr(capabilities, server.type, False):
+            headers = [{"name": k, "value": v} for k, v in server.headers.items()]
+            payload.append(
+                {"type": server.type, "name": name, "url": server.url, "headers": headers}
+            )
+        else:
+            left_out.append(name)
+    return payload, left_out
 
 
 class AcpError(Exception):
@@ -278,11 +305,16 @@ class AcpClient:
         """``authenticate {methodId}``; before ``session/new``."""
         await self.peer.request("authenticate", {"methodId": method_id})
 
-    async def new_session(self, cwd: str) -> SessionSetup:
-        result = await self.peer.request("session/new", {"cwd": _absolute(cwd), "mcpServers": []})
+    async def new_session(self, cwd: str, mcp_servers: McpServers = ()) -> SessionSetup:
+        """``session/new`` in ``cwd`` with ``mcp_servers`` (ACP ``McpServer`` objects)."""
+        result = await self.peer.request(
+            "session/new", {"cwd": _absolute(cwd), "mcpServers": list(mcp_servers)}
+        )
         return self._setup(_parse(result, SessionSetup), None)
 
-    async def load_session(self, session_id: str, cwd: str) -> LoadedSession:
+    async def load_session(
+        self, session_id: str, cwd: str, mcp_servers: McpServers = ()
+    ) -> LoadedSession:
         """``session/load``. The history the agent replays before answering is
         returned in ``replayed`` and counted in the session's
         ``replayed_count``; no prompt consumer or watcher sees it."""
@@ -294,7 +326,7 @@ class AcpClient:
         try:
             result = await self.peer.request(
                 "session/load",
-                {"sessionId": session_id, "cwd": _absolute(cwd), "mcpServers": []},
+                {"sessionId": session_id, "cwd": _absolute(cwd), "mcpServers": list(mcp_servers)},
             )
         finally:
             state.replay = None

@@ -280,8 +280,17 @@ class SessionCapabilities:
 
 
 @attrs.frozen
+class McpCapabilities:
+    """Which MCP transports besides stdio the agent connects to itself."""
+
+    http: bool = False
+    sse: bool = False
+
+
+@attrs.frozen
 class AgentCapabilities:
     load_session: bool = False
+    mcp_capabilities: McpCapabilities = McpCapabilities()
     prompt_capabilities: PromptCapabilities = PromptCapabilities()
     session_capabilities: SessionCapabilities = SessionCapabilities()
 

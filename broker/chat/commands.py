@@ -18,6 +18,7 @@ Requests to the agent are bounded by the caller's cancel scope.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -27,10 +28,15 @@ from broker import sentences
 from broker.acp.client import AcpError
 from broker.acp.jsonrpc import PeerClosed, RpcError
 from broker.acp.schema import ConfigOption
+from broker.chat.routes import RouteChoice
 from broker.chat.schedules import ScheduleSource, schedules_text
+from broker.config import DEFAULT_PROFILE
 from broker.sentences import HELP_TEXT
 from broker.sessions.pool import NoLiveSession, Pool
 from broker.sessions.session import SessionSnapshot
+from broker.sessions.workspace import WorkspaceError
+
+log = logging.getLogger(__name__)
 
 COMMANDS = (
     "reset",
@@ -43,9 +49,20 @@ COMMANDS = (
     "allow",
     "deny",
     "answer",
+    "agent",
+    "workspace",
 )
 _COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?:@(\S+))?(?:\s+(.*))?$", re.DOTALL)
 _AGENT_ERRORS = (AcpError, RpcError, PeerClosed)
+
+
+@attrs.frozen
+class CommandContext:
+    """What a command knows of its event: the routes' choice for the thread and,
+    when the sender may not switch its agent, why not."""
+
+    route: RouteChoice = attrs.field(factory=lambda: RouteChoice(DEFAULT_PROFILE))
+    switch_refusal: str | None = None
 
 
 @attrs.frozen
@@ -64,7 +81,12 @@ def parse_command(text: str) -> SlashCommand | None:
 
 
 async def run_command(
-    command: SlashCommand, pool: Pool, key: str, *, schedules: ScheduleSource | None = None
+    command: SlashCommand,
+    pool: Pool,
+    key: str,
+    context: CommandContext | None = None,
+    *,
+    schedules: ScheduleSource | None = None,
 ) -> str:
     """Carry out ``command`` for thread ``key``; the text of the one reply.
 
@@ -72,8 +94,13 @@ async def run_command(
     happened. It sets no deadline: the caller bounds a slow agent's answer
     with its cancel scope (:func:`sentences.command_timed_out` says so).
     """
+    context = context or CommandContext(RouteChoice(pool.config.default_profile()))
     if command.name == "help":
         return HELP_TEXT
+    if command.name == "agent":
+        return await agent_command(command, pool, key, context)
+    if command.name == "workspace":
+        return await workspace_text(pool, key, context.route.profile)
     if command.name == "status":
         return status_text(pool, key)
     if command.name == "schedules":
@@ -81,8 +108,63 @@ async def run_command(
     if command.name == "cancel":
         return sentences.CANCELLING if await pool.cancel(key) else sentences.NOTHING_TO_CANCEL
     if command.name == "reset":
+        if "--clean" in command.args:
+            return await clean_reset(pool, key, context.route.profile)
         return sentences.RESET_DONE if await pool.reset(key) else sentences.NOTHING_TO_RESET
     return await _option_command(command, pool, key)
+
+
+# --- /agent, /workspace, /reset --clean --------------------------------------------------------
+
+
+async def agent_command(
+    command: SlashCommand, pool: Pool, key: str, context: CommandContext
+) -> str:
+    """``/agent``: the profiles and the thread's; ``/agent NAME``: switch to NAME."""
+    profiles = pool.config.agent_profiles()
+    current = pool.thread_profile(key, context.route.profile)
+    if not command.args:
+        listed = [(name, " ".join([a.command, *a.args])) for name, a in profiles.items()]
+        return sentences.agent_list(listed, current)
+    wanted = command.args[0]
+    if wanted not in profiles:
+        return sentences.agent_unknown(wanted, list(profiles))
+    if context.switch_refusal is not None:
+        return context.switch_refusal
+    if wanted == current:
+        return sentences.agent_already(wanted)
+    await pool.switch_profile(key, wanted)
+    return sentences.agent_switched(wanted)
+
+
+async def workspace_text(pool: Pool, key: str, routed: str) -> str:
+    """``/workspace``: the thread's directory, branch and ``git status --short`` summary."""
+    workspace = pool.thread_workspace(key, routed)
+    if workspace is None:
+        return sentences.workspace_shared(pool.thread_cwd(key, routed))
+    try:
+        return await pool.workspaces.describe(workspace)
+    except WorkspaceError as exc:
+        log.warning("%s: /workspace: %s", key, exc)
+        return sentences.workspace_failed(str(exc))
+
+
+async def clean_reset(pool: Pool, key: str, routed: str) -> str:
+    """``/reset --clean``: reset, then remove the thread's workspace (what stays is said)."""
+    workspace = pool.thread_workspace(key, routed)
+    await pool.reset(key)
+    if workspace is None:
+        return sentences.RESET_DONE + "\n" + sentences.NO_WORKSPACE
+    try:
+        removal = await pool.clean_workspace(workspace)
+    except WorkspaceError as exc:
+        log.warning("%s: /reset --clean: %s", key, exc)
+        return sentences.RESET_DONE + "\n" + sentences.workspace_failed(str(exc))
+    log.info("%s: workspace %s removed (%s)", key, workspace.path, removal.kept or "whole")
+    cleaned = sentences.workspace_cleaned(
+        workspace.path, workspace.branch, removal.branch_deleted, removal.kept
+    )
+    return sentences.RESET_DONE + "\n" + cleaned
 
 
 # --- /status -------------------------------------------------------------------------------

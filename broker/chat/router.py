@@ -45,12 +45,13 @@ import attrs
 import trio
 
 from broker import sentences
-from broker.chat.commands import parse_command, run_command
+from broker.chat.commands import CommandContext, parse_command, run_command
 from broker.chat.delivery import Replier, deliver_turn, with_notes
 from broker.chat.journal import Duplicate, EventJournal
 from broker.chat.present import render_end
 from broker.chat.prompt import Refusal, build_prompt
 from broker.chat.questions import ANSWER_COMMANDS, answer_text, parse_answer
+from broker.chat.routes import choose_route, switch_refusal
 from broker.chat.schedules import ScheduleSource
 from broker.config import BrokerConfig, RouterConfig
 from broker.frontends.base import RESPONSE_TIMEOUT_SECS, ReplyChannel
@@ -241,6 +242,7 @@ class Router:
     async def _handle(self, event: InboundEvent, replier: Replier, config: BrokerConfig) -> str:
         """Answer ``event``; returns the text of its final reply."""
         key = thread_key(event)
+        route = choose_route(config, event)
         text = strip_leading_mentions(event.content.text, config.router.bot_names)
         command = parse_command(text)
         if command is not None and command.name in ANSWER_COMMANDS:
@@ -261,15 +263,18 @@ class Router:
         if command is not None:
             log.info("%s: /%s from %s", key, command.name, event.sender.id)
             answer = sentences.command_timed_out(command.name, self.command_timeout)
+            context = CommandContext(route, switch_refusal(config, route, event))
             with trio.move_on_after(self.command_timeout):
-                answer = await run_command(command, self.pool, key, schedules=self.schedules)
+                answer = await run_command(
+                    command, self.pool, key, context, schedules=self.schedules
+                )
             await replier.final(answer)
             return answer
         plan = build_prompt(event, text, config.prompt)
         if isinstance(plan, Refusal):
             await replier.final(plan.text)
             return plan.text
-        handle = self.pool.submit(key, plan.prompt)
+        handle = self.pool.submit(key, plan.prompt, profile=route.profile)
         await deliver_turn(
             handle,
             replier,

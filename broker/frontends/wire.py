@@ -96,6 +96,7 @@ class Channel:
     id: str
     type: str
     thread_id: str | None = None
+    guild_id: str | None = None  # the Discord guild or Slack team; native front-ends set it
 
 
 @attrs.frozen
@@ -489,6 +490,8 @@ def encode_event(event: InboundEvent) -> str:
     """The ``openab.gateway.event.v1`` frame for ``event`` (the gateway side)."""
     raw = _converter.unstructure(event)
     raw["schema"] = EVENT_SCHEMA
+    if raw["channel"].get("guild_id") is None:
+        del raw["channel"]["guild_id"]  # not part of protocol v1; sent only when known
     return _dumps(raw)
 
 

@@ -27,6 +27,7 @@ from broker.config import (
     ConfigError,
     default_config,
     load_config,
+    profile_key,
     resolve_command,
     server_url,
 )
@@ -54,21 +55,32 @@ def load_cli_config(path: str | None) -> tuple[BrokerConfig, str]:
     return default_config(), "<default>"
 
 
-def agent_executable(config: BrokerConfig, source: str) -> str:
-    """What this machine must have for the agent to start: its working directory and
-    its command (resolved, returned). Either missing is a ConfigError naming ``source``."""
-    working_dir = config.agent.working_dir
-    if not os.path.isdir(working_dir):
-        raise ConfigError(f"{source}: agent.working_dir: {working_dir} is not a directory")
+def agent_executable(config: BrokerConfig, source: str, profile: str | None = None) -> str:
+    """What this machine must have for a profile's agent to start (default: the
+    default profile's): its working directory and its command (resolved,
+    returned). Either missing is a ConfigError naming ``source`` and the key."""
+    name = profile or config.default_profile()
+    agent = config.agent_profiles()[name]
+    where = profile_key(config, name)
+    if not os.path.isdir(agent.working_dir):
+        raise ConfigError(f"{source}: {where}.working_dir: {agent.working_dir} is not a directory")
     try:
-        return resolve_command(config.agent.command, cwd=working_dir)
+        return resolve_command(agent.command, cwd=agent.working_dir)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {str(exc).replace('agent.', where + '.', 1)}") from None
 
 
 def summary(config: BrokerConfig, source: str) -> str:
     """One line saying what this configuration will run."""
-    agent = " ".join([agent_executable(config, source), *config.agent.args])
+    profiles = config.agent_profiles()
+    lines = {
+        name: " ".join([agent_executable(config, source, name), *a.args]) + f" in {a.working_dir}"
+        for name, a in profiles.items()
+    }
+    if len(lines) == 1:
+        agent = "agent: " + next(iter(lines.values()))
+    else:
+        agent = "agents: " + ", ".join(f"{name} ({line})" for name, line in lines.items())
     frontends = []
     if config.server.enabled:
         token = " (token set)" if config.server.token else ""
@@ -79,7 +91,7 @@ def summary(config: BrokerConfig, source: str) -> str:
         guilds = ", ".join(config.discord.allowed_guilds) or "all guilds"
         frontends.append(f"discord bot ({guilds})")
     return (
-        f"{source}: ok; agent: {agent} in {config.agent.working_dir}; "
+        f"{source}: ok; {agent}; "
         f"{', '.join(frontends) or 'no front-end'}; "
         f"pool: {config.pool.max_sessions} sessions; state: {config.state.path}"
     )

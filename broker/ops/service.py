@@ -46,7 +46,7 @@ from broker.chat.journal import EventJournal, tell_unfinished
 from broker.chat.router import Router, ignore_reason
 from broker.chat.scheduler import PlaceBook, Scheduler, ThreadNotOpened
 from broker.cluster.forward import ClusterSink
-from broker.config import BrokerConfig, ConfigError, load_config
+from broker.config import BrokerConfig, ConfigError, load_config, profile_key
 from broker.frontends.base import (
     Claim,
     FrontendError,
@@ -153,14 +153,16 @@ def check_usable(config: BrokerConfig, source: str) -> None:
     """Raise ConfigError (naming ``source``) when ``config`` cannot run here: a
     missing agent command or working directory, or a server reachable from
     other machines without a token."""
-    if not os.path.isdir(config.agent.working_dir):
-        raise ConfigError(
-            f"{source}: agent.working_dir: {config.agent.working_dir} is not a directory"
-        )
-    try:
-        session_settings(config)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    for name, agent in config.agent_profiles().items():
+        where = profile_key(config, name)
+        if not os.path.isdir(agent.working_dir):
+            raise ConfigError(
+                f"{source}: {where}.working_dir: {agent.working_dir} is not a directory"
+            )
+        try:
+            session_settings(config, profile=name)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {str(exc).replace('agent.', where + '.', 1)}") from None
     if config.server.enabled:
         try:
             check_exposure(parse_listen(config.server.listen)[0], config.server.token)

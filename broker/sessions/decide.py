@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Generic, Protocol, TypeVar
 
 import attrs
@@ -32,6 +32,9 @@ class Candidate(Protocol):
 
     @property
     def last_active(self) -> float: ...
+
+    @property
+    def profile(self) -> str: ...
 
 
 C = TypeVar("C", bound=Candidate)
@@ -51,12 +54,16 @@ class Refuse:
     busy: int
 
 
-def decide_admission(sessions: Iterable[C], max_sessions: int) -> Admit[C] | Refuse:
+def decide_admission(
+    sessions: Iterable[C], max_sessions: int, shares: Mapping[str, int] | None = None
+) -> Admit[C] | Refuse:
     """Whether a new thread may start a session, and whom to evict for it.
 
     Starting sessions count toward ``max_sessions``. Only an idle session with
     an empty queue can be evicted, the least recently used first; a busy one
-    never is.
+    never is. ``shares`` (profile -> its share of the pool, absent or 0: none)
+    say whose idle sessions go first: those of a profile holding more sessions
+    than its share.
     """
     live = list(sessions)
     if len(live) < max_sessions:
@@ -64,7 +71,12 @@ def decide_admission(sessions: Iterable[C], max_sessions: int) -> Admit[C] | Ref
     idle = [s for s in live if s.is_idle]
     if not idle:
         return Refuse(busy=len(live))
-    return Admit(evict=min(idle, key=lambda s: s.last_active))
+    held: dict[str, int] = {}
+    for session in live:
+        held[session.profile] = held.get(session.profile, 0) + 1
+    shares = shares or {}
+    over = [s for s in idle if shares.get(s.profile, 0) and held[s.profile] > shares[s.profile]]
+    return Admit(evict=min(over or idle, key=lambda s: s.last_active))
 
 
 def idle_expired(sessions: Iterable[C], now: float, ttl: float) -> tuple[list[C], float]:

@@ -67,6 +67,14 @@ from broker.sessions.snapshot import (
     PoolEvent,
     PoolSnapshot,
 )
+from broker.sessions.workspace import (
+    Removal,
+    Workspace,
+    WorkspaceError,
+    WorkspacePlan,
+    Workspaces,
+    workspace_for,
+)
 from broker.store import AgentRecord, Store
 from supervisor.leftovers import start_ticks, stop_leftover_group
 from supervisor.process import ChildSpec
@@ -90,10 +98,16 @@ SPARES_KEY = "(warm spares)"
 
 
 def session_settings(
-    config: BrokerConfig, environ: dict[str, str] | None = None
+    config: BrokerConfig,
+    environ: dict[str, str] | None = None,
+    *,
+    profile: str | None = None,
+    workspaces: Workspaces | None = None,
 ) -> SessionSettings:
-    """How every agent of this pool is started, from the broker's config."""
-    agent = config.agent
+    """How the agents of ``profile`` (default: the default profile) are started,
+    from the broker's config; ``workspaces`` makes the threads' own directories."""
+    name = profile or config.default_profile()
+    agent = config.agent_profiles()[name]
     cwd = os.path.abspath(agent.working_dir)
     env = agent_environment(
         agent, os.environ if environ is None else environ, secrets=config.secret_values()
@@ -105,12 +119,17 @@ def session_settings(
         name=os.path.basename(agent.command),
         max_line_bytes=agent.max_line_bytes,
     )
-    options = ClientOptions(
-        cwd=cwd,
-        fs_read=agent.fs_read,
-        fs_write=agent.fs_write,
-        permissions=PermissionPolicy(config.permissions.default, dict(config.permissions.by_kind)),
+    permissions = config.permissions
+    policy = PermissionPolicy(
+        agent.permissions_default or permissions.default,
+        {**permissions.by_kind, **agent.permissions_by_kind},
     )
+    options = ClientOptions(
+        cwd=cwd, fs_read=agent.fs_read, fs_write=agent.fs_write, permissions=policy
+    )
+    plan = None
+    if agent.workspace != "shared":
+        plan = WorkspacePlan(agent.workspace, cwd, agent.repo, agent.base_ref)
     return SessionSettings(
         spec,
         cwd,
@@ -120,6 +139,10 @@ def session_settings(
         agent.restart_after_cancel,
         agent.auth_method,
         ask_timeout_secs=config.permissions.ask_timeout_secs,
+        profile=name,
+        mcp_servers=agent.mcp_servers,
+        workspace=plan,
+        workspaces=workspaces if plan is not None else None,
     )
 
 
@@ -129,6 +152,13 @@ class _Block:
     wall_until: float  # the same moment, wall clock
     reason: str
     detail: str
+
+
+def _spares_wanted(config: BrokerConfig, profile: str) -> int:
+    """Warm spares of ``profile``: its own, plus ``[pool] warm_spares`` for the default."""
+    agent = config.agent_profiles()[profile]
+    extra = config.pool.warm_spares if profile == config.default_profile() else 0
+    return agent.warm_spares + extra if agent.workspace == "shared" else 0
 
 
 class NoLiveSession(LookupError):
@@ -149,11 +179,15 @@ class Pool:
         self.config = config
         self.counters = PoolCounters()
         self.version = 0
-        self._settings = settings or session_settings(config)
+        self.workspaces = Workspaces()
+        self._given_settings = settings  # a test's settings for the default profile
+        self._profiles = self._profile_settings(config)
         self._nursery = nursery
         self._store = store
         self._sessions: dict[str, Session] = {}
         self._suspended: dict[str, str] = {}
+        self._suspended_profile: dict[str, str] = {}  # the profile a suspended id belongs to
+        self._chosen: dict[str, str] = {}  # thread key -> profile chosen with /agent
         self._stopping: set[Session] = set()
         self._spares: list[Session] = []
         # key -> (tracker, last failure); ordered by last failure, pruned from the front
@@ -189,13 +223,38 @@ class Pool:
             f"{len(self._spares)} spares{', closing' if self._closing else ''}>"
         )
 
+    def _profile_settings(self, config: BrokerConfig) -> dict[str, SessionSettings]:
+        settings = {
+            name: session_settings(config, profile=name, workspaces=self.workspaces)
+            for name in config.agent_profiles()
+        }
+        if self._given_settings is not None:
+            settings[config.default_profile()] = self._given_settings
+        return settings
+
+    @property
+    def _settings(self) -> SessionSettings:
+        """The default profile's settings."""
+        return self._profiles[self.config.default_profile()]
+
     # -- the public, synchronous side ------------------------------------------
 
-    def submit(self, thread_key: str, prompt: Prompt) -> TurnHandle:
+    def thread_profile(self, thread_key: str, routed: str | None = None) -> str:
+        """The profile that serves ``thread_key``: its live session's, else the one
+        chosen with ``/agent``, else ``routed`` (the routes' choice), else the
+        default. A profile a reload removed gives way to the default."""
+        session = self._sessions.get(thread_key)
+        if session is not None:
+            return session.profile
+        name = self._chosen.get(thread_key) or routed or self.config.default_profile()
+        return name if name in self._profiles else self.config.default_profile()
+
+    def submit(self, thread_key: str, prompt: Prompt, *, profile: str | None = None) -> TurnHandle:
         """Hand ``prompt`` to the thread's session; never waits.
 
-        Busy, pool-full, crash-loop and shutdown refusals arrive as the
-        handle's :class:`TurnEnd`, never as exceptions.
+        A new session runs :meth:`thread_profile` (``profile`` is what the
+        routes chose). Busy, pool-full, crash-loop and shutdown refusals arrive
+        as the handle's :class:`TurnEnd`, never as exceptions.
         """
         handle = TurnHandle(thread_key, on_end=self._count_end)
         turn = Turn(prompt, handle, trio.current_time())
@@ -205,7 +264,7 @@ class Pool:
             return handle
         session = self._sessions.get(thread_key)
         if session is None:
-            refusal = self._admit(thread_key)
+            refusal = self._admit(thread_key, self.thread_profile(thread_key, profile))
             if refusal is not None:
                 handle.push(refusal)
                 return handle
@@ -251,13 +310,17 @@ class Pool:
         ``[permissions]`` applies to running sessions too, from their next
         permission request. Returns sentences about what did not apply at once."""
         notes = []
-        if config.agent != self.config.agent or config.timeouts != self.config.timeouts:
+        if (
+            config.agent_profiles() != self.config.agent_profiles()
+            or config.timeouts != self.config.timeouts
+        ):
             notes.append("[agent] and [timeouts] changes apply to sessions started from now on")
         self.config = config
-        self._settings = session_settings(config)
-        policy = self._settings.client_options.permissions
+        self._profiles = self._profile_settings(config)
         for session in (*self._sessions.values(), *self._spares):
-            session.apply_permissions(policy)
+            settings = self._profiles.get(session.profile)
+            if settings is not None:
+                session.apply_permissions(settings.client_options.permissions)
         self._reaper_wake.fire()
         self._replenish_spares()
         self._bump()
@@ -312,6 +375,7 @@ class Pool:
         old agent is gone. False when there was nothing to reset.
         """
         forgot = self._suspended.pop(thread_key, None) is not None
+        self._suspended_profile.pop(thread_key, None)
         self._blocked.pop(thread_key, None)
         self._trackers.pop(thread_key, None)
         self._retry_at.pop(thread_key, None)
@@ -327,6 +391,48 @@ class Pool:
         self._bump()
         await trio.lowlevel.checkpoint()
         return True
+
+    async def switch_profile(self, thread_key: str, profile: str) -> None:
+        """Serve the thread with ``profile`` from its next message: its session
+        is reset (the conversation belongs to the old agent); its workspace stays."""
+        if profile not in self._profiles:
+            raise KeyError(profile)
+        self._chosen[thread_key] = profile
+        if self._store is not None:
+            self._store.choose_agent(thread_key, profile)
+        self._note("switched", thread_key, profile)
+        await self.reset(thread_key)
+
+    def thread_workspace(self, thread_key: str, routed: str | None = None) -> Workspace | None:
+        """The thread's own workspace (made or not), None when its profile's is shared."""
+        session = self._sessions.get(thread_key)
+        if session is not None and session.workspace is not None:
+            return session.workspace
+        plan = self._profiles[self.thread_profile(thread_key, routed)].workspace
+        return None if plan is None else workspace_for(plan, thread_key)
+
+    def thread_cwd(self, thread_key: str, routed: str | None = None) -> str:
+        """The directory the thread's agent works in (its profile's working_dir when shared)."""
+        return self._profiles[self.thread_profile(thread_key, routed)].cwd
+
+    async def clean_workspace(self, workspace: Workspace) -> Removal:
+        """Remove a thread's workspace once its agent is gone (``/reset --clean``:
+        call :meth:`reset` first). Waits for the thread's stopping sessions to end,
+        bounded by the stop budget; raises WorkspaceError saying what stayed."""
+        key = workspace.thread_key
+        timeouts = self.config.timeouts
+        with trio.move_on_after(timeouts.cancel_grace_secs + timeouts.stop_grace_secs + 2.0):
+            for session in [s for s in self._stopping if s.key == key]:
+                await session.ended.wait()
+        if self._is_live(key):
+            raise WorkspaceError(sentences.WORKSPACE_IN_USE)
+        return await self.workspaces.remove(
+            workspace, prune_unmerged=self.config.state.prune_unmerged, unless=self._is_live
+        )
+
+    def _is_live(self, thread_key: str) -> bool:
+        """Whether a session (starting, serving or stopping) runs for the thread."""
+        return thread_key in self._sessions or any(s.key == thread_key for s in self._stopping)
 
     async def config_options(self, thread_key: str) -> list[ConfigOption]:
         return list(self._live(thread_key).config_options)
@@ -375,7 +481,9 @@ class Pool:
         self.version += 1
         self._changed.fire()
 
-    def _admit(self, thread_key: str, *, delay: float = 0.0, restarts: int = 0) -> TurnEnd | None:
+    def _admit(
+        self, thread_key: str, profile: str, *, delay: float = 0.0, restarts: int = 0
+    ) -> TurnEnd | None:
         """Start a session for ``thread_key`` (a new thread, or the successor of
         one that ended with turns left), or say why not: the one admission path,
         decide -> evict -> start."""
@@ -388,7 +496,8 @@ class Pool:
             del self._blocked[thread_key]
         # a start right after a failure waits out its backoff, however it was asked for
         delay = max(delay, self._retry_at.get(thread_key, now) - now)
-        decision = decide_admission(self._sessions.values(), self.config.pool.max_sessions)
+        shares = {name: a.max_sessions for name, a in self.config.agent_profiles().items()}
+        decision = decide_admission(self._sessions.values(), self.config.pool.max_sessions, shares)
         if isinstance(decision, Refuse):
             self.counters.refused_pool_full += 1
             log.warning("pool full (%d busy sessions): refusing %s", decision.busy, thread_key)
@@ -398,20 +507,24 @@ class Pool:
             log.info("pool full: suspending %s for %s", decision.evict.key, thread_key)
             self._note("evicted", decision.evict.key, f"for {thread_key}")
             self._suspend(decision.evict, StopReason.EVICTED)
-        self._start_session(thread_key, delay=delay, restarts=restarts)
+        self._start_session(thread_key, profile, delay=delay, restarts=restarts)
         return None
 
-    def _start_session(self, thread_key: str, *, delay: float = 0.0, restarts: int = 0) -> Session:
+    def _start_session(
+        self, thread_key: str, profile: str, *, delay: float = 0.0, restarts: int = 0
+    ) -> Session:
         saved = self._suspended.pop(thread_key, None)
+        if self._suspended_profile.pop(thread_key, profile) != profile:
+            saved = None  # another agent's conversation: it cannot load it
         predecessor = next((s for s in self._stopping if s.key == thread_key), None)
-        spare = self._take_spare() if predecessor is None and delay == 0 else None
+        spare = self._take_spare(profile) if predecessor is None and delay == 0 else None
         if spare is not None:
             spare.assign(thread_key, saved)
             session = spare
         else:
             session = Session(
                 thread_key,
-                self._settings,
+                self._profiles[profile],
                 self,
                 saved_session_id=saved,
                 predecessor=predecessor,
@@ -431,15 +544,17 @@ class Pool:
             del self._sessions[key]
         if key is not None and session.acp_session_id:
             self._suspended[key] = session.acp_session_id
+            self._suspended_profile[key] = session.profile
         self._stopping.add(session)
         session.request_stop(reason)
         self._bump()
 
-    def _take_spare(self) -> Session | None:
-        if not self._spares:
+    def _take_spare(self, profile: str) -> Session | None:
+        mine = [s for s in self._spares if s.profile == profile]
+        if not mine:
             return None
-        ready = [s for s in self._spares if s.state is SessionState.SPARE]
-        spare = ready[0] if ready else self._spares[0]
+        ready = [s for s in mine if s.state is SessionState.SPARE]
+        spare = ready[0] if ready else mine[0]
         self._spares.remove(spare)
         return spare
 
@@ -449,10 +564,12 @@ class Pool:
         blocked = self._blocked.get(SPARES_KEY)
         if blocked is not None and trio.current_time() < blocked.until:
             return
-        while len(self._spares) < self.config.pool.warm_spares:
-            spare = Session(None, self._settings, self, start_delay=self._spare_delay)
-            self._spares.append(spare)
-            self._nursery.start_soon(spare.run)
+        for profile, settings in self._profiles.items():
+            wanted = _spares_wanted(self.config, profile)
+            while sum(1 for s in self._spares if s.profile == profile) < wanted:
+                spare = Session(None, settings, self, start_delay=self._spare_delay)
+                self._spares.append(spare)
+                self._nursery.start_soon(spare.run)
 
     # -- the observer side: what sessions report, synchronously ---------------
 
@@ -513,6 +630,7 @@ class Pool:
             del self._sessions[key]
         if key is not None and end.resumable_id and key not in self._sessions:
             self._suspended[key] = end.resumable_id
+            self._suspended_profile[key] = session.profile
         delay = 0.0
         if end.failure is not None:
             if end.failure is SessionFailure.START_FAILED:
@@ -524,7 +642,7 @@ class Pool:
             if key is None:
                 self._spare_delay = delay
         for turn in end.leftovers:
-            self._place_leftover(end, turn, delay)
+            self._place_leftover(end, session.profile, turn, delay)
         if key is None:
             self._replenish_spares()
         self._bump()
@@ -574,7 +692,7 @@ class Pool:
             thread_key, block.until - now, block.reason, block.wall_until, block.detail
         )
 
-    def _place_leftover(self, ended: SessionEnd, turn: Turn, delay: float) -> None:
+    def _place_leftover(self, ended: SessionEnd, profile: str, turn: Turn, delay: float) -> None:
         key = turn.handle.thread_key
         if ended.start_end is not None:
             turn.handle.push(ended.start_end)
@@ -587,7 +705,8 @@ class Pool:
         else:
             successor = self._sessions.get(key)
             if successor is None:
-                refusal = self._admit(key, delay=delay, restarts=ended.restarts + 1)
+                profile = profile if profile in self._profiles else self.thread_profile(key)
+                refusal = self._admit(key, profile, delay=delay, restarts=ended.restarts + 1)
                 if refusal is not None:
                     turn.handle.push(refusal)
                     return
@@ -613,6 +732,31 @@ class Pool:
             if ttl <= 0:
                 return
 
+    async def _reap_workspaces(self) -> None:
+        """Remove the workspaces unused for ``[state] workspace_ttl_days`` whose
+        thread has no live session; looks again every tenth of the TTL (at most
+        hourly). A failure is logged and the reaper goes on."""
+        while True:
+            days = self.config.state.workspace_ttl_days
+            if days <= 0:
+                return
+            await self.reap_workspaces()
+            await trio.sleep(min(days * 86400 / 10, 3600.0))
+
+    async def reap_workspaces(self) -> int:
+        """One pass of the workspace reaper over every profile; how many went."""
+        ttl = self.config.state.workspace_ttl_days * 86400
+        gone = 0
+        plans = {s.workspace for s in self._profiles.values() if s.workspace is not None}
+        for plan in sorted(plans, key=lambda p: p.root):
+            try:
+                gone += await self.workspaces.reap(
+                    plan, self._is_live, ttl, prune_unmerged=self.config.state.prune_unmerged
+                )
+            except (OSError, WorkspaceError) as exc:
+                log.warning("workspace reaper: %s: %s", plan.root, exc)
+        return gone
+
     async def _recover(self, store: Store) -> None:
         """Stop agents a killed broker left behind; remember its resumable threads."""
         for record in await store.agents():
@@ -636,6 +780,7 @@ class Pool:
                 )
             store.clear_agent(record.thread_key, record.pid)
         self._suspended.update(await store.threads())
+        self._chosen.update(await store.chosen_agents())
 
 
 def _alive(pid: int) -> bool:
@@ -664,6 +809,7 @@ async def open_pool(
         if store is not None:
             await pool._recover(store)
         nursery.start_soon(pool._reap_idle)
+        nursery.start_soon(pool._reap_workspaces)
         pool._replenish_spares()
         try:
             yield pool

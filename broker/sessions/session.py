@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
 import attrs
@@ -48,11 +48,12 @@ from broker.acp.client import (
     PermissionDecision,
     auth_methods_sentence,
     choose_auth_method,
+    mcp_servers_payload,
 )
 from broker.acp.jsonrpc import AUTH_REQUIRED, PeerClosed, RpcError
 from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import ConfigOption, InitializeResult, PermissionRequest, SessionUpdate
-from broker.config import TimeoutsConfig
+from broker.config import DEFAULT_PROFILE, McpServerConfig, TimeoutsConfig
 from broker.logs import SessionLogger, session_logger
 from broker.pulse import Pulse
 from broker.reply import Outcome, Prompt, Settled, TurnEnd, TurnHandle
@@ -69,6 +70,7 @@ from broker.sessions.decide import (
 )
 from broker.sessions.questions import QuestionBook, WaitTally, ask_person
 from broker.sessions.translate import prompt_blocks, update_to_events
+from broker.sessions.workspace import Workspace, WorkspaceError, WorkspacePlan, Workspaces, touch
 from supervisor.process import ChildSpec, ExitStatus, SpawnError, run_child
 
 __all__ = [
@@ -141,6 +143,10 @@ class SessionSettings:
     auth_method: str = ""
     ask_timeout_secs: float = 300.0
     run_agent: RunAgent = run_child
+    profile: str = DEFAULT_PROFILE
+    mcp_servers: Mapping[str, McpServerConfig] = attrs.field(factory=dict)
+    workspace: WorkspacePlan | None = None  # None: every thread in ``cwd``
+    workspaces: Workspaces | None = None  # makes them; one per pool
 
 
 # --- what a session reports ---------------------------------------------------------------------
@@ -228,6 +234,8 @@ class SessionSnapshot:
     agent: str
     waiting_for: str | None = None  # the tool of the oldest open question
     waiting_secs: float | None = None
+    profile: str = DEFAULT_PROFILE
+    workspace: str | None = None  # the thread's own directory, when it has one
 
 
 class _StartFailed(Exception):
@@ -292,6 +300,7 @@ class Session:
         self._previous: Turn | None = None  # answered; its reply still takes late text
         self._closed_ids: deque[set[str]] = deque(maxlen=_CLOSED_TURNS_KEPT)  # their messageIds
         self.questions: QuestionBook | None = None  # the thread's, set by the pool
+        self.workspace: Workspace | None = None  # the thread's own, once made
 
     def __repr__(self) -> str:
         pid = self.pid if self.pid is not None else "-"
@@ -305,6 +314,11 @@ class Session:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    @property
+    def profile(self) -> str:
+        """The agent profile this session runs."""
+        return self.settings.profile
 
     @property
     def log(self) -> SessionLogger:
@@ -408,6 +422,8 @@ class Session:
             agent=self.settings.spec.name,
             waiting_for=asked.question.title if asked else None,
             waiting_secs=now - asked.asked_at if asked else None,
+            profile=self.settings.profile,
+            workspace=self.workspace.path if self.workspace else None,
         )
 
     def _report_changed(self) -> None:
@@ -503,6 +519,7 @@ class Session:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         timeouts = self.settings.timeouts
+        await self._prepare_workspace()
         try:
             self.process = await nursery.start(self._run_agent)
         except SpawnError as exc:
@@ -548,6 +565,28 @@ class Session:
         how = "resumed" if self.loaded else "started"
         self.log.info("%s ACP session %s", how, self.acp_session_id)
         self._observer.session_established(self)
+
+    async def _prepare_workspace(self) -> None:
+        """Make (or find) the thread's own workspace and run the agent in it: its
+        process's cwd, the ACP session's cwd and the root of its file access."""
+        plan, workspaces = self.settings.workspace, self.settings.workspaces
+        if plan is None or workspaces is None or self.key is None:
+            return
+        try:
+            workspace = await workspaces.prepare(plan, self.key)
+        except WorkspaceError as exc:
+            raise _StartFailed(str(exc)) from None
+        except OSError as exc:
+            raise _StartFailed(f"cannot make the workspace under {plan.root}: {exc}") from None
+        self.workspace = workspace
+        cwd = workspace.path
+        self.settings = attrs.evolve(
+            self.settings,
+            spec=attrs.evolve(self.settings.spec, cwd=cwd),
+            cwd=cwd,
+            client_options=attrs.evolve(self.settings.client_options, cwd=cwd),
+        )
+        self.log.info("workspace %s%s", cwd, f" on {workspace.branch}" if workspace.branch else "")
 
     async def _read_agent(self, client: AcpClient, process: AgentProcess) -> None:
         """The one reader of the agent's stdout; when it ends (EOF, or output
@@ -595,9 +634,17 @@ class Session:
         assert self.initialize_result is not None
         capabilities = self.initialize_result.agent_capabilities
         saved = self.saved_session_id
+        servers, left_out = mcp_servers_payload(
+            self.settings.mcp_servers, capabilities.mcp_capabilities
+        )
+        if left_out:
+            self.log.warning(
+                "MCP servers %s left out: the agent takes no http/sse MCP servers",
+                ", ".join(left_out),
+            )
         if saved and capabilities.load_session:
             try:
-                await client.load_session(saved, cwd)
+                await client.load_session(saved, cwd, servers)
             except RpcError as exc:
                 if exc.code == AUTH_REQUIRED:
                     raise
@@ -606,7 +653,7 @@ class Session:
                 self.acp_session_id = saved
                 self.loaded = True
                 return
-        setup = await client.new_session(cwd)
+        setup = await client.new_session(cwd, servers)
         self.acp_session_id = setup.session_id
         self._context_reset_pending = saved is not None
 
@@ -720,6 +767,8 @@ class Session:
             self.current = None
             self.turns_done += 1
             self.last_active = trio.current_time()
+            if self.workspace is not None:
+                touch(self.workspace)
         self._settle_questions(turn)
         turn.handle.push(end)  # at once: late text is added to the reply, not waited for
         if turn.answered_at is not None and self._exit_status is None:

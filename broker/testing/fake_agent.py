@@ -105,6 +105,7 @@ class LiveSession:
     """A session known to this process: its record and its received, unanswered prompts."""
 
     record: store.SessionRecord
+    mcp_servers: tuple[str, ...] = ()  # names, as session/new or session/load gave them
     last_ticket_done: trio.Event = attrs.field(factory=_done_event)
     tickets: list[TurnTicket] = attrs.field(factory=list)
 
@@ -307,7 +308,7 @@ class FakeAgent:
         session_id = self.options.session_id or store.new_session_id()
         record = store.SessionRecord(session_id, cwd=str(params.get("cwd", "")))
         await self._save(record)
-        self.sessions[record.session_id] = LiveSession(record)
+        self.sessions[record.session_id] = LiveSession(record, _mcp_names(params))
         return {"sessionId": record.session_id, **store.session_state(record)}
 
     async def _stored(self, params: dict[str, Any]) -> store.SessionRecord:
@@ -330,6 +331,7 @@ class FakeAgent:
         self._check_auth()
         await trio.sleep(self.options.load_delay)
         record = await self._stored(params)
+        self.sessions[record.session_id].mcp_servers = _mcp_names(params)
         for entry in list(record.history):
             kind = "user_message_chunk" if entry["role"] == "user" else "agent_message_chunk"
             await self.wire.notify(
@@ -425,6 +427,7 @@ class FakeAgent:
                 images=images,
                 timings=self.options.permission_timings,
                 message_id=f"msg-{uuid.uuid4().hex[:12]}" if self.options.message_ids else None,
+                mcp_servers=live.mcp_servers,
             )
             late, cancelled = await self._run_turn(turn, ticket, script)
             if script.error is not None and not cancelled:
@@ -626,6 +629,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
         session_id=a.session_id,
         permission_timings=a.permission_timings,
     )
+
+
+def _mcp_names(params: dict[str, Any]) -> tuple[str, ...]:
+    """The names of the ``mcpServers`` of a session/new or session/load."""
+    servers = params.get("mcpServers")
+    if not isinstance(servers, list):
+        return ()
+    return tuple(str(s.get("name", "")) for s in servers if isinstance(s, dict))
 
 
 def main(argv: list[str] | None = None) -> int:

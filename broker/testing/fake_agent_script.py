@@ -136,6 +136,19 @@ class Grandchild:
 
 
 @attrs.frozen
+class WhereAmI:
+    """Add the session's cwd, the process's cwd and the MCP servers it was given to the reply."""
+
+
+@attrs.frozen
+class Write:
+    """Append the line ``text`` to ``path``, relative to the session's cwd."""
+
+    path: str
+    text: str
+
+
+@attrs.frozen
 class Stderr:
     """Write ``lines`` lines of noise to stderr."""
 
@@ -167,6 +180,8 @@ Action = (
     | Tool
     | SilentTool
     | Plan
+    | WhereAmI
+    | Write
     | Crash
     | Hang
     | Flood
@@ -305,6 +320,11 @@ def _action(name: str, arg: str) -> Action | None:
             return _permission_bad(arg, at)
         case "grandchild":
             return Grandchild()
+        case "whereami":
+            return WhereAmI()
+        case "write":
+            path, _, text = _one_arg(arg, at).partition(" ")
+            return Write(path, text)
         case "stderr":
             return Stderr(_count(arg, at) if arg else 10)
         case "thought":
@@ -374,6 +394,8 @@ _ACTION_NAMES = frozenset(
         "permissions",
         "permission-bad",
         "grandchild",
+        "whereami",
+        "write",
         "stderr",
         "thought",
         "usage",

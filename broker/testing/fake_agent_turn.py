@@ -55,6 +55,7 @@ class Turn:
     images: int = 0
     timings: Path | None = None  # --permission-timings
     message_id: str | None = None  # ACP messageId on this turn's agent_message_chunks
+    mcp_servers: tuple[str, ...] = ()  # the names session/new or session/load gave
     sent: list[str] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
     _tool_ids: int = 0
@@ -199,6 +200,11 @@ def _grandchild(turn: Turn) -> None:
     turn.notes.append(f"Started a grandchild process: pid {proc.pid}.")
 
 
+def _append_line(path: str, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(text + "\n")
+
+
 def _crash(code: int) -> None:
     log(f"fatal: simulated crash (exit code {code})")
     os._exit(code)
@@ -240,6 +246,13 @@ async def run_action(turn: Turn, action: fs.Action) -> None:
             await _permission(turn, action)
         case fs.Grandchild():
             _grandchild(turn)
+        case fs.WhereAmI():
+            turn.notes.append(f"cwd: {turn.record.cwd}")
+            turn.notes.append(f"process cwd: {os.getcwd()}")
+            turn.notes.append(f"mcp servers: {', '.join(turn.mcp_servers) or '(none)'}")
+        case fs.Write(path, text):
+            await trio.to_thread.run_sync(_append_line, os.path.join(turn.record.cwd, path), text)
+            turn.notes.append(f"Wrote {path}.")
         case fs.Stderr(lines):
             for i in range(1, lines + 1):
                 log(f"noise {i}/{lines}: indexing workspace, nothing to worry about")

@@ -74,14 +74,15 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
-def toml_text(data: Mapping[str, Any]) -> str:
+def toml_text(data: Mapping[str, Mapping[str, Any] | Sequence[Mapping[str, Any]]]) -> str:
     """broker.toml text for sections of keys (as from ``config_to_dict``); a list
-    of tables becomes ``[[name]]`` entries."""
+    of tables (``routes``) becomes ``[[routes]]`` tables, nested tables inline."""
     lines = []
     for section, values in data.items():
-        tables = values if isinstance(values, list) else [values]
+        tables = [values] if isinstance(values, Mapping) else list(values)
+        header = f"[{section}]" if isinstance(values, Mapping) else f"[[{section}]]"
         for table in tables:
-            lines.append(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            lines.append(header)
             lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
             lines.append("")
     return "\n".join(lines)

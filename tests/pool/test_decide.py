@@ -32,6 +32,7 @@ class FakeSession:
     name: str
     is_idle: bool
     last_active: float
+    profile: str = "default"
 
 
 def test_admission_below_the_limit_evicts_nobody() -> None:
@@ -49,6 +50,21 @@ def test_admission_at_the_limit_evicts_the_least_recently_used_idle_session() ->
 def test_admission_refuses_when_every_session_is_busy_or_starting() -> None:
     sessions = [FakeSession(str(i), False, float(i)) for i in range(3)]
     assert decide_admission(sessions, max_sessions=3) == Refuse(busy=3)
+
+
+def test_a_full_pool_evicts_first_the_idle_sessions_of_a_profile_over_its_share() -> None:
+    oldest = FakeSession("oldest", True, 1.0, "claude")  # claude holds 1, its share is 2
+    review_old = FakeSession("review-old", True, 3.0, "review")
+    review_new = FakeSession("review-new", True, 4.0, "review")  # review holds 3 of its 1
+    review_busy = FakeSession("review-busy", False, 0.0, "review")
+    sessions = [oldest, review_new, review_old, review_busy]
+    shares = {"claude": 2, "review": 1}
+    assert decide_admission(sessions, 4, shares) == Admit(evict=review_old)
+    # no profile over its share: plain LRU over every idle session
+    assert decide_admission(sessions, 4, {"claude": 1, "review": 3}) == Admit(evict=oldest)
+    # over its share but busy: never evicted; LRU over the others
+    assert decide_admission([oldest, review_busy], 2, {"review": 0}) == Admit(evict=oldest)
+    assert decide_admission([review_busy], 1, shares) == Refuse(busy=1)
 
 
 def test_idle_expiry_returns_the_expired_and_the_next_moment_to_look() -> None:
