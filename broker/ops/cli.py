@@ -132,6 +132,11 @@ def cmd_run(args: argparse.Namespace, config: BrokerConfig, source: str) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: BrokerConfig, source: str) -> int:
+    if args.cluster:
+        if not config.cluster.enabled:
+            print(f"agent-broker: {source} has no [cluster] members", file=sys.stderr)
+            return EX_CONFIG
+        return _entry("broker.ops.cluster_view", "print_cluster")(config, args.json)
     return _entry("broker.ops.dashboard", "print_status")(_url(args, config), args.json)
 
 
@@ -206,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "print the running broker's status")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--url", help=url_help)
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="every [cluster] member's counts, and which are unreachable",
+    )
     p = add("dashboard", cmd_dashboard, "live terminal dashboard of the running broker")
     p.add_argument("--url", help=url_help)
     add(
