@@ -187,6 +187,9 @@ def gauges(doc: dict[str, Any], width: int | None = None) -> Table:
     active.add_row(bar, f"{pool['active']}/{pool['max_sessions']} ({detail})")
     grid.add_row("active", active)
     grid.add_row("suspended", str(pool["suspended"]))
+    profiles = pool.get("profiles", {})
+    if len(profiles) > 1:
+        grid.add_row("profiles", profile_gauges(profiles))
     grid.add_row("spares", f"{pool['spares_ready']}/{pool['spares']} ready")
     grid.add_row("queued", str(pool["queued"]))
     counters = doc["counters"]
@@ -204,6 +207,16 @@ def gauges(doc: dict[str, Any], width: int | None = None) -> Table:
     return grid
 
 
+def profile_gauges(profiles: dict[str, Any]) -> str:
+    """Each profile's sessions (out of its share, when it has one) and busy ones,
+    e.g. ``default 3 (1 busy), reviewer 1/2 (0 busy)``."""
+    parts = []
+    for name, gauge in profiles.items():
+        share = f"/{gauge['share']}" if gauge["share"] else ""
+        parts.append(f"{name} {gauge['sessions']}{share} ({gauge['busy']} busy)")
+    return ", ".join(parts)
+
+
 def _tool(session: dict[str, Any]) -> str | Text:
     """The running tool, or the approval a person is asked for (highlighted)."""
     waiting = session.get("waiting_for_approval")
@@ -218,6 +231,7 @@ def _tool(session: dict[str, Any]) -> str | Text:
 _COLUMNS: tuple[tuple[str, str, Callable[[dict[str, Any]], str | Text]], ...] = (
     ("thread", "left", lambda s: _text(s["thread_key"])),
     ("state", "left", lambda s: _state(s["state"])),
+    ("profile", "left", lambda s: _text(s.get("profile"))),
     ("pid", "right", lambda s: _text(s["pid"])),
     ("up", "right", lambda s: duration(s["age_secs"])),
     ("idle", "right", lambda s: duration(s["idle_secs"])),
@@ -228,7 +242,18 @@ _COLUMNS: tuple[tuple[str, str, Callable[[dict[str, Any]], str | Text]], ...] = 
     ("restarts", "right", lambda s: str(s["restarts"])),
 )
 # Which columns stay when the screen is narrow, most wanted first.
-_PRIORITY = ("thread", "state", "tool", "up", "turn", "idle", "queue", "pid", "ceiling in")
+_PRIORITY = (
+    "thread",
+    "state",
+    "tool",
+    "profile",
+    "up",
+    "turn",
+    "idle",
+    "queue",
+    "pid",
+    "ceiling in",
+)
 # Thread and tool get this many characters before lower columns are added (and never fewer),
 # then what is left; longer values are cut with "…".
 _SHRINKING = {"thread": 24, "tool": 16}
@@ -238,8 +263,10 @@ def table_columns(doc: dict[str, Any], width: int | None) -> dict[str, int | Non
     """The columns that fit in ``width`` characters, in display order, each
     with its width (None: as wide as it needs; all of them when ``width`` is
     None). Columns are taken by priority; thread and state always. Thread
-    and tool share what is left, cut with "…" but never below their minimum."""
-    names = [name for name, _, _ in _COLUMNS]
+    and tool share what is left, cut with "…" but never below their minimum.
+    The profile column is there only when the broker has several profiles."""
+    several = len(doc["pool"].get("profiles", {})) > 1
+    names = [name for name, _, _ in _COLUMNS if several or name != "profile"]
     cells = {name: cell for name, _, cell in _COLUMNS}
     if width is None:
         return dict.fromkeys(names)
@@ -252,7 +279,7 @@ def table_columns(doc: dict[str, Any], width: int | None) -> dict[str, int | Non
 
     chosen: list[str] = []
     used = 1
-    for name in (*_PRIORITY, *(n for n in names if n not in _PRIORITY)):
+    for name in (*(n for n in _PRIORITY if n in names), *(n for n in names if n not in _PRIORITY)):
         if len(chosen) < 2 or used + need(name) <= width:
             chosen.append(name)
             used += need(name)

@@ -142,6 +142,14 @@ def status_document(
                 }
                 for b in snapshot.blocked_threads
             ],
+            "profiles": {
+                gauge.profile: {
+                    "sessions": gauge.sessions,
+                    "busy": gauge.busy,
+                    "share": gauge.share,
+                }
+                for gauge in snapshot.profiles()
+            },
             "spares": snapshot.spares,
             "spares_ready": snapshot.spares_ready,
             "queued": sum(s.queue_length for s in snapshot.sessions),
@@ -162,6 +170,7 @@ def status_document(
                 "state": s.state,
                 "pid": s.pid,
                 "agent": s.agent,
+                "profile": s.profile,
                 "age_secs": _secs(s.age_secs),
                 "idle_secs": _secs(s.idle_secs),
                 "turn_elapsed_secs": _secs(s.turn_elapsed_secs),
@@ -357,6 +366,7 @@ def metrics_text(
         "Prompts waiting behind running turns.",
         sum(s.queue_length for s in snapshot.sessions),
     )
+    _profile_metrics(out, snapshot)
     counters = snapshot.counters
     out.family(
         "agent_broker_turns_total",
@@ -382,6 +392,26 @@ def metrics_text(
     _frontend_metrics(out, server, gateway, discord, slack)
     _schedule_metrics(out, schedule_runs or {}, schedules)
     return "\n".join(out.lines) + "\n"
+
+
+_PROFILE_GAUGES = (
+    # (metric, ProfileGauge attribute, help)
+    ("agent_broker_profile_sessions", "sessions", "Live sessions by agent profile."),
+    ("agent_broker_profile_busy", "busy", "Sessions running a turn, by agent profile."),
+    (
+        "agent_broker_profile_share",
+        "share",
+        "Each profile's share of the pool ([agents.NAME] max_sessions; 0: none of its own).",
+    ),
+)
+
+
+def _profile_metrics(out: _Exposition, snapshot: PoolSnapshot) -> None:
+    gauges = snapshot.profiles()
+    for name, attribute, help_text in _PROFILE_GAUGES:
+        out.family(name, "gauge", help_text)
+        for gauge in gauges:
+            out.sample(name, getattr(gauge, attribute), profile=gauge.profile)
 
 
 OPTION_KINDS = ("allow_once", "allow_always", "reject_once", "reject_always")

@@ -302,6 +302,7 @@ class Pool:
                 for key, block in sorted(self._blocked.items())
                 if block.until > now
             ),
+            tuple((name, a.max_sessions) for name, a in self.config.agent_profiles().items()),
         )
 
     def update_config(self, config: BrokerConfig) -> list[str]:

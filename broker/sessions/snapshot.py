@@ -89,6 +89,18 @@ class BlockedThread:
 
 
 @attrs.frozen
+class ProfileGauge:
+    """One agent profile's part of the pool: its live sessions (stopping ones
+    left out), how many run a turn, and its share (``[agents.NAME]
+    max_sessions``; 0: no share of its own)."""
+
+    profile: str
+    sessions: int
+    busy: int
+    share: int
+
+
+@attrs.frozen
 class PoolSnapshot:
     """The pool at one instant; built synchronously, so it never waits."""
 
@@ -106,6 +118,7 @@ class PoolSnapshot:
     answer_seconds: Histogram = attrs.field(factory=Histogram)
     suspended_threads: tuple[str, ...] = ()  # the first LISTED_THREADS, sorted
     blocked_threads: tuple[BlockedThread, ...] = ()
+    shares: tuple[tuple[str, int], ...] = ()  # each configured profile and its share, in order
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.sessions if s.state == state)
@@ -123,3 +136,20 @@ class PoolSnapshot:
         if self.spares:
             line += f", {self.spares_ready}/{self.spares} spares ready"
         return line
+
+    def profiles(self) -> tuple[ProfileGauge, ...]:
+        """Each configured profile (in the config's order), then any profile a
+        reload removed that still has sessions, with its gauges."""
+        names = dict(self.shares)
+        for session in self.sessions:
+            names.setdefault(session.profile, 0)
+        live = [s for s in self.sessions if s.state != SessionState.STOPPING.value]
+        return tuple(
+            ProfileGauge(
+                name,
+                sum(1 for s in live if s.profile == name),
+                sum(1 for s in live if s.profile == name and s.state == SessionState.BUSY.value),
+                share,
+            )
+            for name, share in names.items()
+        )

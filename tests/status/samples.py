@@ -37,7 +37,11 @@ def busy_session(key: str, **changes: object) -> SessionSnapshot:
     return SessionSnapshot(**values)  # type: ignore[arg-type]
 
 
-def pool_snapshot(*sessions: SessionSnapshot, closing: bool = False) -> PoolSnapshot:
+def pool_snapshot(
+    *sessions: SessionSnapshot,
+    closing: bool = False,
+    shares: tuple[tuple[str, int], ...] = (("default", 0),),
+) -> PoolSnapshot:
     histogram = Histogram()
     for secs in (0.05, 2.0, 70.0):
         histogram.observe(secs)
@@ -63,4 +67,5 @@ def pool_snapshot(*sessions: SessionSnapshot, closing: bool = False) -> PoolSnap
         recent=(PoolEvent(1_700_000_000.0, "crashed", "discord:9", "exited with code 3"),),
         suspended_threads=("cli:old-1", "slack:C1"),
         blocked_threads=(BlockedThread("discord:9", 42.0, "The agent keeps failing."),),
+        shares=shares,
     )

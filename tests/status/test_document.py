@@ -63,6 +63,7 @@ def test_document_has_broker_pool_sessions_frontends_and_events() -> None:
         "state": "busy",
         "pid": 4242,
         "agent": "claude-agent-acp",
+        "profile": "default",
         "age_secs": 125.5,
         "idle_secs": None,
         "turn_elapsed_secs": 61.25,
