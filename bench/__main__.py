@@ -33,6 +33,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+import bench.cluster
 import bench.discord
 import bench.latency
 import bench.platforms
@@ -58,6 +59,7 @@ SCENARIOS: dict[str, Scenario] = {
     "slack": bench.platforms.slack,
     "questions": bench.questions.questions,
     "discord": bench.discord.discord,
+    "cluster": bench.cluster.cluster,
 }
 
 

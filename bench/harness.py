@@ -164,13 +164,20 @@ def machine() -> dict[str, Any]:
 
 def toml_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
     """broker.toml text for ``{section: {key: value}}``. Values are strings,
-    numbers, booleans or lists of those, whose JSON spelling is also TOML."""
+    numbers, booleans or lists of those, whose JSON spelling is also TOML, or
+    tables of strings (``[cluster] members``), written inline."""
     out = []
     for name, values in sections.items():
         out.append(f"[{name}]")
-        out.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        out.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
         out.append("")
     return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 def broker_sections(

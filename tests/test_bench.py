@@ -94,3 +94,21 @@ async def test_unknown_scenario_is_refused_with_the_list_of_names(tmp_path: Path
     assert report is None
     assert b"unknown scenario nonsense" in done.stderr
     assert b"overhead" in done.stderr
+
+
+async def test_cluster_scenario_measures_direct_and_forwarded_turns_on_three_replicas(
+    tmp_path: Path,
+) -> None:
+    done, report = await run_bench(tmp_path, "cluster")
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode in (EXIT_OK, EXIT_MISSED), output
+    assert report is not None, output
+    cluster = report["scenarios"]["cluster"]
+    assert cluster["failed"] is False
+    metrics = cluster["metrics"]
+    assert metrics["direct_ms"]["n"] == metrics["forwarded_ms"]["n"] > 0
+    assert round(sum(metrics["share_of_10000_keys"].values()), 6) == 1
+    checks = {check["name"]: check for check in cluster["checks"]}
+    assert checks["replies as expected"]["met"] is True
+    assert checks["every turn ran on its thread's owner"]["met"] is True
+    assert checks["forwarding hop, added p50 per turn"]["met"] in (True, False)
