@@ -11,8 +11,9 @@ reactions); this module does the sending.
 * **Streaming**: the first message goes out with
   :meth:`~broker.frontends.base.ReplyChannel.request`; the response's
   ``message_id`` is what later ``edit_message`` frames address, each with the
-  full text so far, at most every ``edit_interval`` seconds and only when it
-  changed. A reply that outgrows one message continues in new messages (each
+  full text so far, at most every ``edit_interval`` seconds while it streams
+  and only when it changed; the final text goes out as soon as the turn ends,
+  never held back by the interval. A reply that outgrows one message continues in new messages (each
   asked for with a request too). When a request gets no usable response in
   time (``None``, ``success: false`` or no ``message_id``), streaming is given
   up for the turn: the messages that do have ids get their final text as an
@@ -214,7 +215,7 @@ async def _stream(
             await messages.show(decision.text, final=decision.final)
             throttle.sent(trio.current_time())
         elif isinstance(decision, WaitUntil):
-            await trio.sleep_until(decision.when)
+            await _until_or_end(handle, decision.when)  # the final text never waits
         elif isinstance(decision, NothingChanged) and not throttle.finished:
             await handle.wait_changed(seen)
     if throttle.finished and not messages.broken:
@@ -223,6 +224,13 @@ async def _stream(
     end = await handle.result()
     await messages.show(compose(render_end(end, transcript)), final=True)
     replier.finished = True
+
+
+async def _until_or_end(handle: TurnHandle, when: float) -> None:
+    """Sleep until ``when`` (trio's clock), or less if the turn ends first."""
+    with trio.move_on_at(when):
+        while handle.transcript.end is None:
+            await handle.wait_changed(handle.transcript.version)
 
 
 async def _show_reactions(handle: TurnHandle, replier: Replier, interval: float) -> None:

@@ -98,8 +98,10 @@ class EditThrottle:
     :meth:`decide` is a pure decision over the throttle's own state: it never
     waits and does no I/O. It promises that
 
-    - two :class:`SendNow` are at least ``interval`` seconds apart (the
-      first one is immediate);
+    - two :class:`SendNow` while the text streams are at least ``interval``
+      seconds apart (the first one is immediate); the final text is never
+      held back by the interval: it is sent as soon as it is asked about
+      (a platform's own rate limit may still pace it, in its front-end);
     - a text equal to the one last sent is never sent again, and neither is
       an empty text;
     - the final text is the last thing sent: after a :class:`SendNow` with
@@ -138,7 +140,7 @@ class EditThrottle:
             self._version = version
             self.finished = final
             return NothingChanged()
-        if self._sent_at is not None and now < self._sent_at + self.interval:
+        if not final and self._sent_at is not None and now < self._sent_at + self.interval:
             return WaitUntil(self._sent_at + self.interval)
         self._sent_at = now
         self._version = version
