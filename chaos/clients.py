@@ -183,16 +183,22 @@ class Chaos:
     async def take_frame(
         self, ws: trio_websocket.WebSocketConnection, message: str | bytes, receiver: str = ""
     ) -> None:
-        """Count one frame; acknowledge a reply that asks for it (``request_id``)."""
+        """Count one frame. A reply that asks for an acknowledgement
+        (``request_id``) is taken, and counted, only once the acknowledgement
+        went out: one the connection closed on first comes again later."""
         if isinstance(message, str) and '"agent-broker.error.v1"' in message:
             self.figures.error_frames += 1
             return
         if isinstance(message, str) and f'"{HELLO_SCHEMA}"' in message:
             return  # the server's answer to our client_hello
-        reply = self.ledger.record_reply(str(message), receiver)
-        if reply is not None and reply.request_id:
-            ack = GatewayResponse(reply.request_id, True, outcome="delivered")
-            await ws.send_message(encode_response(ack))
+        try:
+            request_id = parse_reply(message).request_id
+        except WireError:
+            request_id = None
+        if request_id:
+            ack = GatewayResponse(request_id, True, outcome="delivered")
+            await ws.send_message(encode_response(ack))  # ConnectionClosed: not taken
+        self.ledger.record_reply(str(message), receiver)
 
     async def read_replies(
         self, ws: trio_websocket.WebSocketConnection, closed: trio.Event, receiver: str
@@ -392,7 +398,7 @@ class Chaos:
 
             await gateway.wait_for(more)
             for received in gateway.received[seen:]:
-                if received.reply is not None:
+                if received.reply is not None and received.taken:
                     self.ledger.record_reply(received.text, "gateway")
             seen = len(gateway.received)
 

@@ -228,6 +228,13 @@ class Link:
         gone = set(map(id, entries))
         self._written = [w for w in self._written if id(w) not in gone]
         self.on_taken([w.parcel for w in entries])
+        self._written_changed.set()
+        self._written_changed = trio.Event()
+
+    async def wait_taken(self) -> None:
+        """Wait until every reply written so far was taken or the link closed."""
+        while self._written and not self.closed:
+            await self._written_changed.wait()
 
     async def request(self, reply: OutboundReply) -> GatewayResponse | None:
         """See :meth:`broker.frontends.base.ReplyChannel.request`."""

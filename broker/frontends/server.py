@@ -166,6 +166,11 @@ class WebSocketServer:
             sum(c.link.untaken for c in self._clients.values()),
         )
 
+    async def wait_taken(self) -> None:
+        """Wait until each connection has taken what was written to it (or closed)."""
+        for client in list(self._clients.values()):
+            await client.link.wait_taken()
+
     # --- connections -----------------------------------------------------
 
     async def handle_stream(self, stream: trio.SocketStream) -> None:

@@ -78,6 +78,7 @@ EX_CONFIG = 78
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_MARGIN_SECS = 5.0  # beyond cancel + stop grace: late replies, the store, sockets
 REPLY_FLUSH_SECS = 3.0  # for the router to write the last replies after the pool closed
+TAKEN_FLUSH_SECS = 1.0  # for the peers to take (acknowledge) the replies written last
 STATUS_MIN_INTERVAL_SECS = 0.25  # at most 4 STATUS= updates a second
 STATUS_REFRESH_SECS = 5.0  # client counts change without a pool change
 OUTBOX_CAPACITY = 1000
@@ -495,6 +496,14 @@ class Broker:
             await self.in_flight.wait_idle()
         if self.in_flight.running:
             log.warning("%d events still being answered at the stop", self.in_flight.running)
+        # Replies written but not yet taken (an acknowledgement on its way): a
+        # moment for them, so the next run does not send them again.
+        with trio.move_on_after(TAKEN_FLUSH_SECS):
+            if self.server is not None:
+                await self.server.wait_taken()
+            link = None if self.gateway is None else self.gateway.channel.link
+            if link is not None:
+                await link.wait_taken()
         log.info("stopped: %s", self.pool.snapshot().summary())
 
 

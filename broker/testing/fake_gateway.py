@@ -93,6 +93,7 @@ class Received:
     text: str
     reply: OutboundReply | None
     connection: int
+    taken: bool = True  # False: its acknowledgement could not be sent (the chat never saw it)
 
 
 class FakeGateway:
@@ -233,10 +234,15 @@ class FakeGateway:
             self.violations.append(f"{exc}: {text[:200]}")
         if reply is not None:
             self._check(reply, text)
-        self.received.append(Received(text, reply, connection))
+        received = Received(text, reply, connection)
+        if reply is not None and reply.request_id and self._acked(reply):
+            # Acknowledged replies are answered before anything else is read, so
+            # a reply counts as taken exactly when its acknowledgement went out.
+            received.taken = await self._respond(reply.request_id, True)
+        elif reply is not None and reply.request_id and self._nursery is not None:
+            self._nursery.start_soon(self._respond, reply.request_id, False)
+        self.received.append(received)
         self._notify()
-        if reply is not None and reply.request_id and self._nursery is not None:
-            self._nursery.start_soon(self._respond, reply.request_id, self._acked(reply))
 
     def _acked(self, reply: OutboundReply) -> bool:
         """Whether ``reply`` is a plain reply or edit that the hello promised to acknowledge."""
@@ -269,10 +275,12 @@ class FakeGateway:
         if problem:
             self.violations.append(f"{problem}: {text[:200]}")
 
-    async def _respond(self, request_id: str, acked: bool) -> None:
+    async def _respond(self, request_id: str, acked: bool) -> bool:
+        """Answer ``request_id``; False when the answer could not be sent."""
         if self.response_mode is ResponseMode.IGNORE:
-            return
-        await trio.sleep(self.response_delay)
+            return False
+        if not acked:
+            await trio.sleep(self.response_delay)
         outcome = self.ack_outcome if acked else None
         if self.response_mode is ResponseMode.REFUSE or outcome == "rejected":
             response = GatewayResponse(
@@ -286,6 +294,8 @@ class FakeGateway:
             await self.send_raw(encode_response(response))
         except (RuntimeError, trio_websocket.ConnectionClosed):
             log.info("fake gateway: could not answer %s, the broker is gone", request_id)
+            return False
+        return True
 
 
 @asynccontextmanager
