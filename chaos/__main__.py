@@ -218,6 +218,7 @@ def report(args: argparse.Namespace, chaos: Chaos, figures: Figures, wall: float
         "misrouted": len(ledger.misrouted),
         "send_failed": sum(ledger.send_failed.values()),
         "stray_replies": ledger.stray_replies,
+        "queue_notes": ledger.queue_notes,
         "connections": figures.clients_connected,
         "client_disconnects": figures.disconnects,
         "abrupt_disconnects": figures.abrupt_disconnects,

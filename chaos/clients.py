@@ -11,7 +11,7 @@ import itertools
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 import trio
@@ -20,6 +20,7 @@ import trio_websocket
 from broker.frontends.wire import (
     HELLO_SCHEMA,
     Channel,
+    Command,
     Content,
     GatewayResponse,
     InboundEvent,
@@ -35,6 +36,7 @@ from broker.testing.fake_gateway import FakeGateway
 from chaos.broker_process import MAX_FRAME_BYTES, BrokerRunner, Figures
 
 GATEWAY_DROP_CHANCE = 0.05
+QUEUE_NOTE = "⏳ Queued"  # the note a queued message gets at once; the reply comes later
 
 Body = Callable[[trio_websocket.WebSocketConnection, trio.Event], Awaitable[None]]
 
@@ -83,24 +85,37 @@ class Ledger:
     replies: dict[str, list[str]] = attrs.field(factory=dict)
     send_failed: Counter[str] = attrs.field(factory=Counter)
     stray_replies: int = 0
+    queue_notes: int = 0
     misrouted: list[str] = attrs.field(factory=list)  # "evt_9 (from chaos1) to chaos0"
     bad_replies: list[str] = attrs.field(factory=list)
     changed: trio.Event = attrs.field(factory=trio.Event)
 
-    def record_reply(self, frame: str, receiver: str = "") -> OutboundReply | None:
-        """Count one reply frame received by client ``receiver``; returns it when readable."""
+    def record_reply(
+        self, frame: str, receiver: str = "", message_events: Mapping[str, str] | None = None
+    ) -> OutboundReply | None:
+        """Count one reply frame received by client ``receiver``; returns it when
+        readable. A queue note ("⏳ Queued behind …") is not the reply; an edit
+        of a note's message (``message_events``: message id -> event id) is."""
         try:
             reply = parse_reply(frame)
         except WireError as exc:
             self.bad_replies.append(str(exc))
             return None
-        sent = self.sent.get(reply.reply_to)
+        if reply.text.startswith(QUEUE_NOTE):
+            self.queue_notes += 1
+            return reply
+        event_id = reply.reply_to
+        if reply.command is Command.EDIT_MESSAGE:
+            event_id = (message_events or {}).get(reply.reply_to, "")
+        elif reply.command is not None:
+            return reply
+        sent = self.sent.get(event_id)
         if sent is None:
             self.stray_replies += 1
             return reply
         if receiver and sent.sender and receiver != sent.sender:
-            self.misrouted.append(f"{reply.reply_to} (from {sent.sender}) to {receiver}")
-        self.replies.setdefault(reply.reply_to, []).append(reply.text)
+            self.misrouted.append(f"{event_id} (from {sent.sender}) to {receiver}")
+        self.replies.setdefault(event_id, []).append(reply.text)
         self.changed.set()
         self.changed = trio.Event()
         return reply
@@ -399,7 +414,7 @@ class Chaos:
             await gateway.wait_for(more)
             for received in gateway.received[seen:]:
                 if received.reply is not None and received.taken:
-                    self.ledger.record_reply(received.text, "gateway")
+                    self.ledger.record_reply(received.text, "gateway", gateway.issued_for)
             seen = len(gateway.received)
 
     async def restarts(self, times: list[float]) -> None:

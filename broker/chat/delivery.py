@@ -7,7 +7,10 @@ reactions); this module does the sending.
 
 * **Plain** (streaming off): wait for the turn's end, render it with
   :func:`~broker.chat.present.render_end`, split it for the platform and send one
-  reply per part (``reply_to`` = the event id).
+  reply per part (``reply_to`` = the event id). A message that has to wait
+  in its thread's queue is answered at once with a note ("⏳ Queued behind
+  2 messages…", :class:`_QueueNote`), which follows the queue and is replaced
+  by the reply where the front-end can edit, and is followed by it elsewhere.
 * **Streaming**: the first message goes out with
   :meth:`~broker.frontends.base.ReplyChannel.request`; the response's
   ``message_id`` is what later ``edit_message`` frames address, each with the
@@ -151,6 +154,56 @@ class _Messages:
             await self.replier.plain_parts(parts[len(self.ids) :])
 
 
+class _QueueNote:
+    """The note a queued message gets at once when the reply is not streamed.
+
+    It goes out as a request, so where the front-end can edit (the response
+    carries a message id) it follows the queue ("queued behind 2", then 1,
+    then working) and the reply replaces it; where it cannot, the note stays
+    and the reply follows it. Nothing here waits for the note: the reply goes
+    out as soon as the turn ends, as an edit if the note's id is known by then.
+    """
+
+    def __init__(self, replier: Replier, response_timeout: float) -> None:
+        self.replier = replier
+        self.response_timeout = response_timeout
+        self.message_id: str | None = None
+        self.shown = ""
+        self.done = False  # the reply went out: the note changes no more
+
+    async def follow(self, handle: TurnHandle) -> None:
+        """Show the note while the turn waits in the queue; returns once it
+        can change no more (the turn started, ended, or the front-end cannot edit)."""
+        transcript = handle.transcript
+        while not self.done and transcript.end is None:
+            seen = transcript.version
+            if transcript.queued_position is not None or self.message_id is not None:
+                text = render(transcript, final=False)
+                if self.message_id is None and not self.shown:
+                    self.shown = text
+                    self.message_id = await self.replier.new_message(text, self.response_timeout)
+                    if self.message_id is None:
+                        return  # it cannot be edited: the reply will follow it
+                    continue
+                if text != self.shown and not self.done and self.message_id is not None:
+                    self.shown = text
+                    await self.replier.edit(self.message_id, text)
+                if transcript.started:
+                    return
+            await handle.wait_changed(seen)
+
+    async def replace(self, text: str) -> None:
+        """Send the final reply: in place of the note where it can be edited."""
+        self.done = True
+        if self.message_id is None:
+            await self.replier.final(text)
+            return
+        parts = split_message(text, self.replier.limit) or ["…"]
+        await self.replier.edit(self.message_id, parts[0])
+        await self.replier.plain_parts(parts[1:])
+        self.replier.finished = True
+
+
 async def deliver_turn(
     handle: TurnHandle,
     replier: Replier,
@@ -188,8 +241,10 @@ async def deliver_turn(
         if streaming:
             await _stream(handle, replier, compose, edit_interval, response_timeout)
         else:
+            note = _QueueNote(replier, response_timeout)
+            nursery.start_soon(note.follow, handle)
             end = await handle.result()
-            await replier.final(compose(render_end(end, handle.transcript)))
+            await note.replace(compose(render_end(end, handle.transcript)))
 
 
 async def _stream(

@@ -35,6 +35,7 @@ from broker.acp.client import ClientOptions
 from broker.acp.policy import PermissionPolicy
 from broker.acp.schema import ConfigOption
 from broker.config import BrokerConfig, agent_environment, resolve_command
+from broker.logs import RepeatLimiter
 from broker.pulse import Pulse
 from broker.reply import Outcome, Prompt, Settled, TurnEnd, TurnHandle
 from broker.sentences import wall_clock
@@ -197,6 +198,7 @@ class Pool:
         self._changed = Pulse()
         self._reaper_wake = Pulse()
         self._closing = False
+        self._pool_full = RepeatLimiter(log)  # a flood would repeat it for every message
         self._spare_delay = 0.0
         self.turn_seconds = Histogram()
         self.answer_seconds = Histogram(
@@ -501,7 +503,9 @@ class Pool:
         decision = decide_admission(self._sessions.values(), self.config.pool.max_sessions, shares)
         if isinstance(decision, Refuse):
             self.counters.refused_pool_full += 1
-            log.warning("pool full (%d busy sessions): refusing %s", decision.busy, thread_key)
+            self._pool_full.warning(
+                "pool full (%d busy sessions): refusing %s", decision.busy, thread_key
+            )
             return TurnEnd(Outcome.POOL_FULL, reason=sentences.pool_full_reason(decision.busy))
         if decision.evict is not None:
             self.counters.evicted += 1

@@ -731,7 +731,10 @@ class Session:
                 await self._drain_previous()
                 continue  # look again: a stop may have come meanwhile
             if self.queue:
-                await self._run_turn(self.queue.popleft())
+                turn = self.queue.popleft()
+                for ahead, waiting in enumerate(self.queue, start=1):
+                    waiting.handle.push(reply.Queued(ahead))  # the queue moved
+                await self._run_turn(turn)
                 if self._must_restart:
                     return
                 continue

@@ -114,6 +114,7 @@ class FakeGateway:
         self.refused = 0
         self._message_ids = itertools.count(1)
         self._issued: set[str] = set()  # platform message ids answered to requests
+        self.issued_for: dict[str, str] = {}  # message id -> reply_to of the frame it answered
         self._event_ids: set[str] = set()  # of every event frame sent, even broken ones
         self._user_messages: set[str] = set()  # message ids of sent events
         self._ws: trio_websocket.WebSocketConnection | None = None
@@ -238,9 +239,9 @@ class FakeGateway:
         if reply is not None and reply.request_id and self._acked(reply):
             # Acknowledged replies are answered before anything else is read, so
             # a reply counts as taken exactly when its acknowledgement went out.
-            received.taken = await self._respond(reply.request_id, True)
+            received.taken = await self._respond(reply.request_id, True, reply.reply_to)
         elif reply is not None and reply.request_id and self._nursery is not None:
-            self._nursery.start_soon(self._respond, reply.request_id, False)
+            self._nursery.start_soon(self._respond, reply.request_id, False, reply.reply_to)
         self.received.append(received)
         self._notify()
 
@@ -275,7 +276,7 @@ class FakeGateway:
         if problem:
             self.violations.append(f"{problem}: {text[:200]}")
 
-    async def _respond(self, request_id: str, acked: bool) -> bool:
+    async def _respond(self, request_id: str, acked: bool, reply_to: str = "") -> bool:
         """Answer ``request_id``; False when the answer could not be sent."""
         if self.response_mode is ResponseMode.IGNORE:
             return False
@@ -289,6 +290,7 @@ class FakeGateway:
         else:
             message_id = f"m-{next(self._message_ids)}"
             self._issued.add(message_id)
+            self.issued_for[message_id] = reply_to
             response = GatewayResponse(request_id, True, message_id=message_id, outcome=outcome)
         try:
             await self.send_raw(encode_response(response))

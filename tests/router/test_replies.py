@@ -53,9 +53,10 @@ async def test_streaming_sends_one_request_then_throttled_edits_then_the_final_t
     assert len(set(texts)) == len(texts), "an unchanged text was sent again"
     assert texts[-1] == f"✅ Prepare\n\n{words}"
     assert any(words[:20] in t and t != texts[-1] for t in texts), "no partial text was shown"
-    gaps = [b.at - a.at for a, b in itertools.pairwise(frames)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(frames[:-1])]
     # two seconds of chunks: about 2 / 0.3 edits, never two within the interval
-    # (halved as slack for delivery jitter on a loaded machine)
+    # (halved as slack for delivery jitter on a loaded machine); the final
+    # edit goes as soon as the turn ends, whatever the interval
     assert min(gaps) >= interval / 2, gaps
     assert len(frames) <= (frames[-1].at - frames[0].at) / interval + 2
 
@@ -201,3 +202,53 @@ async def test_a_client_that_disconnects_mid_turn_gets_the_reply_when_it_reconne
             await stack.tracked.wait_ended(event.event_id)
             async with connect(stack, url=stack.server.url + "?threads=cli:1001") as again:
                 assert await again.reply_to(event) == ["kept for you"]
+
+
+async def test_a_queued_message_is_answered_at_once_with_its_place_and_the_reply_replaces_it(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    """Streaming off (the gateway's default): the note comes at once, while
+    the first turn still runs, and becomes the reply where it can be edited."""
+    with trio.fail_after(60):
+        async with running_broker(make_config()) as stack, connect(stack) as client:
+            first = await client.send("@delay 1.5\n@reply first done")
+            second = await client.send("@reply second done")
+            await client.wait_for(lambda: bool(client.for_event(second.event_id)))
+            assert client.texts(first.event_id) == []  # the first is still running
+            frames = await client.settle(stack, second)
+    note, rest = frames[0], frames[1:]
+    assert note.reply.request_id and note.reply.reply_to == second.event_id
+    assert note.reply.text.startswith("⏳ Queued behind 1 message")
+    assert rest and rest == edits(frames)  # the note is edited, never followed
+    assert rest[-1].reply.text.endswith("second done")
+
+
+async def test_where_the_note_cannot_be_edited_the_reply_follows_it(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    with trio.fail_after(60):
+        async with (
+            running_broker(make_config()) as stack,
+            connect(stack, answer_requests=False) as client,
+        ):
+            await client.send("@delay 1.5\n@reply first done")
+            second = await client.send("@reply second done")
+            frames = await client.settle(stack, second)
+    assert [f.reply.command for f in frames] == [None, None]
+    assert frames[0].reply.text.startswith("⏳ Queued behind 1 message")
+    assert frames[1].reply.request_id is None and frames[1].reply.text.endswith("second done")
+
+
+async def test_the_queue_note_follows_the_queue_as_it_moves(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    with trio.fail_after(60):
+        async with running_broker(make_config()) as stack, connect(stack) as client:
+            await client.send("@delay 1\n@reply first done")
+            await client.send("@delay 0.5\n@reply second done")
+            third = await client.send("@reply third done")
+            frames = await client.settle(stack, third)
+    texts = [f.reply.text for f in frames]
+    assert texts[0].startswith("⏳ Queued behind 2 messages")
+    assert any(t.startswith("⏳ Queued behind 1 message;") for t in texts[1:])
+    assert texts[-1].endswith("third done") and frames[-1].reply.command is Command.EDIT_MESSAGE
