@@ -168,6 +168,22 @@ async def overhead(ctx: Context) -> Result:
             )
     result.check("lost or wrong replies", "0", str(wrong), wrong == 0)
     result.metrics["default_drain"] = await _default_drain(ctx, root, turns=ctx.size(60, 10))
+    shipped = await _shipped_defaults(root, turns=ctx.size(200, 50))
+    result.metrics["shipped_defaults"] = {
+        "streaming": True,
+        "edit_interval_ms": 1500,
+        "drain_ms": 200,
+        "final": summary_ms(shipped),
+        "direct_final": summary_ms(direct_samples.final),
+    }
+    for q, limit in ((0.50, 0.005), (0.99, 0.020)):
+        after = percentile(shipped, q) - percentile(direct_samples.final, q)
+        result.check(
+            f"final text after the agent's response, shipped defaults: p{int(q * 100)}",
+            f"<= {limit * 1000:.0f} ms",
+            fmt_ms(after),
+            after <= limit,
+        )
     result.notes.append(
         "Measured with timeouts.drain_ms = 0; streamed with render.edit_interval_ms = 0. A "
         "streamed reply's first message is sent as a request and edited once its message_id "
@@ -201,6 +217,31 @@ async def _default_drain(ctx: Context, parent: Path, *, turns: int) -> dict[str,
             if exchange.latency is not None:
                 finals.append(exchange.latency)
     return {"drain_ms": 200, "streaming": False, "final": summary_ms(finals)}
+
+
+async def _shipped_defaults(parent: Path, *, turns: int) -> list[float]:
+    """Final-text latencies (seconds) with the shipped defaults: streaming on,
+    ``edit_interval_ms = 1500``, ``drain_ms = 200``. Less the direct client's
+    final latency (the agent's own time), it is the time from the agent's
+    prompt response to the final text on the socket."""
+    root = parent / "shipped-defaults"
+    sections = broker_sections(
+        root,
+        server={"streaming": True},
+        render={"edit_interval_ms": 1500},
+        timeouts={"drain_ms": 200},
+    )
+    finals = []
+    async with (
+        run_broker(root, sections, label="shipped-defaults") as broker,
+        open_chat(broker.url) as client,
+    ):
+        await ask_ok(client, "warm", "w")
+        for i in range(turns):
+            exchange = await ask_ok(client, "warm", f"s{i}")
+            if exchange.latency is not None:
+                finals.append(exchange.latency)
+    return finals
 
 
 # -- 2. isolation ----------------------------------------------------------------------------

@@ -95,7 +95,8 @@ class Ledger:
     ) -> OutboundReply | None:
         """Count one reply frame received by client ``receiver``; returns it when
         readable. A queue note ("⏳ Queued behind …") is not the reply; an edit
-        of a note's message (``message_events``: message id -> event id) is."""
+        of a note's message (``message_events``: message id -> event id) is,
+        the last one standing for the message."""
         try:
             reply = parse_reply(frame)
         except WireError as exc:
@@ -115,7 +116,10 @@ class Ledger:
             return reply
         if receiver and sent.sender and receiver != sent.sender:
             self.misrouted.append(f"{event_id} (from {sent.sender}) to {receiver}")
-        self.replies.setdefault(event_id, []).append(reply.text)
+        if reply.command is Command.EDIT_MESSAGE:
+            self.replies[event_id] = [reply.text]  # the note's message now shows this
+        else:
+            self.replies.setdefault(event_id, []).append(reply.text)
         self.changed.set()
         self.changed = trio.Event()
         return reply
@@ -145,6 +149,7 @@ class Chaos:
         self.ledger = Ledger()
         self.rng = random.Random(args.seed)
         self.ids = itertools.count(1)
+        self.acked: set[str] = set()  # request ids of the replies taken
         self.sending = True  # clients send until the duration is over...
         self.done = False  # ...and stay connected until the report
 
@@ -213,6 +218,9 @@ class Chaos:
         if request_id:
             ack = GatewayResponse(request_id, True, outcome="delivered")
             await ws.send_message(encode_response(ack))  # ConnectionClosed: not taken
+            if request_id in self.acked:
+                return  # sent again because our acknowledgement was lost: shown already
+            self.acked.add(request_id)
         self.ledger.record_reply(str(message), receiver)
 
     async def read_replies(

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -53,13 +53,16 @@ from broker.chat.present import (
     split_message,
 )
 from broker.chat.questions import show_questions
-from broker.frontends.base import ReplyChannel
+from broker.frontends.base import ReplyChannel, channel_capabilities
 from broker.frontends.wire import Command, InboundEvent, OutboundReply, reply_target
 from broker.reply import Transcript, TurnHandle
 
 log = logging.getLogger(__name__)
 
 NOTE_PREFIX = "ℹ️ "
+LATE_TEXT_SECS = 1.0  # late text is watched for this long after the end, if the turn stays open
+
+LateEdit = Callable[[str], Awaitable[None]]  # shows the reply with this late text added
 
 
 class Replier:
@@ -72,7 +75,9 @@ class Replier:
     def __init__(self, event: InboundEvent, channel: ReplyChannel) -> None:
         self.event = event
         self.channel = channel
-        self.limit = platform_limit(event.platform)
+        caps = channel_capabilities(channel, event.platform)
+        said = None if caps is None else caps.message_limit
+        self.limit = platform_limit(event.platform) if said is None else said
         self.finished = False
 
     async def final(self, text: str) -> None:
@@ -192,16 +197,25 @@ class _QueueNote:
                     return
             await handle.wait_changed(seen)
 
-    async def replace(self, text: str) -> None:
-        """Send the final reply: in place of the note where it can be edited."""
+    async def replace(self, text: str) -> LateEdit | None:
+        """Send the final reply: in place of the note where it can be edited.
+        Returns how late text can edit it (None: it cannot)."""
         self.done = True
-        if self.message_id is None:
+        message_id = self.message_id
+        if message_id is None:
             await self.replier.final(text)
-            return
+            return None
         parts = split_message(text, self.replier.limit) or ["…"]
-        await self.replier.edit(self.message_id, parts[0])
+        await self.replier.edit(message_id, parts[0])
         await self.replier.plain_parts(parts[1:])
         self.replier.finished = True
+        if len(parts) > 1:
+            return None  # its last message is a plain one
+
+        async def edit_late(late: str) -> None:
+            await self.replier.edit(message_id, text + late)
+
+        return edit_late
 
 
 async def deliver_turn(
@@ -213,9 +227,12 @@ async def deliver_turn(
     response_timeout: float,
     reactions: bool,
     notes: Sequence[str] = (),
+    late_watch: float = LATE_TEXT_SECS,
 ) -> None:
     """Send the reply of ``handle``'s turn, streamed or plain, with reactions
-    if asked; returns once the final text is sent (and the final reaction).
+    if asked; returns once the final text is sent (and the final reaction),
+    and the turn's late text was shown: until the session closed the turn,
+    at most ``late_watch`` seconds after the end (:func:`_follow_late`).
 
     Waits for the turn's end, however long it runs (the session bounds it by
     the hard ceiling). Raises nothing for lost connections: the channel
@@ -239,12 +256,13 @@ async def deliver_turn(
         if reactions:
             nursery.start_soon(_show_reactions, handle, replier, edit_interval)
         if streaming:
-            await _stream(handle, replier, compose, edit_interval, response_timeout)
+            edit = await _stream(handle, replier, compose, edit_interval, response_timeout)
         else:
             note = _QueueNote(replier, response_timeout)
             nursery.start_soon(note.follow, handle)
             end = await handle.result()
-            await note.replace(compose(render_end(end, handle.transcript)))
+            edit = await note.replace(compose(render_end(end, handle.transcript)))
+        await _follow_late(handle, replier, edit, late_watch)
 
 
 async def _stream(
@@ -253,7 +271,8 @@ async def _stream(
     compose: Callable[[str], str],
     edit_interval: float,
     response_timeout: float,
-) -> None:
+) -> LateEdit | None:
+    """Stream the reply; returns how late text can edit it (None: it cannot)."""
     transcript = handle.transcript
     throttle = EditThrottle(edit_interval)
     messages = _Messages(replier, response_timeout)
@@ -273,12 +292,61 @@ async def _stream(
             await _until_or_end(handle, decision.when)  # the final text never waits
         elif isinstance(decision, NothingChanged) and not throttle.finished:
             await handle.wait_changed(seen)
-    if throttle.finished and not messages.broken:
-        replier.finished = True
-        return
     end = await handle.result()
-    await messages.show(compose(render_end(end, transcript)), final=True)
+    final_text = compose(render_end(end, transcript))
+    if not (throttle.finished and not messages.broken):
+        await messages.show(final_text, final=True)
     replier.finished = True
+    if messages.broken:
+        return None
+
+    async def edit_late(late: str) -> None:
+        await messages.show(final_text + late, final=True)
+
+    return edit_late
+
+
+async def _follow_late(
+    handle: TurnHandle, replier: Replier, edit: LateEdit | None, watch_secs: float
+) -> None:
+    """Show the text the agent sends for this turn after its end (late text,
+    see :meth:`~broker.reply.TurnHandle.push_late`), until the session says
+    no more belongs to it (``transcript.closed``) or ``watch_secs`` passed:
+    as an edit of the reply where it can be edited (``edit``), else as a
+    short continuation message. Each is logged."""
+    transcript = handle.transcript
+    shown = ""
+    with trio.move_on_after(watch_secs):
+        while True:
+            seen, late = transcript.version, transcript.late_text
+            if late != shown:
+                if edit is not None:
+                    await edit(late)
+                    how = "an edit of the reply"
+                else:
+                    await replier.plain_parts(
+                        split_message("…" + late[len(shown) :], replier.limit)
+                    )
+                    how = "a continuation"
+                log.info(
+                    "%s: %d characters of late text for %s shown as %s",
+                    handle.thread_key,
+                    len(late) - len(shown),
+                    replier.event.event_id,
+                    how,
+                )
+                shown = late
+            elif transcript.closed:
+                return
+            else:
+                await handle.wait_changed(seen)
+    if transcript.late_text != shown:
+        log.info(
+            "%s: late text for %s came after %.1f s; not shown",
+            handle.thread_key,
+            replier.event.event_id,
+            watch_secs,
+        )
 
 
 async def _until_or_end(handle: TurnHandle, when: float) -> None:

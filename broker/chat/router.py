@@ -54,7 +54,7 @@ from broker.chat.questions import ANSWER_COMMANDS, answer_text, parse_answer
 from broker.chat.routes import choose_route, switch_refusal
 from broker.chat.schedules import ScheduleSource
 from broker.config import BrokerConfig, RouterConfig
-from broker.frontends.base import RESPONSE_TIMEOUT_SECS, ReplyChannel
+from broker.frontends.base import RESPONSE_TIMEOUT_SECS, ReplyChannel, channel_capabilities
 from broker.frontends.wire import InboundEvent, thread_key
 from broker.reply import Person
 from broker.sentences import SHUTDOWN_REPLY
@@ -147,6 +147,14 @@ def streaming_enabled(config: BrokerConfig, frontend: str) -> bool:
     if frontend == "gateway":
         return config.gateway.streaming
     return frontend in ("discord", "slack")  # both edit their messages: always streamed
+
+
+def streams(config: BrokerConfig, channel: ReplyChannel, platform: str) -> bool:
+    """Stream the reply: the front-end's ``streaming`` is on, and the peer did
+    not say (in a gateway's ``hello``) that the platform cannot edit or does
+    not stream."""
+    caps = channel_capabilities(channel, platform)
+    return streaming_enabled(config, channel.frontend) and (caps is None or caps.streams)
 
 
 def _leaf_name(exc: BaseException) -> str:
@@ -278,7 +286,7 @@ class Router:
         await deliver_turn(
             handle,
             replier,
-            streaming=streaming_enabled(config, replier.channel.frontend),
+            streaming=streams(config, replier.channel, event.platform),
             edit_interval=config.render.edit_interval_ms / 1000,
             response_timeout=self.response_timeout,
             reactions=config.reactions.enabled,

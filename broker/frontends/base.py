@@ -21,11 +21,17 @@ import collections
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 
-from broker.frontends.wire import Command, GatewayResponse, InboundEvent, OutboundReply
+from broker.frontends.wire import (
+    Command,
+    GatewayResponse,
+    InboundEvent,
+    OutboundReply,
+    PlatformCapabilities,
+)
 from broker.logs import RepeatLimiter
 
 log = logging.getLogger(__name__)
@@ -110,6 +116,18 @@ class ReplyChannel(Protocol):
         ...
 
 
+@runtime_checkable
+class KnowsCapabilities(Protocol):
+    """A channel whose peer said what each platform can do (a gateway's ``hello``)."""
+
+    def capabilities(self, platform: str) -> PlatformCapabilities | None: ...
+
+
+def channel_capabilities(channel: ReplyChannel, platform: str) -> PlatformCapabilities | None:
+    """What ``channel``'s peer said ``platform`` can do; None when it said nothing."""
+    return channel.capabilities(platform) if isinstance(channel, KnowsCapabilities) else None
+
+
 class InboundSink(Protocol):
     """The receiver of inbound events (the router)."""
 
@@ -157,11 +175,14 @@ class Parcel:
     """A reply on its way to a connection. ``ticket`` is its place in the
     outbox it was taken from (None: it was sent straight, never waited);
     ``resent`` counts sends again after a gateway could not say whether it
-    was delivered. Compared by identity, so two equal replies stay two."""
+    was delivered; ``request_id`` stays the same on every send, so a peer that
+    took it before can acknowledge it again without showing it twice.
+    Compared by identity, so two equal replies stay two."""
 
     reply: OutboundReply
     ticket: int | None = None
     resent: int = 0
+    request_id: str | None = None  # once sent acknowledged: the same id every time it is sent
 
 
 class Outbox(Protocol):

@@ -11,8 +11,10 @@ Right after connecting, the client sends openab's newer ``client_hello``; a
 gateway that knows it answers ``hello`` with what each platform can do
 (message limit, editing, streaming mode, acknowledgements), which the
 channel then offers to delivery (:meth:`LinkChannel.capabilities`) and the
-link honours (acknowledged replies). A gateway that never answers is spoken
-to in plain v1, at once: nothing waits for the hello.
+link honours (acknowledged replies). Events are handled from the first
+frame; replies that waited for the connection wait for the hello at most
+``hello_wait`` seconds (2) more; a gateway that has not answered by then is
+spoken to in plain v1.
 
 Events go to the sink, each in its own task that outlives the connection it
 came on. All of them share one :class:`~broker.frontends.base.ReplyChannel`
@@ -63,6 +65,7 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024  # events carry base64 attachments
 PING_INTERVAL_SECS = 20.0
 PONG_TIMEOUT_SECS = 10.0
 CLIENT_NAME = "agent-broker"
+HELLO_WAIT_SECS = 2.0  # for the gateway's hello before replies go out in plain v1
 
 Dialer = Callable[[str], AbstractAsyncContextManager[trio_websocket.WebSocketConnection]]
 
@@ -154,6 +157,7 @@ class GatewayClient:
         pong_timeout: float = PONG_TIMEOUT_SECS,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         dial: Dialer | None = None,
+        hello_wait: float = HELLO_WAIT_SECS,
     ) -> None:
         if not settings.url.startswith(("ws://", "wss://")):
             raise FrontendError(f"[gateway] url = {settings.url!r}: expected a ws:// or wss:// URL")
@@ -164,6 +168,7 @@ class GatewayClient:
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self.max_frame_bytes = max_frame_bytes
+        self.hello_wait = hello_wait
         self.channel = LinkChannel("gateway", "gateway", None, self._keep)
         self.connects = 0
         self.events_received = 0
@@ -278,6 +283,8 @@ class GatewayClient:
             if reply is not None:
                 await self.channel.send_reply(reply)
 
+        hello_seen = trio.Event()
+
         def on_hello(hello: Hello) -> None:
             if not isinstance(hello, GatewayHello):
                 log.warning("gateway %s: sent a client_hello; ignored", self.settings.url)
@@ -291,20 +298,30 @@ class GatewayClient:
                 ", ".join(sorted(hello.capabilities)) or "none named",
                 ", replies acknowledged" if link.acks else "",
             )
+            hello_seen.set()
+
+        async def read() -> None:
+            await link.read_frames(on_event, on_bad_frame, on_hello)
+            nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
             if not await link.send(encode_client_hello(CLIENT_NAME)):
                 return
-            # Waiting replies go first: the pump writes them before the channel
-            # points at this link, then keeps writing what comes to wait later.
+            nursery.start_soon(read)
+            # Events are read and handled at once. Replies that waited for this
+            # connection wait a moment more for the hello, which says how to send
+            # them; with none waiting, nothing waits for it.
+            if not isinstance(self.outbox, Sized) or len(self.outbox):
+                with trio.move_on_after(self.hello_wait):
+                    await hello_seen.wait()
+            # Waiting replies go first: they are written before the channel
+            # points at this link; the pump then writes what comes to wait later.
             await deliver_parcels(link, self.outbox.take(EVERYTHING), self._put_back)
             self.channel.link = link
             self._notify()
             nursery.start_soon(self._hand_waiting, link)
             nursery.start_soon(link.heartbeat, self.ping_interval, self.pong_timeout)
             nursery.start_soon(link.settle_written)
-            await link.read_frames(on_event, on_bad_frame, on_hello)
-            nursery.cancel_scope.cancel()
         log.info("gateway %s: disconnected (%s)", self.settings.url, link.ws.closed)
 
 

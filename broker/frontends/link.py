@@ -121,6 +121,7 @@ class Link:
         self._pending: dict[str, _Pending] = {}
         self._written: list[_Written] = []
         self._written_changed = Pulse()
+        self._reading = trio.CancelScope()
         self._refusals = RepeatLimiter(log)
 
     def __repr__(self) -> str:
@@ -140,6 +141,7 @@ class Link:
         broker itself closes an open connection: the peer reads everything
         written before the close frame), completed writes count as taken."""
         self.closed = True
+        self._reading.cancel()
         pending, self._pending = self._pending, {}
         for slot in pending.values():
             slot.done.set()
@@ -168,6 +170,9 @@ class Link:
             log.exception("%s: sending failed; closing this connection", self.connection_id)
             await self.close(CLOSE_INTERNAL_ERROR, "internal error")
             return False
+        except BaseException:
+            self.mark_closed()  # cancelled mid-write: a cut frame leaves nothing readable after it
+            raise
         return True
 
     async def deliver(self, parcel: Parcel) -> bool:
@@ -183,7 +188,7 @@ class Link:
         entry = _Written(parcel)
         reply = parcel.reply
         if self.acks and reply.request_id is None:
-            entry.request_id = new_request_id()
+            parcel.request_id = entry.request_id = parcel.request_id or new_request_id()
             reply = attrs.evolve(reply, request_id=entry.request_id)
         self._written.append(entry)
         try:
@@ -228,8 +233,7 @@ class Link:
         gone = set(map(id, entries))
         self._written = [w for w in self._written if id(w) not in gone]
         self.on_taken([w.parcel for w in entries])
-        self._written_changed.set()
-        self._written_changed = trio.Event()
+        self._written_changed.fire()
 
     async def wait_taken(self) -> None:
         """Wait until every reply written so far was taken or the link closed."""
@@ -308,39 +312,40 @@ class Link:
         connection is closed with 1008. Reading waits while a refusal is
         written, so a peer that floods is read no faster than it reads.
         """
-        try:
-            while True:
-                try:
-                    message = await self.ws.get_message()
-                except trio_websocket.ConnectionClosed:
-                    return
-                if isinstance(message, str) and len(message.encode()) > self.max_frame_bytes:
-                    await self.close(CLOSE_TOO_BIG, f"frame over {self.max_frame_bytes} bytes")
-                    return
-                try:
-                    frame = parse_frame(message)
-                    if isinstance(frame, Hello) and on_hello is None:
-                        raise WireError(f"unexpected schema '{frame.schema}'")
-                except WireError as err:
-                    log.warning("%s: unreadable frame: %s", self.connection_id, err)
-                    await on_bad_frame(err)
-                    continue
-                if isinstance(frame, GatewayResponse):
-                    self.resolve(frame)
-                elif isinstance(frame, Hello):
-                    if on_hello is not None:
-                        on_hello(frame)
-                elif self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
-                    if not await self._refuse(frame, on_bad_frame):
+        with self._reading:  # cancelled when the link is given up (a frame cut mid-write)
+            try:
+                while True:
+                    try:
+                        message = await self.ws.get_message()
+                    except trio_websocket.ConnectionClosed:
                         return
-                else:
-                    self.events_received += 1
-                    on_event(frame)
-        except trio.Cancelled:
-            self.mark_closed(written_taken=not self.closed)  # the transport stops
-            raise
-        finally:
-            self.mark_closed()
+                    if isinstance(message, str) and len(message.encode()) > self.max_frame_bytes:
+                        await self.close(CLOSE_TOO_BIG, f"frame over {self.max_frame_bytes} bytes")
+                        return
+                    try:
+                        frame = parse_frame(message)
+                        if isinstance(frame, Hello) and on_hello is None:
+                            raise WireError(f"unexpected schema '{frame.schema}'")
+                    except WireError as err:
+                        log.warning("%s: unreadable frame: %s", self.connection_id, err)
+                        await on_bad_frame(err)
+                        continue
+                    if isinstance(frame, GatewayResponse):
+                        self.resolve(frame)
+                    elif isinstance(frame, Hello):
+                        if on_hello is not None:
+                            on_hello(frame)
+                    elif self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+                        if not await self._refuse(frame, on_bad_frame):
+                            return
+                    else:
+                        self.events_received += 1
+                        on_event(frame)
+            except trio.Cancelled:
+                self.mark_closed(written_taken=not self.closed)  # the transport stops
+                raise
+            finally:
+                self.mark_closed()
 
     async def _refuse(
         self, event: InboundEvent, on_bad_frame: Callable[[WireError], Awaitable[None]]

@@ -194,6 +194,7 @@ class StoreOutbox:
         self.capacity = capacity
         self.dropped = 0
         self._parcels: collections.deque[Parcel] = collections.deque()
+        self._with_request_id: set[int] = set()  # rows whose frame holds the request id
         self._added: list[tuple[int, str]] = []
         self._removed: list[int] = []
         self._dirty = trio.Event()
@@ -208,7 +209,11 @@ class StoreOutbox:
         A stored frame that cannot be read is logged and deleted."""
         for item in await self.store.outbox(self.destination):
             try:
-                self._parcels.append(Parcel(parse_reply(item.frame), item.id))
+                reply = parse_reply(item.frame)
+                request_id, reply = reply.request_id, attrs.evolve(reply, request_id=None)
+                self._parcels.append(Parcel(reply, item.id, request_id=request_id))
+                if request_id is not None:
+                    self._with_request_id.add(item.id)
             except WireError as exc:
                 log.error(
                     "outbox %s: dropping unreadable reply %d: %s", self.destination, item.id, exc
@@ -231,9 +236,19 @@ class StoreOutbox:
         self._parcels.append(self._recorded(Parcel(reply)))
 
     def _recorded(self, parcel: Parcel) -> Parcel:
+        """``parcel`` with a row in the store that holds its request id, if any
+        (so a peer that took it before can tell it again after a restart)."""
+        if parcel.ticket is not None and parcel.request_id is not None:
+            if parcel.ticket in self._with_request_id:
+                return parcel
+            self._forget(parcel.ticket)  # stored before it had its request id
+            parcel.ticket = None
         if parcel.ticket is None:
             parcel.ticket = self.store.new_outbox_id()
-            self._added.append((parcel.ticket, encode_reply(parcel.reply)))
+            frame = encode_reply(attrs.evolve(parcel.reply, request_id=parcel.request_id))
+            self._added.append((parcel.ticket, frame))
+            if parcel.request_id is not None:
+                self._with_request_id.add(parcel.ticket)
             self._changed()
         return parcel
 
@@ -252,6 +267,7 @@ class StoreOutbox:
         self._parcels.extendleft(reversed([self._recorded(p) for p in parcels]))
 
     def _forget(self, ticket: int) -> None:
+        self._with_request_id.discard(ticket)
         self._removed.append(ticket)
         self._changed()
 

@@ -115,6 +115,8 @@ class FakeGateway:
         self._message_ids = itertools.count(1)
         self._issued: set[str] = set()  # platform message ids answered to requests
         self.issued_for: dict[str, str] = {}  # message id -> reply_to of the frame it answered
+        self._taken_requests: set[str] = set()  # acknowledged request ids
+        self.shown_again = 0  # acknowledged replies sent again, acknowledged and not shown
         self._event_ids: set[str] = set()  # of every event frame sent, even broken ones
         self._user_messages: set[str] = set()  # message ids of sent events
         self._ws: trio_websocket.WebSocketConnection | None = None
@@ -238,8 +240,15 @@ class FakeGateway:
         received = Received(text, reply, connection)
         if reply is not None and reply.request_id and self._acked(reply):
             # Acknowledged replies are answered before anything else is read, so
-            # a reply counts as taken exactly when its acknowledgement went out.
-            received.taken = await self._respond(reply.request_id, True, reply.reply_to)
+            # a reply counts as taken exactly when its acknowledgement went out;
+            # one sent again (its acknowledgement was lost) is acknowledged again
+            # and not shown twice.
+            again = reply.request_id in self._taken_requests
+            taken = await self._respond(reply.request_id, True, reply.reply_to)
+            received.taken = taken and not again
+            if taken:
+                self._taken_requests.add(reply.request_id)
+            self.shown_again += again
         elif reply is not None and reply.request_id and self._nursery is not None:
             self._nursery.start_soon(self._respond, reply.request_id, False, reply.reply_to)
         self.received.append(received)

@@ -19,8 +19,15 @@ from broker.frontends.gateway import (
     reconnect_delay,
     with_token,
 )
-from broker.frontends.wire import Command, OutboundReply, ReplyChannelRef
-from broker.testing.fake_gateway import FakeGateway, ResponseMode, open_fake_gateway
+from broker.frontends.wire import (
+    CLIENT_HELLO_SCHEMA,
+    Command,
+    GatewayHello,
+    OutboundReply,
+    PlatformCapabilities,
+    ReplyChannelRef,
+)
+from broker.testing.fake_gateway import FakeGateway, Received, ResponseMode, open_fake_gateway
 from broker.testing.harness import free_port
 from tests.frontends.echo import EchoSink
 
@@ -282,3 +289,51 @@ def test_every_dial_failure_has_a_reason() -> None:
     assert describe_dial_error(trio_websocket.HandshakeError()) == (
         "HandshakeError: failed without a reason"
     )
+
+
+ACKED = GatewayHello(1, {"telegram": PlatformCapabilities(send_ack=True, edit_ack=True)})
+
+
+async def test_client_says_client_hello_and_speaks_plain_v1_when_no_hello_comes() -> None:
+    with trio.fail_after(10):
+        async with open_fake_gateway() as gateway, running(gateway, EchoSink()) as client:
+            await gateway.wait_connected()
+            event = await gateway.send_event(text="plain")
+            reply = await gateway.wait_reply(lambda r: r.reply_to == event.event_id)
+            assert reply.request_id is None  # no acknowledgements asked of a v1 gateway
+            assert [h["schema"] for h in gateway.client_hellos] == [CLIENT_HELLO_SCHEMA]
+            assert client.channel.capabilities("telegram") is None
+            gateway.assert_clean()
+
+
+async def test_with_acknowledgements_a_reply_is_kept_until_the_gateway_says_delivered() -> None:
+    sink = EchoSink()
+    with trio.fail_after(15):
+        async with (
+            open_fake_gateway(hello=ACKED) as gateway,
+            running(gateway, sink) as client,
+        ):
+            await gateway.wait_connected()
+            probe = await gateway.send_event(text="probe")  # read after the hello, in order
+            await gateway.wait_reply(lambda r: r.reply_to == probe.event_id)
+            assert client.channel.capabilities("telegram") == ACKED.capabilities["telegram"]
+            gateway.response_mode = ResponseMode.IGNORE  # taken by nobody yet
+            event = await gateway.send_event(text="kept")
+            await gateway.wait_reply(lambda r: r.reply_to == event.event_id)
+            await gateway.drop()  # before any acknowledgement
+            gateway.response_mode = ResponseMode.ANSWER
+            await gateway.wait_connected(count=2)
+
+            def copies() -> list[Received]:
+                return [
+                    r for r in gateway.received if r.reply and r.reply.reply_to == event.event_id
+                ]
+
+            await gateway.wait_for(lambda: len(copies()) == 2)
+            again = copies()[1]
+            assert again.connection == 2 and again.taken and again.reply is not None
+            assert again.reply.request_id is not None  # acknowledged this time
+            later = await gateway.send_event(text="later")
+            await gateway.wait_reply(lambda r: r.reply_to == later.event_id)
+            assert len(copies()) == 2 and client.snapshot().outbox_waiting == 0
+            gateway.assert_clean()

@@ -12,7 +12,7 @@ import trio
 from broker.chat.router import Router
 from broker.config import BrokerConfig
 from broker.frontends.gateway import run_gateway
-from broker.frontends.wire import Command
+from broker.frontends.wire import Command, GatewayHello, PlatformCapabilities
 from broker.sessions.pool import open_pool
 from broker.testing.fake_gateway import open_fake_gateway
 
@@ -50,4 +50,32 @@ async def test_gateway_replies_stream_as_edits_with_reactions_and_follow_the_pro
         for r in gateway.replies
         if r.command in (Command.ADD_REACTION, Command.REMOVE_REACTION)
     )
+    gateway.assert_clean()
+
+
+async def test_the_gateways_hello_is_honoured_no_edits_where_it_cannot_and_its_message_limit(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    """``[gateway] streaming`` is on, but the hello says telegram cannot edit
+    and takes 40 characters a message: plain replies, split at 40."""
+    hello = GatewayHello(1, {"telegram": PlatformCapabilities(message_limit=40, can_edit=False)})
+    words = " ".join(f"word{n}" for n in range(30))
+    with trio.fail_after(60):
+        async with open_fake_gateway(hello=hello) as gateway:
+            config = make_config(gateway={"url": gateway.url, "streaming": True})
+            async with open_pool(config) as pool, trio.open_nursery() as nursery:
+                await nursery.start(
+                    functools.partial(run_gateway, config.gateway, Router(pool, config))
+                )
+                await gateway.wait_connected()
+                probe = await gateway.send_event(text="/help")  # read after the hello
+                await gateway.wait_reply(lambda r: r.reply_to == probe.event_id)
+                event = await gateway.send_event(text=f"@reply {words}")
+                await gateway.wait_reply(
+                    lambda r: r.reply_to == event.event_id and "word29" in r.text
+                )
+                nursery.cancel_scope.cancel()
+    parts = [r for r in gateway.replies if r.reply_to == event.event_id]
+    assert all(r.command is None and r.request_id is None for r in parts)
+    assert len(parts) > 1 and all(len(r.text) <= 40 for r in parts)
     gateway.assert_clean()

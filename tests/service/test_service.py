@@ -311,3 +311,24 @@ async def test_reload_applies_the_file_keeps_the_listen_address_and_survives_a_b
             assert broker.pool.config.pool.max_sessions == 4
             assert broker.reloads == 1
             broker.stop()
+
+
+async def test_a_reply_put_back_keeps_its_request_id_across_a_restart(tmp_path: Path) -> None:
+    """A peer that acknowledges replies may have taken one whose acknowledgement
+    was lost: sent again, even after a restart, it carries the same request id,
+    so the peer can tell it has it already."""
+    path = tmp_path / "state.sqlite3"
+    with trio.fail_after(20):
+        async with open_store(path) as store, trio.open_nursery() as nursery:
+            outbox = StoreOutbox(store, "gateway")
+            nursery.start_soon(outbox.keep)
+            outbox.on_undeliverable(reply("acked once"))
+            (parcel,) = outbox.take(EVERYTHING)
+            parcel.request_id = "req_" + "a" * 32  # what the link sent it with
+            outbox.put_back([parcel])
+            outbox.close()
+        async with open_store(path) as store:
+            again = StoreOutbox(store, "gateway")
+            assert await again.load() == 1 and store.outbox_rows == 1
+            (kept,) = again.take(EVERYTHING)
+            assert kept.request_id == "req_" + "a" * 32 and kept.reply.request_id is None
