@@ -37,6 +37,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+import attrs
 import trio
 
 from broker.chat.present import (
@@ -55,7 +56,7 @@ from broker.chat.present import (
 from broker.chat.questions import show_questions
 from broker.frontends.base import ReplyChannel, channel_capabilities
 from broker.frontends.wire import Command, InboundEvent, OutboundReply, reply_target
-from broker.reply import Transcript, TurnHandle
+from broker.reply import Transcript, TurnEnd, TurnHandle
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +198,13 @@ class _QueueNote:
                     return
             await handle.wait_changed(seen)
 
-    async def replace(self, text: str) -> LateEdit | None:
+    async def replace(
+        self, end: TurnEnd, transcript: Transcript, compose: Callable[[str], str]
+    ) -> LateEdit | None:
         """Send the final reply: in place of the note where it can be edited.
         Returns how late text can edit it (None: it cannot)."""
         self.done = True
+        text = compose(render_end(end, transcript))
         message_id = self.message_id
         if message_id is None:
             await self.replier.final(text)
@@ -213,7 +217,7 @@ class _QueueNote:
             return None  # its last message is a plain one
 
         async def edit_late(late: str) -> None:
-            await self.replier.edit(message_id, text + late)
+            await self.replier.edit(message_id, compose(with_late(end, transcript, late)))
 
         return edit_late
 
@@ -261,7 +265,7 @@ async def deliver_turn(
             note = _QueueNote(replier, response_timeout)
             nursery.start_soon(note.follow, handle)
             end = await handle.result()
-            edit = await note.replace(compose(render_end(end, handle.transcript)))
+            edit = await note.replace(end, handle.transcript, compose)
         await _follow_late(handle, replier, edit, late_watch)
 
 
@@ -293,17 +297,21 @@ async def _stream(
         elif isinstance(decision, NothingChanged) and not throttle.finished:
             await handle.wait_changed(seen)
     end = await handle.result()
-    final_text = compose(render_end(end, transcript))
     if not (throttle.finished and not messages.broken):
-        await messages.show(final_text, final=True)
+        await messages.show(compose(render_end(end, transcript)), final=True)
     replier.finished = True
     if messages.broken:
         return None
 
     async def edit_late(late: str) -> None:
-        await messages.show(final_text + late, final=True)
+        await messages.show(compose(with_late(end, transcript, late)), final=True)
 
     return edit_late
+
+
+def with_late(end: TurnEnd, transcript: Transcript, late: str) -> str:
+    """The turn's final text with ``late`` text added where the agent's text ended."""
+    return render_end(attrs.evolve(end, text=end.text + late), transcript)
 
 
 async def _follow_late(

@@ -252,3 +252,25 @@ async def test_the_queue_note_follows_the_queue_as_it_moves(
     assert texts[0].startswith("⏳ Queued behind 2 messages")
     assert any(t.startswith("⏳ Queued behind 1 message;") for t in texts[1:])
     assert texts[-1].endswith("third done") and frames[-1].reply.command is Command.EDIT_MESSAGE
+
+
+async def test_late_chunks_join_their_own_reply_never_the_next_turns(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    """``@late 100 2``: the last two chunks come 100 ms after the agent's
+    answer (within the drain window, before the queued next prompt goes).
+    Streamed, they show as an edit of that reply; the next turn's reply in
+    the same thread has none of them."""
+    config = make_config(
+        server={"streaming": True}, render={"edit_interval_ms": 50}, timeouts={"drain_ms": 400}
+    )
+    with trio.fail_after(60):
+        async with running_broker(config) as stack, connect(stack) as client:
+            first = await client.send("@reply AAA BBB CCC\n@chunks 3\n@late 100 2")
+            second = await client.send("@reply next one")
+            second_frames = await client.settle(stack, second)
+            first_frames = await client.settle(stack, first)
+    assert first_frames[-1].reply.text.endswith("AAA BBB CCC"), [f.reply for f in first_frames]
+    assert first_frames[-1].reply.command is Command.EDIT_MESSAGE
+    assert all("BBB" not in f.reply.text and "CCC" not in f.reply.text for f in second_frames)
+    assert second_frames[-1].reply.text.endswith("next one")
