@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from wsproto.events import TextMessage
 
 from broker.config import ServerConfig
 from broker.frontends.base import FrontendError
@@ -366,3 +367,28 @@ async def test_broken_handshakes_end_their_connection_only() -> None:
             async with open_websocket_url(server.url) as ws:
                 await ws.send_message(encode_event(make_event("fine")))
                 assert (await receive_json(ws))["content"]["text"] == "echo: fine"
+
+
+async def test_a_client_closed_mid_frame_loses_nothing_and_its_reply_waits_for_its_thread() -> None:
+    sink = EchoSink()
+    with trio.fail_after(15):
+        async with running(sink) as server:
+            slow = make_event("slow", channel_id="M")
+            cut = make_event("cut in two", channel_id="M")
+            async with open_websocket_url(server.url) as ws:
+                await ws.send_message(encode_event(slow))
+                await wait_until(lambda: slow.event_id in sink.channels)
+                data = ws._wsproto.send(TextMessage(data=encode_event(cut)))
+                await ws._stream.send_all(data[: len(data) // 2])  # half a frame, then gone
+                await ws._stream.aclose()
+            await wait_until(lambda: not server.snapshot().connections)
+            sink.release.set()
+            await sink.wait_replied(slow.event_id)
+            assert cut.event_id not in sink.channels  # half a frame is no event
+            async with open_websocket_url(server.url) as ws:
+                back = make_event("back", channel_id="M")
+                await ws.send_message(encode_event(back))
+                first, second = await receive_json(ws), await receive_json(ws)
+                assert (first["reply_to"], second["reply_to"]) == (slow.event_id, back.event_id)
+                await settled(server)
+            assert server.snapshot().outbox_waiting == 0

@@ -4,6 +4,8 @@ failures that must still end in exactly one final reply."""
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 from collections.abc import Callable
 
 import trio
@@ -274,3 +276,25 @@ async def test_late_chunks_join_their_own_reply_never_the_next_turns(
     assert first_frames[-1].reply.command is Command.EDIT_MESSAGE
     assert all("BBB" not in f.reply.text and "CCC" not in f.reply.text for f in second_frames)
     assert second_frames[-1].reply.text.endswith("next one")
+
+
+async def test_an_agent_killed_mid_drain_loses_no_reply_and_mixes_no_turns(
+    make_config: Callable[..., BrokerConfig],
+) -> None:
+    """The agent answers, then is killed while its late text is still to come
+    and the next message waits: the first reply stands as it was, once; the
+    next message gets exactly one reply of its own."""
+    config = make_config(timeouts={"drain_ms": 1000})
+    with trio.fail_after(60):
+        async with running_broker(config) as stack, connect(stack) as client:
+            first = await client.send("@reply AAA BBB\n@chunks 2\n@late 800 1")
+            await client.reply_to(first)
+            snap = stack.pool.session_snapshot("cli:1001")
+            assert snap is not None and snap.pid is not None
+            second = await client.send("@reply the second")
+            os.kill(snap.pid, signal.SIGKILL)  # in the drain window: BBB never comes
+            second_frames = await client.settle(stack, second)
+            first_frames = await client.settle(stack, first)
+    assert [f.reply.text for f in first_frames] == ["AAA"]
+    assert len(second_frames) == 1 and "AAA" not in second_frames[0].reply.text
+    assert "BBB" not in second_frames[0].reply.text
