@@ -238,6 +238,10 @@ async def _shipped_defaults(parent: Path, *, turns: int) -> list[float]:
     ):
         await ask_ok(client, "warm", "w")
         for i in range(turns):
+            # The session holds a thread's next prompt until drain_ms after the
+            # previous answer (late text goes to its own reply): wait that out, so
+            # each sample is this turn's own time.
+            await trio.sleep(0.2 + 0.05)
             exchange = await ask_ok(client, "warm", f"s{i}")
             if exchange.latency is not None:
                 finals.append(exchange.latency)
