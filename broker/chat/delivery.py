@@ -82,9 +82,15 @@ class Replier:
         self.finished = False
 
     async def final(self, text: str) -> None:
-        """Send ``text`` as the final reply: one plain reply per platform-sized part."""
-        await self.plain_parts(split_message(text, self.limit) or ["…"])
+        """Send ``text`` as the final reply: one plain reply per platform-sized part.
+
+        :attr:`finished` is set as the last part is handed to the channel, which
+        keeps it even if this is cancelled while it is written: a reply cut
+        short by a stop is delivered later, and not followed by another."""
+        parts = split_message(text, self.limit) or ["…"]
+        await self.plain_parts(parts[:-1])
         self.finished = True
+        await self.plain_parts(parts[-1:])
 
     async def plain_parts(self, parts: Sequence[str]) -> None:
         for part in parts:
@@ -210,9 +216,12 @@ class _QueueNote:
             await self.replier.final(text)
             return None
         parts = split_message(text, self.replier.limit) or ["…"]
+        if len(parts) == 1:
+            self.replier.finished = True  # handed over with the edit (see Replier.final)
         await self.replier.edit(message_id, parts[0])
-        await self.replier.plain_parts(parts[1:])
+        await self.replier.plain_parts(parts[1:-1])
         self.replier.finished = True
+        await self.replier.plain_parts(parts[1:][-1:])
         if len(parts) > 1:
             return None  # its last message is a plain one
 

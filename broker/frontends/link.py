@@ -122,6 +122,7 @@ class Link:
         self._written: list[_Written] = []
         self._written_changed = Pulse()
         self._reading = trio.CancelScope()
+        self.first_frame = trio.Event()  # the peer has sent something (a hello comes first)
         self._refusals = RepeatLimiter(log)
 
     def __repr__(self) -> str:
@@ -322,6 +323,7 @@ class Link:
                     if isinstance(message, str) and len(message.encode()) > self.max_frame_bytes:
                         await self.close(CLOSE_TOO_BIG, f"frame over {self.max_frame_bytes} bytes")
                         return
+                    self.first_frame.set()
                     try:
                         frame = parse_frame(message)
                         if isinstance(frame, Hello) and on_hello is None:

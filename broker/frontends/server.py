@@ -83,6 +83,7 @@ PING_INTERVAL_SECS = 20.0
 PONG_TIMEOUT_SECS = 10.0
 MAX_EVENTS_IN_FLIGHT = 64  # per connection; more are refused with "slow down"
 PEER_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")  # a cluster member, as in [cluster] members
+FIRST_FRAME_WAIT_SECS = 0.5  # waiting replies wait this long for a client's first frame
 
 WebSocketHandler = Callable[[trio_websocket.WebSocketRequest], Awaitable[None]]
 
@@ -356,8 +357,12 @@ class WebSocketServer:
         await run_event(self.sink, event, channel, link)
 
     async def _hand_waiting(self, client: _Client) -> None:
-        """Write to ``client`` the waiting replies it serves, oldest first, now
-        and whenever more wait or it claims another thread, until it closes."""
+        """Write to ``client`` the waiting replies it serves, oldest first, from
+        its first frame on (a ``client_hello`` comes first and decides how they
+        are sent; a client that says nothing gets them after a moment), and
+        whenever more wait or it claims another thread, until it closes."""
+        with trio.move_on_after(FIRST_FRAME_WAIT_SECS):
+            await client.link.first_frame.wait()
         while not client.link.closed:
             changed = self._waiting_changed
             parcels = self.outbox.take(client.claim)
