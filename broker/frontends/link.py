@@ -61,7 +61,7 @@ CLOSE_HEARTBEAT = 1011  # the peer stopped answering pings
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_GRACE_SECS = 2.0
 SETTLE_SECS = 0.25  # plain v1: a reply is taken when its connection stayed open this long
-SLOW_DOWN_SECS = 2.0  # to write the "slow down" error frame before closing with 1008
+SLOW_DOWN_SECS = 2.0  # at the cap: wait this long for room, then as long to write "slow down"
 UNKNOWN_RETRIES = 1  # an ``outcome: unknown`` reply is sent again this often
 
 Parcels = Callable[[Sequence[Parcel]], None]
@@ -93,7 +93,8 @@ class Link:
     then answered with None at once and the untaken replies go to ``on_lost``.
     ``capabilities`` and ``acks`` come from the gateway's ``hello``, if any.
     ``in_flight`` counts this connection's events being handled (the
-    transport keeps it); at ``max_in_flight`` further events are refused.
+    transport keeps it with :meth:`event_started` / :meth:`event_done`); at
+    ``max_in_flight`` reading waits, then refuses (see :meth:`read_frames`).
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class Link:
         self._written_changed = Pulse()
         self._reading = trio.CancelScope()
         self.first_frame = trio.Event()  # the peer has sent something (a hello comes first)
+        self._in_flight_changed = Pulse()
         self._refusals = RepeatLimiter(log)
 
     def __repr__(self) -> str:
@@ -307,11 +309,12 @@ class Link:
         unreadable frames go to
         ``on_bad_frame`` and reading goes on. A frame over ``max_frame_bytes``
         closes the connection with 1009. An event that finds ``max_in_flight``
-        events of this connection still being handled is refused with an
-        error frame ("slow down"); when even that frame cannot be written
-        within :data:`SLOW_DOWN_SECS` (the peer reads nothing), the
-        connection is closed with 1008. Reading waits while a refusal is
-        written, so a peer that floods is read no faster than it reads.
+        events of this connection still being handled waits (reading waits
+        with it, so a peer that floods is read no faster than its events are
+        answered); when none is done within :data:`SLOW_DOWN_SECS` (its
+        replies are not being read), the event is refused with an error frame
+        ("slow down"), and when even that cannot be written within as long,
+        the connection is closed with 1008.
         """
         with self._reading:  # cancelled when the link is given up (a frame cut mid-write)
             try:
@@ -337,8 +340,8 @@ class Link:
                     elif isinstance(frame, Hello):
                         if on_hello is not None:
                             on_hello(frame)
-                    elif self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
-                        if not await self._refuse(frame, on_bad_frame):
+                    elif not await self._room_for(frame, on_bad_frame):
+                        if self.closed:
                             return
                     else:
                         self.events_received += 1
@@ -348,6 +351,28 @@ class Link:
                 raise
             finally:
                 self.mark_closed()
+
+    async def _room_for(
+        self, event: InboundEvent, on_bad_frame: Callable[[WireError], Awaitable[None]]
+    ) -> bool:
+        """Whether ``event`` may be handled now: at ``max_in_flight``, reading
+        waits (the peer's sends wait with it) until one of the connection's
+        events is done; after :data:`SLOW_DOWN_SECS` the event is refused."""
+        if self.max_in_flight is None or self.in_flight < self.max_in_flight:
+            return True
+        with trio.move_on_after(SLOW_DOWN_SECS):
+            while self.in_flight >= self.max_in_flight:
+                await self._in_flight_changed.wait()
+            return True
+        await self._refuse(event, on_bad_frame)
+        return False
+
+    def event_started(self) -> None:
+        self.in_flight += 1
+
+    def event_done(self) -> None:
+        self.in_flight -= 1
+        self._in_flight_changed.fire()
 
     async def _refuse(
         self, event: InboundEvent, on_bad_frame: Callable[[WireError], Awaitable[None]]
@@ -467,7 +492,7 @@ async def run_event(
     runs; if the sink raises, log it and send one plain error reply so the
     user is not left without an answer."""
     if link is not None:
-        link.in_flight += 1
+        link.event_started()
     try:
         await sink.handle_event(event, channel)
     except Exception as exc:
@@ -479,4 +504,4 @@ async def run_event(
             log.exception("the error reply to %s could not be sent", event.event_id)
     finally:
         if link is not None:
-            link.in_flight -= 1
+            link.event_done()
