@@ -241,11 +241,13 @@ async def deliver_turn(
     reactions: bool,
     notes: Sequence[str] = (),
     late_watch: float = LATE_TEXT_SECS,
+    on_final: Callable[[], None] = lambda: None,
 ) -> None:
     """Send the reply of ``handle``'s turn, streamed or plain, with reactions
     if asked; returns once the final text is sent (and the final reaction),
     and the turn's late text was shown: until the session closed the turn,
     at most ``late_watch`` seconds after the end (:func:`_follow_late`).
+    ``on_final`` is called once the final reply went out, before that.
 
     Waits for the turn's end, however long it runs (the session bounds it by
     the hard ceiling). Raises nothing for lost connections: the channel
@@ -275,6 +277,7 @@ async def deliver_turn(
             nursery.start_soon(note.follow, handle)
             end = await handle.result()
             edit = await note.replace(end, handle.transcript, compose)
+        on_final()
         await _follow_late(handle, replier, edit, late_watch)
 
 

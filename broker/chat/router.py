@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
@@ -220,8 +220,17 @@ class Router:
             await self._answer_duplicate(seen, replier)
             return
         final = SHUTDOWN_REPLY
+        journaled = False
+
+        def answered(text: str) -> None:
+            """The final reply went out: a second delivery gets it from now on,
+            even while late text may still be added to it."""
+            nonlocal journaled
+            journaled = True
+            self.journal.finish(seen.key, text)
+
         try:
-            final = await self._handle(event, replier, config)
+            final = await self._handle(event, replier, config, answered)
         except Exception as exc:
             log.exception("handling %s from %s failed", event.event_id, channel.connection_id)
             if not replier.finished:
@@ -233,7 +242,8 @@ class Router:
                 with trio.move_on_after(CANCELLED_REPLY_GRACE_SECS) as scope:
                     scope.shield = True
                     await replier.final(SHUTDOWN_REPLY)
-            self.journal.finish(seen.key, final)
+            if not journaled:
+                self.journal.finish(seen.key, final)
 
     async def _answer_duplicate(self, seen: Duplicate, replier: Replier) -> None:
         """A second delivery of an event: the first's final reply again when it is
@@ -247,8 +257,16 @@ class Router:
         if final:  # "": it was answered by an edit (a button), not a reply
             await replier.final(final)
 
-    async def _handle(self, event: InboundEvent, replier: Replier, config: BrokerConfig) -> str:
-        """Answer ``event``; returns the text of its final reply."""
+    async def _handle(
+        self,
+        event: InboundEvent,
+        replier: Replier,
+        config: BrokerConfig,
+        answered: Callable[[str], None],
+    ) -> str:
+        """Answer ``event``; returns the text of its final reply. A turn's reply
+        calls ``answered`` with it as soon as it went out (its late text may
+        follow for a moment)."""
         key = thread_key(event)
         route = choose_route(config, event)
         text = strip_leading_mentions(event.content.text, config.router.bot_names)
@@ -283,6 +301,12 @@ class Router:
             await replier.final(plan.text)
             return plan.text
         handle = self.pool.submit(key, plan.prompt, profile=route.profile)
+
+        def final_text() -> str:
+            end = handle.transcript.end
+            assert end is not None
+            return with_notes(plan.notes, handle.transcript, render_end(end, handle.transcript))
+
         await deliver_turn(
             handle,
             replier,
@@ -291,6 +315,6 @@ class Router:
             response_timeout=self.response_timeout,
             reactions=config.reactions.enabled,
             notes=plan.notes,
+            on_final=lambda: answered(final_text()),
         )
-        end = await handle.result()
-        return with_notes(plan.notes, handle.transcript, render_end(end, handle.transcript))
+        return final_text()

@@ -66,10 +66,13 @@ async def wait_edit(client: Client, frame: Frame) -> str:
 
 
 async def final_text(client: Client, stack: Stack, event: InboundEvent) -> str:
-    """The turn's final reply, once the event's task has ended."""
+    """The turn's final reply, once the event's task has ended (a queued
+    message's reply replaces its "⏳ Queued" note: the note's last edit)."""
     frames = await client.settle(stack, event)
     asked = questions(client, event)
     texts = [f.reply.text for f in frames if f.reply.command is None and f not in asked]
+    if texts[-1].startswith("⏳ Queued"):
+        return [f.reply.text for f in frames if f.reply.command is Command.EDIT_MESSAGE][-1]
     return texts[-1]
 
 
