@@ -678,6 +678,12 @@ def profile_removed_note(old: str, new: str) -> str:
     return f"The agent profile “{old}” was removed; this thread now talks to {new}, afresh."
 
 
+def profiles_removed_log(removed: list[str], default: str) -> str:
+    """The reload's log line when it removed agent profiles."""
+    names = ", ".join(removed)
+    return f"agent profiles removed: {names}; their threads move to {default} after their turn"
+
+
 # --- workspaces (/workspace, /reset --clean, failures) -----------------------------------------
 
 GIT_MISSING = "git is not installed (not found on PATH), so no worktree can be made for this thread"

@@ -103,6 +103,7 @@ class StopReason(enum.Enum):
     IDLE = "idle"
     SHUTDOWN = "shutdown"
     RESET = "reset"
+    RETIRED = "retired"  # its profile was removed by a reload; stopped between turns
 
 
 @attrs.frozen

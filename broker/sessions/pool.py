@@ -189,6 +189,7 @@ class Pool:
         self._suspended: dict[str, str] = {}
         self._suspended_profile: dict[str, str] = {}  # the profile a suspended id belongs to
         self._chosen: dict[str, str] = {}  # thread key -> profile chosen with /agent
+        self._fallbacks: dict[str, str] = {}  # thread key -> its profile a reload removed
         self._stopping: set[Session] = set()
         self._spares: list[Session] = []
         # key -> (tracker, last failure); ordered by last failure, pruned from the front
@@ -309,17 +310,29 @@ class Pool:
 
     def update_config(self, config: BrokerConfig) -> list[str]:
         """Apply a reloaded config: limits, timeouts and the agent command hold
-        for sessions started from now on (running sessions keep theirs);
-        ``[permissions]`` applies to running sessions too, from their next
-        permission request. Returns sentences about what did not apply at once."""
+        for sessions started from now on (running sessions keep theirs; warm
+        spares of a changed profile are replaced); ``[permissions]`` and a
+        profile's permission keys apply to running sessions too, from their next
+        permission request. A removed profile's threads move to the default
+        (:meth:`_retire_profiles`). Returns sentences about what did not apply at once."""
         notes = []
-        if (
-            config.agent_profiles() != self.config.agent_profiles()
-            or config.timeouts != self.config.timeouts
-        ):
+        before, after = self.config.agent_profiles(), config.agent_profiles()
+        changed = {name for name, agent in before.items() if after.get(name) != agent}
+        if config.timeouts != self.config.timeouts:
+            changed = set(before)
+        if changed or before.keys() != after.keys():
             notes.append("[agent] and [timeouts] changes apply to sessions started from now on")
+        removed = set(before) - set(after)
+        if removed:
+            notes.append(sentences.profiles_removed_log(sorted(removed), config.default_profile()))
         self.config = config
         self._profiles = self._profile_settings(config)
+        for spare in [s for s in self._spares if s.profile in changed]:
+            self._spares.remove(spare)  # started with the old settings: replaced below
+            self._stopping.add(spare)
+            spare.request_stop(StopReason.RETIRED)
+        if removed:
+            self._retire_profiles(removed)
         for session in (*self._sessions.values(), *self._spares):
             settings = self._profiles.get(session.profile)
             if settings is not None:
@@ -328,6 +341,29 @@ class Pool:
         self._replenish_spares()
         self._bump()
         return notes
+
+    def _retire_profiles(self, removed: set[str]) -> None:
+        """Move the threads of ``removed`` profiles to the default: an idle session
+        stops now, a busy one after its running turn (its queued turns go to the
+        successor); each thread's next reply carries a note saying so."""
+        threads = {key: p for key, p in self._chosen.items() if p in removed}
+        threads |= {key: p for key, p in self._suspended_profile.items() if p in removed}
+        threads |= {k: s.profile for k, s in self._sessions.items() if s.profile in removed}
+        for key, profile in threads.items():
+            self._fallbacks[key] = profile
+            self._chosen.pop(key, None)  # a stored choice of it gives way after a restart too
+            self._note("profile_removed", key, profile)
+        for session in [s for s in self._sessions.values() if s.profile in removed]:
+            if session.current is None:
+                self._retire(session)
+
+    def _retire(self, session: Session) -> None:
+        """Stop a session of a removed profile between turns; its conversation is
+        forgotten (no other agent can load it)."""
+        if session.key is not None and self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+        self._stopping.add(session)
+        session.request_stop(StopReason.RETIRED, forget=True)
 
     def _note(self, kind: str, thread_key: str | None, detail: str = "") -> None:
         self.recent.append(PoolEvent(time.time(), kind, thread_key or SPARES_KEY, detail))
@@ -539,6 +575,9 @@ class Pool:
             self._nursery.start_soon(session.run)
         self._sessions[thread_key] = session
         session.questions = self._question_book(thread_key)
+        removed = self._fallbacks.pop(thread_key, None)
+        if removed is not None and removed != profile:
+            session.pending_notes.append(sentences.profile_removed_note(removed, profile))
         # a taken spare is replaced once a session goes idle (session_changed), so
         # the replacement's spawn does not compete with this thread's first turn
         return session
@@ -623,6 +662,8 @@ class Pool:
             self._note("timed_out", session.key, end.reason)
         elif end.outcome is Outcome.CANCELLED:
             self.counters.cancelled += 1
+        if session.profile not in self._profiles and session.key is not None:
+            self._retire(session)  # a reload removed its profile: the turn is over
 
     def session_ended(self, session: Session, end: SessionEnd) -> None:
         """A session's task is over: drop it by identity, keep what can be resumed,

@@ -290,6 +290,7 @@ class Session:
         self._reader_gone = False
         self._must_restart = False
         self._context_reset_pending = False
+        self.pending_notes: list[str] = []  # sentences for the next turn's reply (the pool's)
         # wake-ups
         self._changed = Pulse()  # queue, stop, exit, reader, the running turn
         self._agent_gone = trio.Event()
@@ -750,6 +751,8 @@ class Session:
         turn.started_at = now
         turn.hard_deadline = now + (self.settings.timeouts.turn_hard_secs or math.inf)
         blocks, notes = prompt_blocks(turn.prompt, images_supported=self._takes_images())
+        notes = [*self.pending_notes, *notes]
+        self.pending_notes.clear()
         turn.handle.push(reply.TurnStarted(self._context_reset_pending, tuple(notes)))
         self._context_reset_pending = False
         self._update_target = turn

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import trio
 
+from broker import sentences
 from broker.chat.commands import CommandContext, parse_command, run_command
 from broker.chat.routes import RouteChoice
 from broker.reply import Prompt
@@ -123,3 +124,49 @@ def test_mcp_payload_has_acp_shapes_and_http_needs_the_capability() -> None:
         },
     ]
     assert left_out == ["events"]
+
+
+async def test_a_removed_profile_finishes_its_turn_and_its_threads_fall_back_with_a_note(
+    tmp_path: Path,
+) -> None:
+    config = profiles_config(tmp_path, {"claude": {}, "codex": {}})
+    reloaded = profiles_config(tmp_path, {"claude": {}})
+    note = sentences.profile_removed_note("codex", "claude")
+    with trio.fail_after(60):
+        async with open_pool(config) as pool:
+            assert (await pool.submit("t:idle", Prompt("hello"), profile="codex").result()).ok
+            running = pool.submit("t:busy", Prompt("@delay 1\n@whereami"), profile="codex")
+            while not running.transcript.started:
+                await running.wait_changed(running.transcript.version)
+            queued = pool.submit("t:busy", Prompt("@whereami"), profile="codex")
+            assert sentences.profiles_removed_log(["codex"], "claude") in pool.update_config(
+                reloaded
+            )
+            assert pool.session_snapshot("t:idle") is None  # stopped at once: it was idle
+            first = await running.result()
+            assert first.ok and note not in first.text
+            assert reply_lines(first.text)["process cwd"] == str(tmp_path / "codex")
+            second = await queued.result()
+            assert reply_lines(second.text)["process cwd"] == str(tmp_path / "claude")
+            assert queued.transcript.notes == (note,)
+            idle = pool.submit("t:idle", Prompt("@whereami"), profile="codex")
+            after = await idle.result()
+            assert reply_lines(after.text)["process cwd"] == str(tmp_path / "claude")
+            assert "hello" not in after.text and idle.transcript.notes == (note,)
+            again = pool.submit("t:idle", Prompt("@whereami"))
+            assert (await again.result()).ok and again.transcript.notes == ()
+            assert {s.profile for s in pool.snapshot().sessions} == {"claude"}
+
+
+async def test_a_reload_replaces_the_warm_spares_of_a_changed_profile(tmp_path: Path) -> None:
+    config = profiles_config(tmp_path, {"claude": {"warm_spares": 1}})
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    reloaded = profiles_config(tmp_path, {"claude": {"warm_spares": 1, "working_dir": str(moved)}})
+    with trio.fail_after(60):
+        async with open_pool(config) as pool:
+            while pool.snapshot().spares_ready < 1:
+                await pool.wait_changed(pool.version)
+            pool.update_config(reloaded)
+            answer = await pool.submit("t:1", Prompt("@whereami")).result()
+            assert reply_lines(answer.text)["process cwd"] == str(moved)
