@@ -87,6 +87,29 @@ def test_missing_agent_working_dir_is_a_config_error(tmp_path: Path) -> None:
     assert agent_broker("check-config", cwd=tmp_path).returncode == 0
 
 
+def test_a_worktree_profile_working_inside_its_repo_is_refused_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    for directory in ("repo/trees", "trees"):
+        (tmp_path / directory).mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "repo" / "trees")
+    config = (
+        '[agents]\ndefault = "dev"\n[agents.dev]\nworkspace = "git-worktree"\n'
+        'repo = "repo"\nworking_dir = "{}"\n'
+    )
+    for inside in ("repo/trees", "linked", "repo"):
+        (tmp_path / "broker.toml").write_text(config.format(inside))
+        result = agent_broker("check-config", cwd=tmp_path)
+        assert result.returncode == cli.EX_CONFIG, inside
+        assert result.stderr.startswith(
+            f"agent-broker: broker.toml: agents.dev.working_dir: {tmp_path / inside} is inside "
+            f"agents.dev.repo ({tmp_path / 'repo'}); "
+        ), result.stderr
+    (tmp_path / "broker.toml").write_text(config.format("trees"))
+    result = agent_broker("check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 def test_missing_subcommand_module_is_reported_as_not_available(tmp_path: Path) -> None:
     with pytest.raises(cli.Unavailable, match=r"broker\.no_such_part is not available yet"):
         cli._entry("broker.no_such_part", "main")

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import broker
 from broker.config import (
@@ -64,10 +65,22 @@ def agent_executable(config: BrokerConfig, source: str, profile: str | None = No
     where = profile_key(config, name)
     if not os.path.isdir(agent.working_dir):
         raise ConfigError(f"{source}: {where}.working_dir: {agent.working_dir} is not a directory")
+    if agent.workspace == "git-worktree" and _inside(agent.working_dir, agent.repo):
+        raise ConfigError(
+            f"{source}: {where}.working_dir: {agent.working_dir} is inside {where}.repo "
+            f"({agent.repo}); the threads' worktrees would be files of the repository's own "
+            "checkout: choose a directory outside it"
+        )
     try:
         return resolve_command(agent.command, cwd=agent.working_dir)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {str(exc).replace('agent.', where + '.', 1)}") from None
+
+
+def _inside(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or below it (symbolic links resolved)."""
+    here, there = Path(path).resolve(), Path(directory).resolve()
+    return here == there or there in here.parents
 
 
 def summary(config: BrokerConfig, source: str) -> str:
