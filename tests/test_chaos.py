@@ -53,7 +53,10 @@ async def test_chaos_soak_keeps_every_invariant(tmp_path: Path) -> None:
 
     figures = report["figures"]
     kinds = figures["events_by_kind"]
-    assert figures["events_sent"] > 0 and figures["replies"] >= figures["events_sent"]
+    # every event is answered but those sent into a stopping broker (named in the report);
+    # queue notes are counted apart, not as replies
+    answered = figures["events_sent"] - figures["unanswered_sent_during_a_stop"]
+    assert figures["events_sent"] > 0 and figures["replies"] >= answered
     assert kinds.get("normal", 0) > 0
     assert figures["broker_runs"] >= 2 and len(figures["stops"]) >= 2  # a restart and the end
     assert all(stop["exit_code"] == 0 for stop in figures["stops"])
