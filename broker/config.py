@@ -63,6 +63,7 @@ SWITCHING = ("anyone", "approvers", "never")
 DEFAULT_PROFILE = "default"
 LOG_FORMATS = ("text", "json")
 OVERLAP_VALUES = ("queue", "skip")
+DISPATCH_VALUES = ("queue", "batch")
 CATCH_UP_VALUES = ("latest", "none")
 SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_BASE_ENV = ("HOME", "PATH", "USER", "LANG")
@@ -251,6 +252,8 @@ class PoolConfig:
     warm_spares: int = attrs.field(default=0, metadata=_at_least(0))
     max_restarts: int = attrs.field(default=3, metadata=_at_least(0))
     restart_window_secs: float = attrs.field(default=60, metadata=_at_least(0))
+    dispatch: str = attrs.field(default="queue", metadata=_one_of(DISPATCH_VALUES))
+    max_batch_bytes: int = attrs.field(default=10485760, metadata=_at_least(1))
 
 
 @attrs.frozen

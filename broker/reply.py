@@ -42,9 +42,14 @@ class Outcome(enum.Enum):
 
 @attrs.frozen
 class Queued:
-    """The prompt waits behind ``position`` earlier prompts of the same thread."""
+    """The prompt waits behind ``position`` earlier prompts of the same thread.
+
+    ``batched`` (dispatch ``batch``) is how many held messages, this one among
+    them, go to the agent together as its next turn; 0 in queue mode. It is
+    pushed again each time the batch grows."""
 
     position: int
+    batched: int = 0
 
 
 @attrs.frozen
@@ -202,6 +207,7 @@ class Prompt:
     images: tuple[Image, ...] = ()
     context: str | None = None
     author: Person | None = None  # who sent it: may answer the turn's questions
+    sent_at: str = ""  # when, as the platform stamped it (ISO 8601); "" when unknown
 
 
 ReplyEvent = (
@@ -244,6 +250,7 @@ class Transcript:
     questions: dict[int, QuestionLine] = attrs.field(factory=dict)
     thought_chars: int = 0
     queued_position: int | None = None
+    batched: int = 0  # held messages going together as the next turn (see Queued)
     started: bool = False
     context_reset: bool = False
     notes: tuple[str, ...] = ()
@@ -301,9 +308,11 @@ class Transcript:
             asked.closed = event
         elif isinstance(event, Queued):
             self.queued_position = event.position
+            self.batched = event.batched
         elif isinstance(event, TurnStarted):
             self.started = True
             self.queued_position = None
+            self.batched = 0
             self.context_reset = event.context_reset
             self.notes = event.notes
         elif isinstance(event, TurnEnd):

@@ -166,6 +166,26 @@ def crash_loop_reason(fatal: str, last: str, until: str) -> str:
     )
 
 
+# --- what the agent reads of a batch (broker.sessions.batch) ------------------------------------
+
+
+def batch_intro(count: int) -> str:
+    return f"[{count} messages arrived while you were busy; here they are in order.]"
+
+
+def batch_part_header(number: int, count: int, sent_at: str, images: int) -> str:
+    when = f", sent {sent_at}" if sent_at else ""
+    attached = ""
+    if images:
+        attached = f", with {count_phrase(images, 'image', verb=False)} (after the text)"
+    return f"--- message {number} of {count}{when}{attached} ---"
+
+
+def batch_sender(name: str, person_id: str) -> str:
+    """The sender line of a batched message whose prompt carries no sender context."""
+    return f"[Message from {name} (id {person_id})]"
+
+
 # --- how the chat shows a turn (broker.chat.render) ---------------------------------------------
 
 CONTEXT_RESET = (
@@ -183,6 +203,34 @@ def queued_note(position: int) -> str:
     if position == 1:
         return "⏳ Queued behind 1 message; it starts when that one is done."
     return f"⏳ Queued behind {position} messages; it starts when they are done."
+
+
+def batched_note(batched: int) -> str:
+    """A held message (dispatch ``batch``): it goes with the agent's next turn."""
+    if batched <= 1:
+        return "⏳ The agent is busy; your message goes with its next turn."
+    others = count_phrase(batched - 1, "other message", verb=False)
+    return f"⏳ The agent is busy; your message goes with its next turn, together with {others}."
+
+
+def answered_together(batched: int) -> str:
+    """The final reply of a batched message other than the last: the answer is there."""
+    others = count_phrase(batched - 1, "other message", verb=False)
+    return (
+        f"↩️ Answered together with {others} that arrived while the agent was busy: "
+        "the reply is on the last of them."
+    )
+
+
+def failed_together(batched: int, reason: str) -> str:
+    """The end of a batched message other than the last, when the batch's turn failed."""
+    others = count_phrase(batched - 1, "other message", verb=False)
+    return f"{as_sentence(reason)} This message went to the agent together with {others}."
+
+
+def batch_dropped(command: str) -> str:
+    """The end of a held message that ``/cancel`` or ``/reset`` dropped."""
+    return f"Dropped by {command} before it went to the agent; send it again if it still matters."
 
 
 DEFAULT_REASONS = {
@@ -406,6 +454,16 @@ Commands answered by the broker:
 Any other /command goes to the agent as text."""
 CANCELLING = "🛑 Cancelling the running turn; its reply says when it has stopped."
 NOTHING_TO_CANCEL = "Nothing is running in this thread, so there is nothing to cancel."
+
+
+def cancel_answer(cancelling: bool, dropped: int) -> str:
+    """What ``/cancel`` answers when it also dropped ``dropped`` held messages."""
+    if not dropped:
+        return CANCELLING if cancelling else NOTHING_TO_CANCEL
+    held = f"🗑️ Dropped {count_phrase(dropped, 'held message', verb=False)}; each was told."
+    return f"{CANCELLING} {held}" if cancelling else held
+
+
 RESET_DONE = (
     "🔄 Reset: this thread's agent is stopped and its conversation forgotten. "
     "Your next message starts a fresh one."

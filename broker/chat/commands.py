@@ -106,7 +106,8 @@ async def run_command(
     if command.name == "schedules":
         return schedules_text(schedules.snapshot() if schedules else (), time.time())
     if command.name == "cancel":
-        return sentences.CANCELLING if await pool.cancel(key) else sentences.NOTHING_TO_CANCEL
+        dropped = pool.drop_held(key, "/cancel")  # first: the batch must not start next
+        return sentences.cancel_answer(await pool.cancel(key), dropped)
     if command.name == "reset":
         if "--clean" in command.args:
             return await clean_reset(pool, key, context.route.profile)

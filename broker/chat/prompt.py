@@ -96,4 +96,5 @@ def build_prompt(event: InboundEvent, text: str, config: PromptConfig) -> Prompt
         return Refusal(sentences.nothing_to_send(notes))
     context = sender_context(event) if config.sender_context else None
     author = Person(event.sender.id, event.sender.name)
-    return PromptPlan(Prompt(prompt_text, tuple(images), context, author), tuple(notes))
+    prompt = Prompt(prompt_text, tuple(images), context, author, sent_at=event.timestamp)
+    return PromptPlan(prompt, tuple(notes))

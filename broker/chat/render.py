@@ -84,7 +84,10 @@ def render(transcript: Transcript, *, final: bool) -> str:
 def _notes(transcript: Transcript, *, final: bool) -> str:
     notes = []
     if transcript.queued_position is not None and not transcript.started and not final:
-        notes.append(sentences.queued_note(transcript.queued_position))
+        if transcript.batched:
+            notes.append(sentences.batched_note(transcript.batched))
+        else:
+            notes.append(sentences.queued_note(transcript.queued_position))
     if transcript.context_reset:
         notes.append(sentences.CONTEXT_RESET)
     return "\n".join(notes)

@@ -68,6 +68,7 @@ EVENT_STYLES = {
     "blocked": "bold red",
     "timed_out": "bold magenta",
     "reset": "blue",
+    "dropped": "yellow",
 }
 RESULT_STYLES = {
     "completed": "green",

@@ -144,6 +144,8 @@ def session_settings(
         mcp_servers=agent.mcp_servers,
         workspace=plan,
         workspaces=workspaces if plan is not None else None,
+        dispatch=config.pool.dispatch,
+        max_batch_bytes=config.pool.max_batch_bytes,
     )
 
 
@@ -405,6 +407,16 @@ class Pool:
         Waits only for that one write; False when nothing runs."""
         session = self._sessions.get(thread_key)
         return await session.cancel_turn() if session else False
+
+    def drop_held(self, thread_key: str, command: str) -> int:
+        """Dispatch ``batch``: end the thread's held messages, each with a reply
+        saying ``command`` dropped it; how many. Queue mode drops nothing."""
+        session = self._sessions.get(thread_key)
+        dropped = session.drop_held(command) if session else 0
+        if dropped:
+            self._note("dropped", thread_key, f"{dropped} held by {command}")
+            self._bump()
+        return dropped
 
     async def reset(self, thread_key: str) -> bool:
         """Cancel the thread's turn, stop its agent and forget its ACP session.

@@ -57,6 +57,7 @@ from broker.config import DEFAULT_PROFILE, McpServerConfig, TimeoutsConfig
 from broker.logs import SessionLogger, session_logger
 from broker.pulse import Pulse
 from broker.reply import Outcome, Prompt, Settled, TurnEnd, TurnHandle
+from broker.sessions.batch import may_hold, merge_prompts, prompt_bytes, together_end
 from broker.sessions.decide import (
     Failure,
     SendCancel,
@@ -147,6 +148,8 @@ class SessionSettings:
     mcp_servers: Mapping[str, McpServerConfig] = attrs.field(factory=dict)
     workspace: WorkspacePlan | None = None  # None: every thread in ``cwd``
     workspaces: Workspaces | None = None  # makes them; one per pool
+    dispatch: str = "queue"  # or "batch": see broker.sessions.batch
+    max_batch_bytes: int = 10485760
 
 
 # --- what a session reports ---------------------------------------------------------------------
@@ -216,6 +219,7 @@ class Turn:
     waiting: WaitTally = attrs.field(factory=WaitTally)  # for a person's answer
     answered_at: float | None = None  # when the agent answered the prompt
     message_ids: set[str] = attrs.field(factory=set)  # ACP messageIds of its text
+    together: tuple[Turn, ...] = ()  # batched turns whose prompts went with this one
 
 
 @attrs.frozen
@@ -336,18 +340,51 @@ class Session:
     def is_idle(self) -> bool:
         return self.state is SessionState.IDLE and not self.queue and self.current is None
 
+    @property
+    def batching(self) -> bool:
+        return self.settings.dispatch == "batch"
+
     def enqueue(self, turn: Turn) -> bool:
         """Queue ``turn``; tell its caller where it stands. False if the queue is full
-        (the turn then already carries its BUSY end)."""
+        (the turn then already carries its BUSY end).
+
+        In batch mode the queued turns are held: each of them is told (again)
+        how many go together as the next turn."""
         ahead = len(self.queue) + (1 if self.current is not None else 0)
-        if ahead > self.settings.queue_depth:
+        held = sum(prompt_bytes(t.prompt) for t in self.queue) if self.batching else 0
+        if not may_hold(
+            ahead,
+            held,
+            prompt_bytes(turn.prompt),
+            queue_depth=self.settings.queue_depth,
+            max_batch_bytes=self.settings.max_batch_bytes if self.batching else math.inf,
+        ):
             turn.handle.push(TurnEnd(Outcome.BUSY, reason=sentences.busy_reason(len(self.queue))))
             return False
-        if ahead:
-            turn.handle.push(reply.Queued(ahead))
         self.queue.append(turn)
+        if ahead and self.batching:
+            running = 1 if self.current is not None else 0  # the batch waits for it alone
+            for held_turn in self.queue:
+                held_turn.handle.push(reply.Queued(running, batched=len(self.queue)))
+        elif ahead:
+            turn.handle.push(reply.Queued(ahead))
         self._changed.fire()
         return True
+
+    def drop_held(self, command: str) -> int:
+        """End every held turn (batch mode) as cancelled by ``command``; how many.
+        In queue mode queued turns are not held and stay."""
+        if not self.batching:
+            return 0
+        return self._drop_queue(sentences.batch_dropped(command))
+
+    def _drop_queue(self, reason: str) -> int:
+        dropped = len(self.queue)
+        while self.queue:
+            self.queue.popleft().handle.push(TurnEnd(Outcome.CANCELLED, reason=reason))
+        if dropped:
+            self._changed.fire()
+        return dropped
 
     def assign(self, key: str, saved_session_id: str | None) -> None:
         """Give a warm spare its thread; it then opens or loads the ACP session."""
@@ -367,9 +404,8 @@ class Session:
         """
         self._forget = self._forget or forget
         if reason is StopReason.RESET:
-            while self.queue:
-                end = TurnEnd(Outcome.CANCELLED, reason=sentences.RESET_QUEUED)
-                self.queue.popleft().handle.push(end)
+            dropped = sentences.batch_dropped("/reset") if self.batching else None
+            self._drop_queue(dropped or sentences.RESET_QUEUED)
         if self._stop_requested is None:
             self._stop_requested = reason
             if self.state is not SessionState.DEAD:
@@ -732,7 +768,7 @@ class Session:
                 await self._drain_previous()
                 continue  # look again: a stop may have come meanwhile
             if self.queue:
-                turn = self.queue.popleft()
+                turn = self._next_turn()
                 for ahead, waiting in enumerate(self.queue, start=1):
                     waiting.handle.push(reply.Queued(ahead))  # the queue moved
                 await self._run_turn(turn)
@@ -742,6 +778,26 @@ class Session:
             self.state = SessionState.IDLE
             self._report_changed()
             await self._changed.wait()
+
+    def _next_turn(self) -> Turn:
+        """The next turn off the queue: in batch mode all held turns, folded into
+        the last one (the others ride along in its ``together``)."""
+        if not self.batching or len(self.queue) == 1:
+            return self.queue.popleft()
+        held = list(self.queue)
+        self.queue.clear()
+        last = held[-1]
+        last.prompt = merge_prompts([t.prompt for t in held])
+        last.together = tuple(held[:-1])
+        last.submitted_at = held[0].submitted_at
+        self.log.info("%d held messages go to the agent as one prompt", len(held))
+        return last
+
+    def _end_turn(self, turn: Turn, end: TurnEnd) -> None:
+        """Push ``end`` to ``turn`` and restated to the turns batched with it."""
+        turn.handle.push(end)
+        for other in turn.together:
+            other.handle.push(together_end(end, len(turn.together) + 1))
 
     async def _run_turn(self, turn: Turn) -> None:
         assert self.client is not None and self.acp_session_id is not None
@@ -754,6 +810,8 @@ class Session:
         notes = [*self.pending_notes, *notes]
         self.pending_notes.clear()
         turn.handle.push(reply.TurnStarted(self._context_reset_pending, tuple(notes)))
+        for other in turn.together:
+            other.handle.push(reply.TurnStarted())
         self._context_reset_pending = False
         self._update_target = turn
         self._report_changed()
@@ -776,7 +834,7 @@ class Session:
             if self.workspace is not None:
                 touch(self.workspace)
         self._settle_questions(turn)
-        turn.handle.push(end)  # at once: late text is added to the reply, not waited for
+        self._end_turn(turn, end)  # at once: late text is added to the reply, not waited for
         if turn.answered_at is not None and self._exit_status is None:
             self._previous = turn
         else:
@@ -922,12 +980,13 @@ class Session:
         self.state = SessionState.DEAD
         if self.current is not None:
             self._settle_questions(self.current)
-            self.current.handle.push(
+            self._end_turn(
+                self.current,
                 TurnEnd(
                     Outcome.ERROR,
                     self.current.handle.transcript.text,
                     reason=sentences.session_ended_reason(self._end_reason),
-                )
+                ),
             )
             self.current = None
         self._close_previous()

@@ -68,6 +68,7 @@ class PoolEvent:
 
     at: float  # wall-clock time, seconds since the epoch
     # started | resumed | evicted | idle | crashed | start_failed | blocked | timed_out | reset
+    # | dropped (held messages of a batch, by /cancel)
     kind: str
     thread_key: str
     detail: str = ""

@@ -11,11 +11,13 @@ integration layer.
 
 Prompts are scripted with the fake agent's directives
 (:mod:`broker.testing.fake_agent_script`); this agent understands ``@say``,
-``@delay``, ``@silent-tool``, ``@crash``, ``@hang`` / ``@hang-hard``,
-``@reply``, ``@chunks``, ``@late``, ``@stop`` and ``@error``. A ``@crash`` ends the agent
+``@delay``, ``@tool`` (and the tool a prompt without directives gets),
+``@silent-tool``, ``@crash``, ``@hang`` / ``@hang-hard``, ``@reply``,
+``@chunks``, ``@late``, ``@stop`` and ``@error``. A ``@crash`` ends the agent
 as a process exit would (stdout closes, the exit status is the code); a stop
 is a SIGTERM the agent does not survive. Each agent keeps a log of what it
-received and when (:attr:`MemoryAgent.received`).
+received and when (:attr:`MemoryAgent.received`) and the content blocks of
+every prompt (:attr:`MemoryAgent.prompts`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class MemoryAgentOptions:
     init_delay: float = 0.0  # seconds before answering initialize
     crash_on_start: int | None = None  # exit with this code right after starting
     load_session: bool = True
+    images: bool = False  # advertise image prompts
     message_ids: bool = False  # tag agent_message_chunks with an ACP messageId per turn
 
 
@@ -59,11 +62,13 @@ class MemoryAgent:
         self.exit_status: ExitStatus | None = None
         self.exited = trio.Event()
         self.received: list[tuple[float, str]] = []  # (virtual time, method) in arrival order
+        self.prompts: list[list[JSON]] = []  # each session/prompt's content blocks, in order
         self._stdin_send, self._stdin = trio.open_memory_channel[bytes](math.inf)
         self._stdout, self._stdout_receive = trio.open_memory_channel[bytes](math.inf)
         self._stderr: list[str] = []
         self._sessions = itertools.count(1)
         self._turns = itertools.count(1)
+        self._tools = itertools.count(1)
         self._prompt_scope: trio.CancelScope | None = None
         self._ignore_cancel = False
         self._scope = trio.CancelScope()
@@ -141,7 +146,10 @@ class MemoryAgent:
             await trio.sleep(self.options.init_delay)
             result = {
                 "protocolVersion": 1,
-                "agentCapabilities": {"loadSession": self.options.load_session},
+                "agentCapabilities": {
+                    "loadSession": self.options.load_session,
+                    "promptCapabilities": {"image": self.options.images},
+                },
                 "authMethods": [],
             }
         elif method == "session/new":
@@ -163,6 +171,22 @@ class MemoryAgent:
             return
         await self._write({"jsonrpc": "2.0", "id": request_id, "result": result})
 
+    async def _tool(self, session_id: str, title: str, secs: float, kind: str, fail: bool) -> None:
+        """A visible tool call (a prompt without directives has one): start, ``secs``, end."""
+        call_id = f"tool-{next(self._tools)}"
+        start = {"sessionUpdate": "tool_call", "toolCallId": call_id, "title": title}
+        await self._update(session_id, {**start, "kind": kind, "status": "in_progress"})
+        await trio.sleep(secs)
+        status = "failed" if fail else "completed"
+        await self._update(
+            session_id,
+            {"sessionUpdate": "tool_call_update", "toolCallId": call_id, "status": status},
+        )
+
+    async def _update(self, session_id: str, update: JSON) -> None:
+        params = {"sessionId": session_id, "update": update}
+        await self._write({"jsonrpc": "2.0", "method": "session/update", "params": params})
+
     async def _chunk(self, session_id: str, text: str, message_id: str | None) -> None:
         update: dict[str, JSON] = {
             "sessionUpdate": "agent_message_chunk",
@@ -170,11 +194,11 @@ class MemoryAgent:
         }
         if message_id is not None:
             update["messageId"] = message_id
-        params = {"sessionId": session_id, "update": update}
-        await self._write({"jsonrpc": "2.0", "method": "session/update", "params": params})
+        await self._update(session_id, update)
 
     async def _prompt(self, params: JSON) -> JSON:
         session_id = params["sessionId"]
+        self.prompts.append(params["prompt"])
         text = "\n".join(b.get("text", "") for b in params["prompt"] if b.get("type") == "text")
         script = fs.parse_script(text)
         turn = next(self._turns)
@@ -188,6 +212,8 @@ class MemoryAgent:
                         await self._chunk(session_id, said, message_id)
                     case fs.Delay(secs) | fs.SilentTool(secs):
                         await trio.sleep(secs)
+                    case fs.Tool(title, secs, kind, fail):
+                        await self._tool(session_id, title, secs, kind, fail)
                     case fs.Crash(code):
                         self.log(f"fatal: simulated crash (exit code {code})")
                         self.exit(ExitStatus(returncode=code, signal=None))
